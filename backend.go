@@ -1,0 +1,129 @@
+// Package carbon is a HashiCorp Vault secrets engine for carbon-accounting
+// platforms. Vault keeps the long-lived, powerful credentials (a Climatiq
+// management key, Altruistiq OAuth client credentials) and hands applications
+// short-lived or regularly rotated ones.
+//
+// This package is the Vault-facing layer: paths, storage, leases and WAL. The
+// upstream platforms' HTTP and JSON live in backend/climatiq and
+// backend/altruistiq.
+package carbon
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// Version is the plugin version reported to Vault (`vault plugin register
+// -version`, `vault secrets list -detailed`). Release builds set it with
+// -ldflags "-X github.com/vault-plugin-carbon/vault-plugin-carbon.Version=v1.2.3".
+var Version = "v0.0.0-dev"
+
+// walRollbackMinAge is how old a WAL entry must be before the rollback
+// manager undoes it. It must exceed the longest issuance: request_timeout
+// times retries plus the 429 budget of the upstream client.
+const walRollbackMinAge = 10 * time.Minute
+
+type backend struct {
+	*framework.Backend
+
+	// connections caches one upstream client per config/:name, so issuance
+	// reuses parsed configuration, rate limiters, HTTP connections and
+	// OAuth tokens. Entries are dropped on write, delete and Invalidate.
+	connectionsLock sync.RWMutex
+	connections     map[string]*connection
+
+	// markerLock guards the lazily created mount marker.
+	markerLock sync.Mutex
+	marker     string
+
+	// roleLocks serialise issuance per role where a role caps its live keys.
+	roleLocks []*locksutil.LockEntry
+}
+
+// Factory returns a configured instance of the carbon secrets engine.
+func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend, error) {
+	b := newBackend()
+	if err := b.Setup(ctx, conf); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+func newBackend() *backend {
+	b := &backend{
+		connections: make(map[string]*connection),
+		roleLocks:   locksutil.CreateLocks(),
+	}
+	b.Backend = &framework.Backend{
+		Help:        strings.TrimSpace(backendHelp),
+		BackendType: logical.TypeLogical,
+		PathsSpecial: &logical.Paths{
+			SealWrapStorage: []string{
+				configStoragePrefix,
+				roleStoragePrefix,
+			},
+		},
+		Paths: framework.PathAppend(
+			pathConfig(b),
+			pathRoles(b),
+			pathCreds(b),
+		),
+		Secrets: []*framework.Secret{
+			secretClimatiqKey(b),
+			secretAltruistiqToken(b),
+		},
+		WALRollback:       b.walRollback,
+		WALRollbackMinAge: walRollbackMinAge,
+		Invalidate:        b.invalidate,
+		Clean:             b.clean,
+		RunningVersion:    Version,
+	}
+	return b
+}
+
+// invalidate drops cached state that another node (or a replicated write)
+// has changed underneath this one.
+func (b *backend) invalidate(_ context.Context, key string) {
+	switch {
+	case strings.HasPrefix(key, configStoragePrefix):
+		b.resetConnection(strings.TrimPrefix(key, configStoragePrefix))
+	case key == markerStorageKey:
+		b.markerLock.Lock()
+		b.marker = ""
+		b.markerLock.Unlock()
+	}
+}
+
+func (b *backend) clean(_ context.Context) {
+	b.connectionsLock.Lock()
+	defer b.connectionsLock.Unlock()
+	for name, c := range b.connections {
+		c.close()
+		delete(b.connections, name)
+	}
+}
+
+const backendHelp = `
+The carbon secrets engine issues credentials for carbon-accounting platforms.
+
+Vault keeps the long-lived, powerful credentials — a Climatiq management API
+key, Altruistiq OAuth client credentials — and hands applications what they
+need when they need it:
+
+  creds/<role>         a new Climatiq API key with a lease; the key is deleted
+                       upstream when the lease is revoked or expires. For an
+                       Altruistiq role, a shared OAuth access token whose lease
+                       never outlives the token.
+
+Configure a connection with config/<name>, then a role with roles/<name>.
+
+Not offered, by the upstreams' design: rotating the Climatiq management key or
+the Altruistiq client secret. Both can only be created, rotated and deleted in
+the platforms' web interfaces; write the new value to config/<name> instead.
+`

@@ -1,0 +1,113 @@
+package carbon
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/altruistiq"
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiq"
+)
+
+// connection is the live form of a config/:name entry: the parsed
+// configuration and the upstream client built from it. It is cached on the
+// backend so that issuance does not re-read storage or rebuild HTTP clients,
+// rate limiters and token caches on every request.
+type connection struct {
+	config     *connectionConfig
+	climatiq   *climatiq.Client
+	altruistiq *altruistiq.Client
+}
+
+func newConnection(b *backend, name string, cfg *connectionConfig) (*connection, error) {
+	logger := b.Logger().Named(cfg.Provider).With("config", name)
+	c := &connection{config: cfg}
+	var err error
+	switch cfg.Provider {
+	case providerClimatiq:
+		c.climatiq, err = climatiq.New(climatiq.Options{
+			ManagementURL: cfg.ManagementURL,
+			APIURL:        cfg.APIURL,
+			ManagementKey: cfg.ManagementKey,
+			Timeout:       cfg.RequestTimeout,
+			MaxRetries:    cfg.MaxRetries,
+			RateLimit:     cfg.RateLimit,
+			Logger:        logger,
+		})
+	case providerAltruistiq:
+		c.altruistiq, err = altruistiq.New(altruistiq.Options{
+			TokenURL:     cfg.TokenURL,
+			APIURL:       cfg.APIURL,
+			ClientID:     cfg.ClientID,
+			ClientSecret: cfg.ClientSecret,
+			AuthStyle:    cfg.AuthStyle,
+			Scopes:       cfg.Scopes,
+			Timeout:      cfg.RequestTimeout,
+			MaxRetries:   cfg.MaxRetries,
+			RateLimit:    cfg.RateLimit,
+			Logger:       logger,
+		})
+	default:
+		err = fmt.Errorf("unknown provider %q", cfg.Provider)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// verify proves that the connection's credentials work upstream.
+func (c *connection) verify(ctx context.Context) error {
+	if c.climatiq != nil {
+		return c.climatiq.CheckManagementKey(ctx)
+	}
+	return c.altruistiq.Verify(ctx)
+}
+
+func (c *connection) close() {
+	if c.climatiq != nil {
+		c.climatiq.Close()
+	}
+	if c.altruistiq != nil {
+		c.altruistiq.Close()
+	}
+}
+
+// connection returns the cached connection for config/:name, building it from
+// storage on first use. It returns nil, nil when the config does not exist.
+func (b *backend) connection(ctx context.Context, s logical.Storage, name string) (*connection, error) {
+	b.connectionsLock.RLock()
+	c, ok := b.connections[name]
+	b.connectionsLock.RUnlock()
+	if ok {
+		return c, nil
+	}
+
+	b.connectionsLock.Lock()
+	defer b.connectionsLock.Unlock()
+	if c, ok := b.connections[name]; ok {
+		return c, nil
+	}
+	cfg, err := getConnectionConfig(ctx, s, name)
+	if err != nil || cfg == nil {
+		return nil, err
+	}
+	c, err = newConnection(b, name, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("config %q: %w", name, err)
+	}
+	b.connections[name] = c
+	return c, nil
+}
+
+// resetConnection drops a cached connection, and with it its HTTP
+// connections, rate limiter and cached OAuth tokens.
+func (b *backend) resetConnection(name string) {
+	b.connectionsLock.Lock()
+	defer b.connectionsLock.Unlock()
+	if c, ok := b.connections[name]; ok {
+		c.close()
+		delete(b.connections, name)
+	}
+}

@@ -1,0 +1,182 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/altruistiq"
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiq"
+)
+
+// keyWorks asks the fake's regular API whether an issued key is accepted.
+func keyWorks(t *testing.T, apiKey string) bool {
+	t.Helper()
+	c, err := climatiq.New(climatiq.Options{
+		ManagementURL: climatiqFake.ManagementURL(), APIURL: climatiqFake.APIURL(), ManagementKey: "unused",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.CheckKey(context.Background(), apiKey) == nil
+}
+
+func TestPluginRegisteredWithVersion(t *testing.T) {
+	out := cli(t, "secrets", "list", "-detailed")
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, mount+"/") {
+			if !strings.Contains(line, pluginVersion) || !strings.Contains(line, "carbon") {
+				t.Fatalf("mount line lacks plugin name or version %s: %s", pluginVersion, line)
+			}
+			return
+		}
+	}
+	t.Fatalf("mount %s/ not listed:\n%s", mount, out)
+}
+
+func TestClimatiqIssueUseRevoke(t *testing.T) {
+	writeClimatiqConfig(t, "cq-life")
+	cli(t, "write", mount+"/roles/life", "config=cq-life", "project_id="+projectID, "ttl=1h", "max_ttl=2h")
+
+	secret := cliJSON(t, "read", "-format=json", mount+"/creds/life")
+	apiKey, _ := secret.Data["api_key"].(string)
+	keyID, _ := secret.Data["key_id"].(string)
+	if apiKey == "" || keyID == "" || secret.LeaseID == "" || !secret.Renewable || secret.LeaseDuration != 3600 {
+		t.Fatalf("creds answer incomplete: %+v", secret)
+	}
+	if !keyWorks(t, apiKey) {
+		t.Fatal("issued key is refused by the regular API")
+	}
+
+	cli(t, "lease", "revoke", "-sync", secret.LeaseID)
+	if _, ok := climatiqFake.Key(keyID); ok {
+		t.Fatal("key still exists upstream after revoke")
+	}
+	if keyWorks(t, apiKey) {
+		t.Fatal("revoked key still works")
+	}
+}
+
+func TestClimatiqShortLeaseExpires(t *testing.T) {
+	writeClimatiqConfig(t, "cq-short")
+	cli(t, "write", mount+"/roles/short", "config=cq-short", "project_id="+projectID, "ttl=2s", "max_ttl=2s")
+	secret := cliJSON(t, "read", "-format=json", mount+"/creds/short")
+	keyID := secret.Data["key_id"].(string)
+	if _, ok := climatiqFake.Key(keyID); !ok {
+		t.Fatal("key not created upstream")
+	}
+	eventually(t, 20*time.Second, "expired lease's key deleted upstream", func() bool {
+		_, ok := climatiqFake.Key(keyID)
+		return !ok
+	})
+}
+
+func TestClimatiqRenewStopsAtMaxTTL(t *testing.T) {
+	writeClimatiqConfig(t, "cq-renew")
+	cli(t, "write", mount+"/roles/renew", "config=cq-renew", "project_id="+projectID, "ttl=20s", "max_ttl=30s")
+	secret := cliJSON(t, "read", "-format=json", mount+"/creds/renew")
+
+	renewed := cliJSON(t, "lease", "renew", "-format=json", "-increment=20s", secret.LeaseID)
+	if renewed.LeaseDuration < 18 || renewed.LeaseDuration > 20 {
+		t.Fatalf("first renew granted %ds, want 20s", renewed.LeaseDuration)
+	}
+	time.Sleep(12 * time.Second)
+	// 12s into a 30s max_ttl: asking for 20s more must grant at most the ~18s left.
+	renewed = cliJSON(t, "lease", "renew", "-format=json", "-increment=20s", secret.LeaseID)
+	if renewed.LeaseDuration > 18 || renewed.LeaseDuration < 15 {
+		t.Fatalf("renew past max_ttl granted %ds, want at most the ~18s left", renewed.LeaseDuration)
+	}
+	cli(t, "lease", "revoke", "-sync", secret.LeaseID)
+}
+
+func TestAltruistiqTokenWorks(t *testing.T) {
+	writeAltruistiqConfig(t, "aq", "scopes=read")
+	cli(t, "write", mount+"/roles/atq-export", "config=aq", "ttl=1h")
+
+	first := cliJSON(t, "read", "-format=json", mount+"/creds/atq-export")
+	token, _ := first.Data["access_token"].(string)
+	expiresAt, err := time.Parse(time.RFC3339, first.Data["expires_at"].(string))
+	if err != nil || token == "" || first.Data["token_type"] != "Bearer" {
+		t.Fatalf("token answer incomplete: %+v (%v)", first.Data, err)
+	}
+	if first.Renewable || time.Now().Add(time.Duration(first.LeaseDuration)*time.Second).After(expiresAt.Add(time.Second)) {
+		t.Fatalf("lease (%ds, renewable=%v) outlives the token (expires %s)", first.LeaseDuration, first.Renewable, expiresAt)
+	}
+	c, err := altruistiq.New(altruistiq.Options{
+		TokenURL: altruistiq.DefaultTokenURL, APIURL: altruistiqFake.APIURL(), ClientID: "unused", ClientSecret: "unused",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.CheckToken(context.Background(), token); err != nil {
+		t.Fatalf("issued token refused by the API: %v", err)
+	}
+
+	second := cliJSON(t, "read", "-format=json", mount+"/creds/atq-export")
+	if second.Data["access_token"] != token {
+		t.Fatal("a second read fetched a new token instead of sharing the cached one")
+	}
+	// Rewriting the connection drops the cached token.
+	writeAltruistiqConfig(t, "aq", "scopes=read")
+	third := cliJSON(t, "read", "-format=json", mount+"/creds/atq-export")
+	if third.Data["access_token"] == token {
+		t.Fatal("rewriting the connection kept serving the old token")
+	}
+	cli(t, "lease", "revoke", "-sync", first.LeaseID)
+}
+
+func TestConfigReadShowsNoSecret(t *testing.T) {
+	writeClimatiqConfig(t, "cq-read")
+	writeAltruistiqConfig(t, "aq-read")
+	for _, name := range []string{"cq-read", "aq-read"} {
+		secret := cliJSON(t, "read", "-format=json", mount+"/config/"+name)
+		raw, _ := json.Marshal(secret.Data)
+		for _, s := range []string{managementKey, atqClientSecret} {
+			if strings.Contains(string(raw), s) {
+				t.Fatalf("config/%s read returns a secret: %s", name, raw)
+			}
+		}
+		if _, ok := secret.Data["provider"]; !ok {
+			t.Fatalf("config/%s read lacks its settings: %s", name, raw)
+		}
+	}
+}
+
+func TestWrongManagementKeyRefused(t *testing.T) {
+	out, err := vault.Vault("write", mount+"/config/cq-wrong",
+		"provider=climatiq", "management_key="+wrongManagement,
+		"management_url="+climatiqFake.ManagementURL(), "api_url="+climatiqFake.APIURL())
+	if err == nil {
+		t.Fatalf("config with a wrong management key was accepted: %s", out)
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, "Code: 400") || !strings.Contains(msg, "401") || !strings.Contains(msg, "verify_connection") {
+		t.Fatalf("refusal lacks the 400, the upstream 401 or the field: %s", msg)
+	}
+	if strings.Contains(msg, wrongManagement) {
+		t.Fatalf("refusal echoes the key: %s", msg)
+	}
+}
+
+func TestPathHelpAndOpenAPI(t *testing.T) {
+	help := cli(t, "path-help", mount+"/config/x")
+	for _, want := range []string{"management_key", "verify_connection", "rate_limit", "rotate"} {
+		if !strings.Contains(help, want) {
+			t.Errorf("path-help for config lacks %q", want)
+		}
+	}
+	spec, err := vault.Client.Logical().Read("sys/internal/specs/openapi")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := json.Marshal(spec.Data["paths"])
+	for _, p := range []string{"/" + mount + "/config/{name}", "/" + mount + "/roles/{name}", "/" + mount + "/creds/{role}"} {
+		if !strings.Contains(string(raw), `"`+p+`"`) {
+			t.Errorf("OpenAPI document lacks %s", p)
+		}
+	}
+}

@@ -1,0 +1,318 @@
+// Package devvault runs a real Vault server on 127.0.0.1 with this plugin
+// registered by sha256, the way an operator installs it. End-to-end tests,
+// the demo and the benchmark share it.
+package devvault
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+)
+
+// PluginName is the name the plugin is registered under in the catalog.
+const PluginName = "carbon"
+
+// FindVault returns the vault binary to use: $VAULT_BIN, then `vault` on
+// PATH, then <root>/bin/vault (built by `make vault`).
+func FindVault(root string) (string, error) {
+	if bin := os.Getenv("VAULT_BIN"); bin != "" {
+		return bin, nil
+	}
+	if bin, err := exec.LookPath("vault"); err == nil {
+		return bin, nil
+	}
+	bin := filepath.Join(root, "bin", "vault")
+	if _, err := os.Stat(bin); err != nil {
+		return "", fmt.Errorf("no vault binary: set VAULT_BIN, put vault on PATH, or run `make vault` to build %s", bin)
+	}
+	return bin, nil
+}
+
+// RepoRoot walks up from the working directory to the plugin's go.mod.
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if data, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil &&
+			bytes.Contains(data, []byte("module github.com/vault-plugin-carbon/vault-plugin-carbon\n")) {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("cannot find the repository root (go.mod)")
+		}
+		dir = parent
+	}
+}
+
+// BuildPlugin compiles the plugin with the given version into dir and
+// returns the binary's path and sha256.
+func BuildPlugin(root, dir, version string) (string, string, error) {
+	out := filepath.Join(dir, "vault-plugin-carbon")
+	cmd := exec.Command("go", "build", "-trimpath",
+		"-ldflags", "-X github.com/vault-plugin-carbon/vault-plugin-carbon.Version="+version,
+		"-o", out, "./cmd/vault-plugin-carbon")
+	cmd.Dir = root
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return "", "", fmt.Errorf("building plugin: %v\n%s", err, msg)
+	}
+	sum, err := FileSHA256(out)
+	return out, sum, err
+}
+
+// FileSHA256 returns the hex sha256 of a file.
+func FileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// Options configure a Server.
+type Options struct {
+	VaultBin  string
+	Dir       string // holds config, file storage and the log; reused across restarts
+	PluginDir string
+	LogLevel  string // default "info"
+	// Addr is the listener address; empty picks a free 127.0.0.1 port.
+	Addr string
+}
+
+// Server is a running Vault server with file storage, initialised with one
+// unseal key.
+type Server struct {
+	Addr      string
+	Token     string
+	UnsealKey string
+	LogPath   string
+	Client    *api.Client
+
+	opts Options
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// Start writes the server configuration and starts Vault, then initialises
+// and unseals it.
+func Start(ctx context.Context, opts Options) (*Server, error) {
+	if opts.LogLevel == "" {
+		opts.LogLevel = "info"
+	}
+	if opts.Addr == "" {
+		addr, err := FreeAddr()
+		if err != nil {
+			return nil, err
+		}
+		opts.Addr = addr
+	}
+	s := &Server{Addr: opts.Addr, LogPath: filepath.Join(opts.Dir, "vault.log"), opts: opts}
+	if err := s.writeConfig(); err != nil {
+		return nil, err
+	}
+	if err := s.start(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) writeConfig() error {
+	if err := os.MkdirAll(filepath.Join(s.opts.Dir, "data"), 0o700); err != nil {
+		return err
+	}
+	cfg := fmt.Sprintf(`
+storage "file" {
+  path = %q
+}
+listener "tcp" {
+  address     = %q
+  tls_disable = true
+}
+plugin_directory = %q
+api_addr         = "http://%s"
+disable_mlock    = true
+log_level        = %q
+`, filepath.Join(s.opts.Dir, "data"), s.Addr, s.opts.PluginDir, s.Addr, s.opts.LogLevel)
+	return os.WriteFile(filepath.Join(s.opts.Dir, "vault.hcl"), []byte(cfg), 0o600)
+}
+
+// start launches the server process and waits until it is unsealed.
+func (s *Server) start(ctx context.Context) error {
+	logFile, err := os.OpenFile(s.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(s.opts.VaultBin, "server", "-config", filepath.Join(s.opts.Dir, "vault.hcl"))
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.Env = append(os.Environ(), "VAULT_LOG_FORMAT=standard")
+	// Own process group, so Kill takes plugin processes down too when asked.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return err
+	}
+	s.cmd = cmd
+	s.done = make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		logFile.Close()
+		close(s.done)
+	}()
+
+	client, err := api.NewClient(&api.Config{Address: "http://" + s.Addr, Timeout: 30 * time.Second})
+	if err != nil {
+		return err
+	}
+	s.Client = client
+	if err := s.waitListening(ctx); err != nil {
+		s.Kill()
+		return err
+	}
+	return s.initAndUnseal(ctx)
+}
+
+func (s *Server) waitListening(ctx context.Context) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := s.Client.Sys().SealStatusWithContext(ctx); err == nil {
+			return nil
+		}
+		select {
+		case <-s.done:
+			return fmt.Errorf("vault exited during start; see %s", s.LogPath)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("vault did not listen on %s within 60s; see %s", s.Addr, s.LogPath)
+		}
+	}
+}
+
+func (s *Server) initAndUnseal(ctx context.Context) error {
+	sys := s.Client.Sys()
+	inited, err := sys.InitStatusWithContext(ctx)
+	if err != nil {
+		return err
+	}
+	if !inited {
+		resp, err := sys.InitWithContext(ctx, &api.InitRequest{SecretShares: 1, SecretThreshold: 1})
+		if err != nil {
+			return fmt.Errorf("vault operator init: %w", err)
+		}
+		s.UnsealKey, s.Token = resp.KeysB64[0], resp.RootToken
+	}
+	if _, err := sys.UnsealWithContext(ctx, s.UnsealKey); err != nil {
+		return fmt.Errorf("vault operator unseal: %w", err)
+	}
+	s.Client.SetToken(s.Token)
+	// The active node is ready once it answers an authenticated request.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := s.Client.Sys().ListMountsWithContext(ctx); err == nil {
+			return nil
+		} else if time.Now().After(deadline) {
+			return fmt.Errorf("vault not ready after unseal: %w", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Env is the environment for running the vault CLI against this server.
+func (s *Server) Env() []string {
+	return append(os.Environ(), "VAULT_ADDR=http://"+s.Addr, "VAULT_TOKEN="+s.Token, "VAULT_FORMAT=")
+}
+
+// Vault runs the real vault CLI against the server and returns its stdout.
+// A failing command returns an error carrying its stderr.
+func (s *Server) Vault(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, s.opts.VaultBin, args...)
+	cmd.Env = s.Env()
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("vault %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.String(), nil
+}
+
+// RegisterAndEnable registers the plugin binary by sha256 and version and
+// enables it at mount, as an operator does.
+func (s *Server) RegisterAndEnable(sha, version, mount string) error {
+	if _, err := s.Vault("plugin", "register", "-sha256="+sha, "-version="+version,
+		"-command=vault-plugin-carbon", "secret", PluginName); err != nil {
+		return err
+	}
+	_, err := s.Vault("secrets", "enable", "-path="+mount, "-plugin-version="+version, PluginName)
+	return err
+}
+
+// Stop ends the server with SIGTERM and waits for it.
+func (s *Server) Stop() {
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(30 * time.Second):
+		s.Kill()
+	}
+}
+
+// Kill ends the server with SIGKILL, as a crash would. Plugin processes
+// Vault started are left running, as they are after a real crash.
+func (s *Server) Kill() {
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.done
+}
+
+// KillAll ends the server and every plugin process it started.
+func (s *Server) KillAll() {
+	if s.cmd == nil {
+		return
+	}
+	_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+	<-s.done
+}
+
+// Restart starts the server again on the same address and storage.
+func (s *Server) Restart(ctx context.Context) error {
+	return s.start(ctx)
+}
+
+// FreeAddr returns a free 127.0.0.1 TCP address.
+func FreeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}

@@ -1,0 +1,123 @@
+package carbon
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// The inventory records every upstream key this mount owns, so that
+// max_keys can be enforced, a WAL rollback can tell a tracked key from a
+// stranded one, and tidy can find keys nobody tracks. Entries live at
+// inventory/<kind>/<role>/<escaped key id>: counting a role's keys is one
+// List of a short prefix.
+const (
+	inventoryStoragePrefix = "inventory/"
+
+	keyKindDynamic = "dynamic"
+)
+
+// inventoryEntry describes one owned key; never its value.
+type inventoryEntry struct {
+	KeyID           string    `json:"key_id"`
+	KeyName         string    `json:"key_name"`
+	ProjectID       string    `json:"project_id"`
+	ProjectPerLease bool      `json:"project_per_lease,omitempty"`
+	Config          string    `json:"config"`
+	Role            string    `json:"role"`
+	Kind            string    `json:"kind"`
+	Created         time.Time `json:"created"`
+	Expires         time.Time `json:"expires"`
+}
+
+func inventoryRolePrefix(kind, role string) string {
+	return inventoryStoragePrefix + kind + "/" + role + "/"
+}
+
+// inventoryPath escapes the key id: ids are opaque and could contain '/'.
+func inventoryPath(kind, role, keyID string) string {
+	return inventoryRolePrefix(kind, role) + url.PathEscape(keyID)
+}
+
+func putInventory(ctx context.Context, s logical.Storage, e *inventoryEntry) error {
+	entry, err := logical.StorageEntryJSON(inventoryPath(e.Kind, e.Role, e.KeyID), e)
+	if err != nil {
+		return err
+	}
+	return s.Put(ctx, entry)
+}
+
+func getInventory(ctx context.Context, s logical.Storage, kind, role, keyID string) (*inventoryEntry, error) {
+	entry, err := s.Get(ctx, inventoryPath(kind, role, keyID))
+	if err != nil || entry == nil {
+		return nil, err
+	}
+	e := new(inventoryEntry)
+	if err := entry.DecodeJSON(e); err != nil {
+		return nil, fmt.Errorf("decoding inventory entry for key %q: %w", keyID, err)
+	}
+	return e, nil
+}
+
+func deleteInventory(ctx context.Context, s logical.Storage, kind, role, keyID string) error {
+	return s.Delete(ctx, inventoryPath(kind, role, keyID))
+}
+
+// countInventory returns how many live keys a role owns.
+func countInventory(ctx context.Context, s logical.Storage, kind, role string) (int, error) {
+	ids, err := s.List(ctx, inventoryRolePrefix(kind, role))
+	return len(ids), err
+}
+
+// walkInventory calls fn for every inventory entry.
+func walkInventory(ctx context.Context, s logical.Storage, fn func(*inventoryEntry) error) error {
+	kinds, err := s.List(ctx, inventoryStoragePrefix)
+	if err != nil {
+		return err
+	}
+	for _, kind := range kinds {
+		roles, err := s.List(ctx, inventoryStoragePrefix+kind)
+		if err != nil {
+			return err
+		}
+		for _, role := range roles {
+			ids, err := s.List(ctx, inventoryStoragePrefix+kind+role)
+			if err != nil {
+				return err
+			}
+			for _, id := range ids {
+				entry, err := s.Get(ctx, inventoryStoragePrefix+kind+role+id)
+				if err != nil {
+					return err
+				}
+				if entry == nil {
+					continue
+				}
+				e := new(inventoryEntry)
+				if err := entry.DecodeJSON(e); err != nil {
+					return fmt.Errorf("decoding inventory entry %q: %w", id, err)
+				}
+				if err := fn(e); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// inventoryCountForConfig returns how many live keys were issued through a
+// connection.
+func inventoryCountForConfig(ctx context.Context, s logical.Storage, config string) (int, error) {
+	n := 0
+	err := walkInventory(ctx, s, func(e *inventoryEntry) error {
+		if e.Config == config {
+			n++
+		}
+		return nil
+	})
+	return n, err
+}

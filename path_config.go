@@ -1,0 +1,469 @@
+package carbon
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/altruistiq"
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiq"
+)
+
+const (
+	configStoragePrefix = "config/"
+
+	providerClimatiq   = "climatiq"
+	providerAltruistiq = "altruistiq"
+
+	defaultRequestTimeout = 30 * time.Second
+	maxRequestTimeout     = 5 * time.Minute
+	defaultMaxRetries     = 3
+	maxMaxRetries         = 10
+)
+
+// connectionConfig is the stored form of config/:name.
+type connectionConfig struct {
+	Provider string `json:"provider"`
+
+	// Climatiq
+	ManagementKey string `json:"management_key,omitempty"`
+	ManagementURL string `json:"management_url,omitempty"`
+
+	// Altruistiq
+	ClientID     string   `json:"client_id,omitempty"`
+	ClientSecret string   `json:"client_secret,omitempty"`
+	TokenURL     string   `json:"token_url,omitempty"`
+	AuthStyle    string   `json:"auth_style,omitempty"`
+	Scopes       []string `json:"scopes,omitempty"`
+
+	// Both
+	APIURL         string        `json:"api_url"`
+	RequestTimeout time.Duration `json:"request_timeout"`
+	MaxRetries     int           `json:"max_retries"`
+	RateLimit      float64       `json:"rate_limit"`
+}
+
+// providerFields names the fields that belong to one provider only; setting
+// one on the other provider's connection is an error, not silently ignored.
+var providerFields = map[string]string{
+	"management_key": providerClimatiq,
+	"management_url": providerClimatiq,
+	"client_id":      providerAltruistiq,
+	"client_secret":  providerAltruistiq,
+	"token_url":      providerAltruistiq,
+	"auth_style":     providerAltruistiq,
+	"scopes":         providerAltruistiq,
+}
+
+func pathConfig(b *backend) []*framework.Path {
+	return []*framework.Path{
+		{
+			Pattern: "config/?$",
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefixCarbon,
+				OperationSuffix: "connections",
+			},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ListOperation: &framework.PathOperation{
+					Callback: b.pathConfigList,
+					Summary:  "List the configured connections.",
+				},
+				logical.UpdateOperation: requireNameOperation("name", "config/<name>"),
+				logical.ReadOperation:   requireNameOperation("name", "config/<name>"),
+				logical.DeleteOperation: requireNameOperation("name", "config/<name>"),
+			},
+			HelpSynopsis:    "List the configured upstream connections.",
+			HelpDescription: "Lists the names of the connections configured under config/<name>.",
+		},
+		{
+			Pattern: "config/" + framework.MatchAllRegex("name"),
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefixCarbon,
+				OperationSuffix: "connection",
+			},
+			Fields: map[string]*framework.FieldSchema{
+				"name": {
+					Type:        framework.TypeString,
+					Description: "Name of the connection. Letters, digits, '.', '_' and '-'.",
+					Required:    true,
+				},
+				"provider": {
+					Type:        framework.TypeString,
+					Description: `Upstream platform: "climatiq" or "altruistiq". Required on create; cannot be changed later.`,
+					AllowedValues: []any{providerClimatiq, providerAltruistiq},
+				},
+				"management_key": {
+					Type:         framework.TypeString,
+					Description:  "Climatiq management API key. Write-only: never returned.",
+					DisplayAttrs: &framework.DisplayAttributes{Name: "Management key", Sensitive: true},
+				},
+				"management_url": {
+					Type:         framework.TypeString,
+					Description:  fmt.Sprintf("Climatiq management API base URL. Defaults to %s.", climatiq.DefaultManagementURL),
+					DisplayAttrs: &framework.DisplayAttributes{Name: "Management URL"},
+				},
+				"api_url": {
+					Type: framework.TypeString,
+					Description: fmt.Sprintf("Base URL of the platform's regular API, used to check issued credentials. Defaults to %s (climatiq) or %s (altruistiq).",
+						climatiq.DefaultAPIURL, altruistiq.DefaultAPIURL),
+					DisplayAttrs: &framework.DisplayAttributes{Name: "API URL"},
+				},
+				"client_id": {
+					Type:         framework.TypeString,
+					Description:  "Altruistiq OAuth client ID.",
+					DisplayAttrs: &framework.DisplayAttributes{Name: "Client ID"},
+				},
+				"client_secret": {
+					Type:         framework.TypeString,
+					Description:  "Altruistiq OAuth client secret. Write-only: never returned.",
+					DisplayAttrs: &framework.DisplayAttributes{Name: "Client secret", Sensitive: true},
+				},
+				"token_url": {
+					Type:         framework.TypeString,
+					Description:  fmt.Sprintf("Altruistiq OAuth token endpoint. Defaults to %s.", altruistiq.DefaultTokenURL),
+					DisplayAttrs: &framework.DisplayAttributes{Name: "Token URL"},
+				},
+				"auth_style": {
+					Type:          framework.TypeString,
+					Description:   `How client credentials reach the token endpoint: "params" (form body, the default; Altruistiq) or "header" (HTTP Basic; PACT-style hosts).`,
+					AllowedValues: []any{altruistiq.AuthStyleParams, altruistiq.AuthStyleHeader},
+				},
+				"scopes": {
+					Type:        framework.TypeCommaStringSlice,
+					Description: "Altruistiq OAuth scopes requested by default. Roles may override them.",
+				},
+				"verify_connection": {
+					Type:        framework.TypeBool,
+					Default:     true,
+					Description: "Check the credentials against the upstream before saving. The write fails with the upstream's status and message when they do not work.",
+				},
+				"request_timeout": {
+					Type:        framework.TypeDurationSecond,
+					Default:     int(defaultRequestTimeout.Seconds()),
+					Description: "Timeout of one upstream HTTP request attempt. Between 1s and 5m.",
+				},
+				"max_retries": {
+					Type:        framework.TypeInt,
+					Default:     defaultMaxRetries,
+					Description: "Retries of an upstream request after a network error or a 5xx answer (0-10). 429 answers are waited out instead and do not count.",
+				},
+				"rate_limit": {
+					Type:        framework.TypeFloat,
+					Default:     0.0,
+					Description: "Maximum upstream requests per second from this mount for this connection, shared by issuance and revocation. 0 means no client-side limit.",
+				},
+			},
+			ExistenceCheck: b.pathConfigExists,
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.CreateOperation: &framework.PathOperation{
+					Callback:                  b.pathConfigWrite,
+					ForwardPerformanceStandby: true,
+					Summary:                   "Create a connection.",
+				},
+				logical.UpdateOperation: &framework.PathOperation{
+					Callback:                  b.pathConfigWrite,
+					ForwardPerformanceStandby: true,
+					Summary:                   "Update a connection.",
+				},
+				logical.ReadOperation: &framework.PathOperation{
+					Callback: b.pathConfigRead,
+					Summary:  "Read a connection's non-secret settings.",
+				},
+				logical.DeleteOperation: &framework.PathOperation{
+					Callback:                  b.pathConfigDelete,
+					ForwardPerformanceStandby: true,
+					Summary:                   "Delete a connection that no role and no live key uses.",
+				},
+			},
+			HelpSynopsis:    "Configure a connection to Climatiq or Altruistiq.",
+			HelpDescription: strings.TrimSpace(pathConfigHelp),
+		},
+	}
+}
+
+func getConnectionConfig(ctx context.Context, s logical.Storage, name string) (*connectionConfig, error) {
+	entry, err := s.Get(ctx, configStoragePrefix+name)
+	if err != nil || entry == nil {
+		return nil, err
+	}
+	cfg := new(connectionConfig)
+	if err := entry.DecodeJSON(cfg); err != nil {
+		return nil, fmt.Errorf("decoding config %q: %w", name, err)
+	}
+	return cfg, nil
+}
+
+func (b *backend) pathConfigExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
+	cfg, err := getConnectionConfig(ctx, req.Storage, d.Get("name").(string))
+	return cfg != nil, err
+}
+
+func (b *backend) pathConfigList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	names, err := req.Storage.List(ctx, configStoragePrefix)
+	if err != nil {
+		return nil, err
+	}
+	return logical.ListResponse(names), nil
+}
+
+func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	if err := validateName("name", name); err != nil {
+		return errorResponse(err)
+	}
+	cfg, err := getConnectionConfig(ctx, req.Storage, name)
+	if err != nil || cfg == nil {
+		return nil, err
+	}
+	data := map[string]any{
+		"provider":        cfg.Provider,
+		"api_url":         cfg.APIURL,
+		"request_timeout": int64(cfg.RequestTimeout.Seconds()),
+		"max_retries":     cfg.MaxRetries,
+		"rate_limit":      cfg.RateLimit,
+	}
+	switch cfg.Provider {
+	case providerClimatiq:
+		data["management_url"] = cfg.ManagementURL
+	case providerAltruistiq:
+		data["client_id"] = cfg.ClientID
+		data["token_url"] = cfg.TokenURL
+		data["auth_style"] = cfg.AuthStyle
+		data["scopes"] = nonNil(cfg.Scopes)
+	}
+	return &logical.Response{Data: data}, nil
+}
+
+func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	if err := validateName("name", name); err != nil {
+		return errorResponse(err)
+	}
+	cfg, err := getConnectionConfig(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if cfg == nil {
+		cfg, err = newConnectionConfig(d)
+	} else {
+		err = checkProviderUnchanged(cfg, d)
+	}
+	if err == nil {
+		err = cfg.update(d)
+	}
+	if err != nil {
+		return errorResponse(err)
+	}
+
+	if d.Get("verify_connection").(bool) {
+		if resp := b.verifyConnection(ctx, name, cfg); resp != nil {
+			return resp, nil
+		}
+	}
+
+	entry, err := logical.StorageEntryJSON(configStoragePrefix+name, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := req.Storage.Put(ctx, entry); err != nil {
+		return nil, err
+	}
+	// A rewritten connection must not keep serving the old credentials or
+	// tokens fetched with them.
+	b.resetConnection(name)
+	return nil, nil
+}
+
+// verifyConnection returns a 400 carrying the upstream's status and message
+// when the connection's credentials do not work, and nil when they do.
+func (b *backend) verifyConnection(ctx context.Context, name string, cfg *connectionConfig) *logical.Response {
+	conn, err := newConnection(b, name, cfg)
+	if err != nil {
+		return logical.ErrorResponse("verify_connection: %s", err)
+	}
+	defer conn.close()
+	if err := conn.verify(ctx); err != nil {
+		return logical.ErrorResponse("verify_connection: %s refused the credentials: %s; check %s, or write with verify_connection=false to save without checking",
+			cfg.Provider, err, credentialFields(cfg.Provider))
+	}
+	return nil
+}
+
+func credentialFields(provider string) string {
+	if provider == providerClimatiq {
+		return "management_key and management_url"
+	}
+	return "client_id, client_secret, token_url and auth_style"
+}
+
+func newConnectionConfig(d *framework.FieldData) (*connectionConfig, error) {
+	provider, ok := d.GetOk("provider")
+	if !ok || provider.(string) == "" {
+		return nil, invalidField("provider", `is required when creating a connection; use "climatiq" or "altruistiq"`)
+	}
+	cfg := &connectionConfig{
+		Provider:       provider.(string),
+		RequestTimeout: defaultRequestTimeout,
+		MaxRetries:     defaultMaxRetries,
+	}
+	switch cfg.Provider {
+	case providerClimatiq:
+		cfg.ManagementURL = climatiq.DefaultManagementURL
+		cfg.APIURL = climatiq.DefaultAPIURL
+	case providerAltruistiq:
+		cfg.TokenURL = altruistiq.DefaultTokenURL
+		cfg.APIURL = altruistiq.DefaultAPIURL
+		cfg.AuthStyle = altruistiq.AuthStyleParams
+	default:
+		return nil, invalidField("provider", `%s is not supported; use "climatiq" or "altruistiq"`, quoteForMessage(cfg.Provider))
+	}
+	return cfg, nil
+}
+
+func checkProviderUnchanged(cfg *connectionConfig, d *framework.FieldData) error {
+	if p, ok := d.GetOk("provider"); ok && p.(string) != cfg.Provider {
+		return invalidField("provider", "cannot change from %q; delete the connection and create it again", cfg.Provider)
+	}
+	return nil
+}
+
+// update applies the request's fields to cfg and validates the result.
+func (cfg *connectionConfig) update(d *framework.FieldData) error {
+	if err := rejectForeignFields(d, cfg.Provider, providerFields); err != nil {
+		return err
+	}
+	setString := func(field string, dst *string) {
+		if v, ok := d.GetOk(field); ok {
+			*dst = strings.TrimSpace(v.(string))
+		}
+	}
+	setString("management_key", &cfg.ManagementKey)
+	setString("client_id", &cfg.ClientID)
+	setString("client_secret", &cfg.ClientSecret)
+	setString("auth_style", &cfg.AuthStyle)
+
+	for field, dst := range map[string]*string{
+		"management_url": &cfg.ManagementURL,
+		"token_url":      &cfg.TokenURL,
+		"api_url":        &cfg.APIURL,
+	} {
+		if v, ok := d.GetOk(field); ok {
+			u, err := validateUpstreamURL(field, v.(string))
+			if err != nil {
+				return err
+			}
+			*dst = u
+		}
+	}
+	if v, ok := d.GetOk("scopes"); ok {
+		cfg.Scopes = cleanScopes(v.([]string))
+	}
+	if v, ok := d.GetOk("request_timeout"); ok {
+		cfg.RequestTimeout = time.Duration(v.(int)) * time.Second
+	}
+	if v, ok := d.GetOk("max_retries"); ok {
+		cfg.MaxRetries = v.(int)
+	}
+	if v, ok := d.GetOk("rate_limit"); ok {
+		cfg.RateLimit = v.(float64)
+	}
+	return cfg.validate()
+}
+
+func (cfg *connectionConfig) validate() error {
+	switch cfg.Provider {
+	case providerClimatiq:
+		if cfg.ManagementKey == "" {
+			return invalidField("management_key", "is required for a climatiq connection; give the Climatiq management API key")
+		}
+	case providerAltruistiq:
+		if cfg.ClientID == "" {
+			return invalidField("client_id", "is required for an altruistiq connection; give the OAuth client ID")
+		}
+		if cfg.ClientSecret == "" {
+			return invalidField("client_secret", "is required for an altruistiq connection; give the OAuth client secret")
+		}
+		if cfg.AuthStyle != altruistiq.AuthStyleParams && cfg.AuthStyle != altruistiq.AuthStyleHeader {
+			return invalidField("auth_style", `%s is not supported; use "params" or "header"`, quoteForMessage(cfg.AuthStyle))
+		}
+	}
+	if cfg.RequestTimeout < time.Second || cfg.RequestTimeout > maxRequestTimeout {
+		return invalidField("request_timeout", "must be between 1s and %s", maxRequestTimeout)
+	}
+	if cfg.MaxRetries < 0 || cfg.MaxRetries > maxMaxRetries {
+		return invalidField("max_retries", "must be between 0 and %d", maxMaxRetries)
+	}
+	if cfg.RateLimit < 0 || cfg.RateLimit > 10000 {
+		return invalidField("rate_limit", "must be between 0 (no limit) and 10000 requests per second")
+	}
+	return nil
+}
+
+func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	if err := validateName("name", name); err != nil {
+		return errorResponse(err)
+	}
+	// Refuse while anything still needs the credentials: a role could not
+	// issue, and a live key could not be revoked upstream.
+	roles, err := rolesUsingConfig(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if len(roles) > 0 {
+		return logical.ErrorResponse("name: connection %q is used by roles %s; delete or re-point them first", name, strings.Join(roles, ", ")), nil
+	}
+	live, err := inventoryCountForConfig(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if live > 0 {
+		return logical.ErrorResponse("name: connection %q still owns %d live keys; revoke their leases first (vault lease revoke -prefix)", name, live), nil
+	}
+	if err := req.Storage.Delete(ctx, configStoragePrefix+name); err != nil {
+		return nil, err
+	}
+	b.resetConnection(name)
+	return nil, nil
+}
+
+func cleanScopes(in []string) []string {
+	out := make([]string, 0, len(in))
+	for _, s := range in {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+const operationPrefixCarbon = "carbon"
+
+const pathConfigHelp = `
+A connection holds the credentials Vault uses upstream.
+
+For provider=climatiq: management_key (write-only), management_url and api_url.
+Climatiq management keys cannot be created or rotated through any API, so this
+engine offers no rotate-root: rotate the key in the Climatiq dashboard and
+write the new value here.
+
+For provider=altruistiq: client_id, client_secret (write-only), token_url,
+api_url, auth_style and scopes. Client secrets are managed only in the
+Altruistiq web interface; Vault stores them and exchanges them for tokens.
+
+URLs must use https://, except loopback hosts (127.0.0.0/8, ::1, localhost).
+With verify_connection=true (the default) the write fails with the upstream's
+status and message when the credentials do not work. Secrets are never
+returned by a read.
+`

@@ -1,0 +1,183 @@
+package carbon
+
+import (
+	"fmt"
+	"net/http"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+func TestConfigCRUD(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", map[string]any{"rate_limit": 50.0, "request_timeout": "10s"})
+	e.writeAltruistiqConfig("aq", map[string]any{"scopes": "read,write", "auth_style": "params"})
+
+	tests := []struct {
+		name string
+		want map[string]any
+	}{
+		{"cq", map[string]any{
+			"provider": "climatiq", "management_url": e.climatiq.ManagementURL(), "api_url": e.climatiq.APIURL(),
+			"request_timeout": int64(10), "max_retries": 1, "rate_limit": 50.0,
+		}},
+		{"aq", map[string]any{
+			"provider": "altruistiq", "client_id": testClientID, "token_url": e.altruistiq.TokenURL(),
+			"api_url": e.altruistiq.APIURL(), "auth_style": "params", "scopes": []string{"read", "write"},
+			"request_timeout": int64(30), "max_retries": 3, "rate_limit": 0.0,
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := e.mustOK(logical.ReadOperation, "config/"+tc.name, nil)
+			if !reflect.DeepEqual(resp.Data, tc.want) {
+				t.Fatalf("read config/%s:\n got %#v\nwant %#v", tc.name, resp.Data, tc.want)
+			}
+			assertNoSecrets(t, fmt.Sprint(resp.Data))
+		})
+	}
+
+	list := e.mustOK(logical.ListOperation, "config/", nil)
+	if got := list.Data["keys"]; !reflect.DeepEqual(got, []string{"aq", "cq"}) {
+		t.Fatalf("list = %v", got)
+	}
+
+	// Update keeps what the request does not mention.
+	e.mustOK(logical.UpdateOperation, "config/cq", map[string]any{"max_retries": 5})
+	resp := e.mustOK(logical.ReadOperation, "config/cq", nil)
+	if resp.Data["max_retries"] != 5 || resp.Data["rate_limit"] != 50.0 {
+		t.Fatalf("update did not merge: %v", resp.Data)
+	}
+
+	e.mustOK(logical.DeleteOperation, "config/aq", nil)
+	if resp := e.do(logical.ReadOperation, "config/aq", nil); resp != nil {
+		t.Fatalf("deleted config still readable: %v", resp.Data)
+	}
+}
+
+func TestConfigVerifyConnection(t *testing.T) {
+	e := newTestEnv(t)
+	tests := []struct {
+		name  string
+		data  map[string]any
+		field string
+	}{
+		{"wrong management key", map[string]any{
+			"provider": "climatiq", "management_key": "wrong", "management_url": e.climatiq.ManagementURL(), "api_url": e.climatiq.APIURL(),
+		}, "401"},
+		{"wrong client secret", map[string]any{
+			"provider": "altruistiq", "client_id": testClientID, "client_secret": "wrong", "token_url": e.altruistiq.TokenURL(), "api_url": e.altruistiq.APIURL(),
+		}, "401"},
+		{"header auth on a body-credentials host", map[string]any{
+			"provider": "altruistiq", "client_id": testClientID, "client_secret": testClientSecret, "auth_style": "header",
+			"token_url": e.altruistiq.TokenURL(), "api_url": e.altruistiq.APIURL(),
+		}, "verify_connection"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e.mustFail(logical.CreateOperation, "config/bad", tc.data, tc.field)
+			resp := e.do(logical.CreateOperation, "config/bad", tc.data)
+			if msg := resp.Error().Error(); strings.Contains(msg, "wrong") || strings.Contains(msg, testClientSecret) {
+				t.Fatalf("error echoes a secret: %q", msg)
+			}
+			if e.do(logical.ReadOperation, "config/bad", nil) != nil {
+				t.Fatal("a config that failed verification was stored")
+			}
+		})
+	}
+
+	// verify_connection=false stores it anyway.
+	data := tests[0].data
+	data["verify_connection"] = false
+	e.mustOK(logical.CreateOperation, "config/unchecked", data)
+
+	// PACT-style hosts take HTTP Basic.
+	e.mustOK(logical.CreateOperation, "config/pact", map[string]any{
+		"provider": "altruistiq", "client_id": testClientID, "client_secret": testClientSecret, "auth_style": "header",
+		"token_url": e.altruistiq.PACTTokenURL(), "api_url": e.altruistiq.APIURL(),
+	})
+}
+
+func TestConfigValidation(t *testing.T) {
+	e := newTestEnv(t)
+	cq := func(extra map[string]any) map[string]any {
+		d := map[string]any{"provider": "climatiq", "management_key": testManagementKey,
+			"management_url": e.climatiq.ManagementURL(), "api_url": e.climatiq.APIURL()}
+		for k, v := range extra {
+			d[k] = v
+		}
+		return d
+	}
+	tests := []struct {
+		name  string
+		path  string
+		data  map[string]any
+		field string
+	}{
+		{"missing provider", "config/x", map[string]any{"management_key": "k"}, "provider"},
+		{"unknown provider", "config/x", map[string]any{"provider": "watttime"}, "provider"},
+		{"missing management key", "config/x", map[string]any{"provider": "climatiq"}, "management_key"},
+		{"missing client id", "config/x", map[string]any{"provider": "altruistiq", "client_secret": "s"}, "client_id"},
+		{"missing client secret", "config/x", map[string]any{"provider": "altruistiq", "client_id": "i"}, "client_secret"},
+		{"altruistiq field on climatiq", "config/x", cq(map[string]any{"client_secret": "s"}), "client_secret"},
+		{"climatiq field on altruistiq", "config/x", map[string]any{"provider": "altruistiq", "client_id": "i", "client_secret": "s", "management_key": "k"}, "management_key"},
+		{"http to remote host", "config/x", cq(map[string]any{"management_url": "http://example.com/m"}), "management_url"},
+		{"ftp scheme", "config/x", cq(map[string]any{"api_url": "ftp://127.0.0.1/"}), "api_url"},
+		{"relative url", "config/x", cq(map[string]any{"api_url": "/just/a/path"}), "api_url"},
+		{"credentials in url", "config/x", cq(map[string]any{"api_url": "https://user:pw@example.com"}), "api_url"},
+		{"bad auth style", "config/x", map[string]any{"provider": "altruistiq", "client_id": "i", "client_secret": "s", "auth_style": "digest"}, "auth_style"},
+		{"timeout too small", "config/x", cq(map[string]any{"request_timeout": "0s"}), "request_timeout"},
+		{"timeout too large", "config/x", cq(map[string]any{"request_timeout": "1h"}), "request_timeout"},
+		{"negative retries", "config/x", cq(map[string]any{"max_retries": -1}), "max_retries"},
+		{"negative rate limit", "config/x", cq(map[string]any{"rate_limit": -2.5}), "rate_limit"},
+		{"invalid name", "config/bad name!", cq(nil), "name"},
+		{"nested name", "config/a/b", cq(nil), "name"},
+		{"empty name", "config/", cq(nil), "name"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e.mustFail(logical.UpdateOperation, tc.path, tc.data, tc.field)
+		})
+	}
+
+	// The provider of an existing connection cannot change.
+	e.writeClimatiqConfig("cq", nil)
+	e.mustFail(logical.UpdateOperation, "config/cq", map[string]any{"provider": "altruistiq"}, "provider")
+}
+
+func TestConfigDeleteRefusedWhileInUse(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
+	e.mustFail(logical.DeleteOperation, "config/cq", nil, "ci")
+
+	resp := e.mustOK(logical.ReadOperation, "creds/ci", nil)
+	e.mustOK(logical.DeleteOperation, "roles/ci", nil)
+	// The live key still needs the connection to be revoked.
+	e.mustFail(logical.DeleteOperation, "config/cq", nil, "live keys")
+	if _, err := e.revoke(resp.Secret); err != nil {
+		t.Fatal(err)
+	}
+	e.mustOK(logical.DeleteOperation, "config/cq", nil)
+}
+
+// assertNoSecrets fails when s carries any of the test credentials.
+func assertNoSecrets(t *testing.T, s string) {
+	t.Helper()
+	for _, secret := range []string{testManagementKey, testClientSecret} {
+		if strings.Contains(s, secret) {
+			t.Fatalf("output carries a secret: %s", s)
+		}
+	}
+}
+
+// statusOf returns the HTTP status Vault would answer an error with.
+func statusOf(resp *logical.Response, err error) int {
+	status, _ := logical.RespondErrorCommon(&logical.Request{}, resp, err)
+	if status == 0 {
+		return http.StatusOK
+	}
+	return status
+}

@@ -1,0 +1,271 @@
+package carbon
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+func TestClimatiqIssueAndRevoke(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID, "ttl": "1h", "max_ttl": "2h"})
+
+	resp := e.mustOK(logical.ReadOperation, "creds/ci", nil)
+	apiKey, keyID := resp.Data["api_key"].(string), resp.Data["key_id"].(string)
+	if apiKey == "" || keyID == "" || resp.Data["project_id"] != e.projectID {
+		t.Fatalf("creds response incomplete: %v", resp.Data)
+	}
+	if resp.Secret == nil || resp.Secret.TTL != time.Hour || resp.Secret.MaxTTL != 2*time.Hour || !resp.Secret.Renewable {
+		t.Fatalf("lease = %+v", resp.Secret)
+	}
+	up, ok := e.climatiq.Key(keyID)
+	if !ok || up.Key != apiKey {
+		t.Fatal("issued key does not exist upstream")
+	}
+	marker, _, ok := parseKeyName(up.Name)
+	if !ok || marker != e.b.marker || !strings.Contains(up.Name, "-ci-token-tester") {
+		t.Fatalf("key name %q lacks the mount's prefix or the rendered template", up.Name)
+	}
+	if err := e.b.connections["cq"].climatiq.CheckKey(context.Background(), apiKey); err != nil {
+		t.Fatalf("issued key does not work against the regular API: %v", err)
+	}
+	assertInventory(t, e, "ci", keyID, true)
+	assertNoWAL(t, e)
+
+	if _, err := e.revoke(resp.Secret); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := e.climatiq.Key(keyID); ok {
+		t.Fatal("revoke did not delete the key upstream")
+	}
+	assertInventory(t, e, "ci", keyID, false)
+
+	// Revoking again (Vault retries after a lost answer) and revoking a key
+	// someone already deleted upstream both succeed.
+	if _, err := e.revoke(resp.Secret); err != nil {
+		t.Fatalf("second revoke: %v", err)
+	}
+}
+
+func TestClimatiqRevokeFailureIsRetried(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", map[string]any{"max_retries": 0})
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
+	resp := e.mustOK(logical.ReadOperation, "creds/ci", nil)
+	keyID := resp.Data["key_id"].(string)
+
+	e.climatiq.FailNext(1, http.StatusInternalServerError)
+	if _, err := e.revoke(resp.Secret); err == nil {
+		t.Fatal("revoke reported success although the upstream delete failed")
+	}
+	assertInventory(t, e, "ci", keyID, true)
+	if _, err := e.revoke(resp.Secret); err != nil {
+		t.Fatalf("retried revoke: %v", err)
+	}
+	if _, ok := e.climatiq.Key(keyID); ok {
+		t.Fatal("key still exists upstream")
+	}
+}
+
+func TestClimatiqRenewCappedByMaxTTL(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID, "ttl": "1h", "max_ttl": "90m"})
+	resp := e.mustOK(logical.ReadOperation, "creds/ci", nil)
+
+	tests := []struct {
+		name      string
+		issuedAgo time.Duration
+		increment time.Duration
+		want      time.Duration
+	}{
+		{"role ttl", 0, 0, time.Hour},
+		{"increment honoured", 0, 20 * time.Minute, 20 * time.Minute},
+		{"capped at max_ttl", 60 * time.Minute, 0, 30 * time.Minute},
+		{"increment capped", 80 * time.Minute, time.Hour, 10 * time.Minute},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := *resp.Secret
+			s.IssueTime = time.Now().Add(-tc.issuedAgo)
+			renewed, err := e.renew(&s, tc.increment)
+			if err != nil || renewed.IsError() {
+				t.Fatalf("renew: %v %v", err, renewed.Error())
+			}
+			if got := renewed.Secret.TTL; got < tc.want-2*time.Second || got > tc.want {
+				t.Fatalf("TTL = %s, want %s", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestClimatiqProjectPerLease(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	e.writeRole("isolated", map[string]any{"config": "cq", "project_per_lease": true})
+	before := len(e.climatiq.Projects())
+
+	resp := e.mustOK(logical.ReadOperation, "creds/isolated", nil)
+	projectID := resp.Data["project_id"].(string)
+	if projectID == "" || projectID == e.projectID || len(e.climatiq.Projects()) != before+1 {
+		t.Fatalf("no fresh project: %v", resp.Data)
+	}
+	if _, err := e.revoke(resp.Secret); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range e.climatiq.Projects() {
+		if p.ID == projectID {
+			t.Fatal("per-lease project survived the revoke")
+		}
+	}
+	if _, ok := e.climatiq.Key(resp.Data["key_id"].(string)); ok {
+		t.Fatal("per-lease key survived the revoke")
+	}
+}
+
+func TestClimatiqMaxKeys(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	e.writeRole("capped", map[string]any{"config": "cq", "project_id": e.projectID, "max_keys": 2})
+
+	var wg sync.WaitGroup
+	results := make([]*logical.Response, 6)
+	for i := range results {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			results[i], _ = e.doErr(logical.ReadOperation, "creds/capped", nil)
+		}(i)
+	}
+	wg.Wait()
+	var issued []*logical.Response
+	for _, r := range results {
+		if r != nil && !r.IsError() {
+			issued = append(issued, r)
+		} else if r == nil || !strings.Contains(r.Error().Error(), "max_keys") {
+			t.Fatalf("refusal does not name max_keys: %v", r)
+		}
+	}
+	if len(issued) != 2 || len(e.climatiq.Keys()) != 2 {
+		t.Fatalf("issued %d keys (%d upstream), want 2", len(issued), len(e.climatiq.Keys()))
+	}
+	if _, err := e.revoke(issued[0].Secret); err != nil {
+		t.Fatal(err)
+	}
+	e.mustOK(logical.ReadOperation, "creds/capped", nil)
+}
+
+func TestClimatiqIssueUpstreamFailure(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", map[string]any{"max_retries": 0})
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
+
+	e.climatiq.FailNext(1, http.StatusInternalServerError)
+	resp, err := e.doErr(logical.ReadOperation, "creds/ci", nil)
+	if status := statusOf(resp, err); status != http.StatusBadGateway {
+		t.Fatalf("status = %d (%v), want 502", status, err)
+	}
+	if !strings.Contains(err.Error(), "500") {
+		t.Fatalf("error %q does not carry the upstream status", err)
+	}
+	assertNoSecrets(t, err.Error())
+	if n := len(e.climatiq.Keys()); n != 0 {
+		t.Fatalf("%d keys upstream after a failed issuance", n)
+	}
+	assertNoWAL(t, e)
+}
+
+func TestAltruistiqTokenSharedAndBounded(t *testing.T) {
+	e := newTestEnv(t)
+	e.altruistiq.SetTokenLifetime(10 * time.Minute)
+	e.writeAltruistiqConfig("aq", nil)
+	e.writeRole("export", map[string]any{"config": "aq", "ttl": "1h"})
+	// verify_connection fetched one token with a throwaway client.
+	callsBefore := e.altruistiq.TokenCalls()
+
+	const readers = 100
+	var wg sync.WaitGroup
+	tokens := make(chan string, readers)
+	errs := make(chan error, readers)
+	for i := 0; i < readers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := e.doErr(logical.ReadOperation, "creds/export", nil)
+			if err != nil || resp.IsError() {
+				errs <- errors.Join(err, resp.Error())
+				return
+			}
+			expiresAt, _ := time.Parse(time.RFC3339, resp.Data["expires_at"].(string))
+			if resp.Secret.TTL <= 0 || time.Now().Add(resp.Secret.TTL).After(expiresAt.Add(time.Second)) {
+				errs <- errors.New("lease outlives the token")
+			}
+			if resp.Secret.Renewable {
+				errs <- errors.New("token lease is renewable")
+			}
+			tokens <- resp.Data["access_token"].(string)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	close(tokens)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	distinct := map[string]bool{}
+	for tok := range tokens {
+		distinct[tok] = true
+		if !e.altruistiq.ValidToken(tok) {
+			t.Fatal("issued token is not valid upstream")
+		}
+	}
+	if calls := e.altruistiq.TokenCalls() - callsBefore; calls != 1 || len(distinct) != 1 {
+		t.Fatalf("%d upstream token calls and %d distinct tokens for %d reads, want 1 and 1", calls, len(distinct), readers)
+	}
+
+	// The lease never outlives the token, even when the role allows more.
+	resp := e.mustOK(logical.ReadOperation, "creds/export", nil)
+	if resp.Secret.TTL > 10*time.Minute {
+		t.Fatalf("lease TTL %s exceeds the token lifetime", resp.Secret.TTL)
+	}
+	if _, err := e.revoke(resp.Secret); err != nil {
+		t.Fatalf("revoking a token lease: %v", err)
+	}
+}
+
+func TestCredsBadInput(t *testing.T) {
+	e := newTestEnv(t)
+	e.mustFail(logical.ReadOperation, "creds/nope", nil, "role")
+	e.mustFail(logical.ReadOperation, "creds/bad name", nil, "role")
+	e.mustFail(logical.ReadOperation, "creds/", nil, "role")
+}
+
+func assertInventory(t *testing.T, e *testEnv, role, keyID string, want bool) {
+	t.Helper()
+	got, err := getInventory(context.Background(), e.storage, keyKindDynamic, role, keyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if (got != nil) != want {
+		t.Fatalf("inventory entry for key %s present=%v, want %v", keyID, got != nil, want)
+	}
+}
+
+func assertNoWAL(t *testing.T, e *testEnv) {
+	t.Helper()
+	ids, err := framework.ListWAL(context.Background(), e.storage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ids) != 0 {
+		t.Fatalf("%d WAL entries left", len(ids))
+	}
+}

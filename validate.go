@@ -1,0 +1,127 @@
+package carbon
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"net"
+	"net/url"
+	"regexp"
+	"strings"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// maxNameLength bounds config and role names: they become storage keys and
+// parts of upstream key names.
+const maxNameLength = 128
+
+var nameRegex = regexp.MustCompile(`^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$`)
+
+// inputError is bad input from the caller: handlers turn it into a 400 whose
+// message names the field and the fix.
+type inputError struct {
+	field string
+	msg   string
+}
+
+func (e *inputError) Error() string { return e.field + ": " + e.msg }
+
+func invalidField(field, format string, args ...any) error {
+	return &inputError{field: field, msg: fmt.Sprintf(format, args...)}
+}
+
+// validateName checks a config or role name taken from the request path.
+func validateName(field, name string) error {
+	switch {
+	case name == "":
+		return invalidField(field, "is required in the path")
+	case len(name) > maxNameLength:
+		return invalidField(field, "is %d characters long; use at most %d", len(name), maxNameLength)
+	case !nameRegex.MatchString(name):
+		return invalidField(field, "%s is not valid; use letters, digits, '.', '_' or '-', starting and ending with a letter or digit", quoteForMessage(name))
+	}
+	return nil
+}
+
+// quoteForMessage quotes user input for an error message: control characters
+// are escaped and long values cut, so a message stays one readable line.
+func quoteForMessage(s string) string {
+	const limit = 64
+	if len(s) > limit {
+		return fmt.Sprintf("%q...", s[:limit])
+	}
+	return fmt.Sprintf("%q", s)
+}
+
+// validateUpstreamURL requires https, except for loopback hosts where plain
+// http is allowed for local development and tests. Credentials embedded in
+// the URL are refused: they would be stored and shown as non-secret fields.
+func validateUpstreamURL(field, raw string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" || u.Opaque != "" {
+		return "", invalidField(field, "%s is not an absolute URL; use https://host/path", quoteForMessage(raw))
+	}
+	if u.User != nil {
+		return "", invalidField(field, "must not carry credentials; set them in their own fields")
+	}
+	if u.RawQuery != "" || u.Fragment != "" {
+		return "", invalidField(field, "must not have a query or fragment; give the base URL only")
+	}
+	switch u.Scheme {
+	case "https":
+	case "http":
+		if !isLoopbackHost(u.Hostname()) {
+			return "", invalidField(field, "http:// is allowed only for loopback hosts (127.0.0.0/8, ::1, localhost); use https://")
+		}
+	default:
+		return "", invalidField(field, "scheme %s is not supported; use https://", quoteForMessage(u.Scheme))
+	}
+	return strings.TrimRight(u.String(), "/"), nil
+}
+
+func isLoopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// errorResponse turns an inputError into a 400 response and passes any
+// other error through for Vault to report.
+func errorResponse(err error) (*logical.Response, error) {
+	if ie, ok := err.(*inputError); ok {
+		return logical.ErrorResponse(ie.Error()), nil
+	}
+	return nil, err
+}
+
+// requireNameOperation answers writes, reads and deletes on a collection
+// path that lack the item name, with a 400 naming the missing field rather
+// than Vault's bare "unsupported operation".
+func requireNameOperation(field, pathHint string) *framework.PathOperation {
+	return &framework.PathOperation{
+		Callback: func(_ context.Context, _ *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+			return logical.ErrorResponse("%s: is required in the path; use %s", field, pathHint), nil
+		},
+		Unpublished: true,
+	}
+}
+
+// rejectForeignFields fails when the request sets a field that belongs to
+// another provider than the one of the connection being written or used.
+func rejectForeignFields(d *framework.FieldData, provider string, owners map[string]string) error {
+	fields := make([]string, 0, len(owners))
+	for field := range owners {
+		fields = append(fields, field)
+	}
+	sort.Strings(fields)
+	for _, field := range fields {
+		if _, set := d.Raw[field]; set && owners[field] != provider {
+			return invalidField(field, "applies only to provider %q; remove it when the connection's provider is %q", owners[field], provider)
+		}
+	}
+	return nil
+}

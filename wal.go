@@ -1,0 +1,148 @@
+package carbon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiq"
+)
+
+// walKindClimatiqKey covers the creation of a Climatiq key (and, for
+// project_per_lease roles, its project). It is written before the upstream
+// create and deleted once the key is in the inventory.
+const walKindClimatiqKey = "climatiq_key"
+
+// rollbackTimeout bounds an in-request rollback after a failed issuance.
+const rollbackTimeout = 2 * time.Minute
+
+type climatiqKeyWAL struct {
+	Config          string `json:"config"`
+	Role            string `json:"role"`
+	ProjectID       string `json:"project_id"`
+	ProjectPerLease bool   `json:"project_per_lease"`
+	// KeyName is unique (see keyname.go), so the key can be found when the
+	// create's answer was lost.
+	KeyName string `json:"key_name"`
+	// KeyID is known only to an in-request rollback, after the create
+	// answered but a later step failed.
+	KeyID string `json:"key_id,omitempty"`
+}
+
+// walRollback dispatches the framework's WAL rollback by entry kind.
+func (b *backend) walRollback(ctx context.Context, req *logical.Request, kind string, data any) error {
+	switch kind {
+	case walKindClimatiqKey:
+		var w climatiqKeyWAL
+		if err := decodeWAL(data, &w); err != nil {
+			return err
+		}
+		return b.rollbackClimatiqKey(ctx, req.Storage, &w)
+	default:
+		b.Logger().Warn("dropping WAL entry of unknown kind", "kind", kind)
+		return nil
+	}
+}
+
+// decodeWAL converts the framework's generic WAL data into its typed form.
+func decodeWAL(data any, out any) error {
+	raw, err := json.Marshal(data)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(raw, out)
+}
+
+// rollbackClimatiqKey deletes whatever the covered issuance created upstream
+// unless the key made it into the inventory (then a lease owns it).
+func (b *backend) rollbackClimatiqKey(ctx context.Context, s logical.Storage, w *climatiqKeyWAL) error {
+	conn, err := b.connection(ctx, s, w.Config)
+	if err != nil {
+		return err
+	}
+	if conn == nil || conn.climatiq == nil {
+		// Nothing can reach the upstream any more; keeping the entry would
+		// only retry forever.
+		b.Logger().Warn("cannot roll back key creation: connection no longer exists", "config", w.Config, "key_name", w.KeyName)
+		return nil
+	}
+	client := conn.climatiq
+
+	if w.ProjectPerLease && w.ProjectID == "" {
+		projects, err := client.ListProjects(ctx)
+		if err != nil {
+			return err
+		}
+		for _, p := range projects {
+			if p.Name == w.KeyName {
+				w.ProjectID = p.ID
+			}
+		}
+		if w.ProjectID == "" {
+			return nil // the project was never created
+		}
+	}
+
+	if w.KeyID == "" {
+		keys, err := client.ListKeys(ctx, w.ProjectID)
+		if err != nil && !errors.Is(err, climatiq.ErrNotFound) {
+			return err
+		}
+		for _, k := range keys {
+			if k.Name == w.KeyName {
+				w.KeyID = k.ID
+			}
+		}
+	}
+	if w.KeyID != "" {
+		tracked, err := getInventory(ctx, s, keyKindDynamic, w.Role, w.KeyID)
+		if err != nil {
+			return err
+		}
+		if tracked != nil {
+			return nil
+		}
+	}
+
+	if w.ProjectPerLease {
+		err = ignoreNotFound(client.DeleteProject(ctx, w.ProjectID))
+	} else if w.KeyID != "" {
+		err = ignoreNotFound(client.DeleteKey(ctx, w.KeyID))
+	}
+	if err != nil {
+		return fmt.Errorf("rolling back key %q: %w", w.KeyName, err)
+	}
+	b.Logger().Info("rolled back key creation", "config", w.Config, "role", w.Role,
+		"key_id", w.KeyID, "key_name", w.KeyName, "project_id", w.ProjectID)
+	return nil
+}
+
+// rollbackNow undoes a failed issuance at once instead of waiting for the
+// rollback manager, and removes the WAL entry when that worked. It runs
+// detached from the request's cancellation: a client that gave up must not
+// stop the cleanup.
+func (b *backend) rollbackNow(ctx context.Context, s logical.Storage, walID string, w *climatiqKeyWAL) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+	defer cancel()
+	if err := b.rollbackClimatiqKey(ctx, s, w); err != nil {
+		b.Logger().Warn("rollback after failed issuance failed; the rollback manager will retry", "key_name", w.KeyName, "error", err)
+		return
+	}
+	if err := framework.DeleteWAL(ctx, s, walID); err != nil {
+		b.Logger().Warn("deleting WAL entry after rollback failed", "key_name", w.KeyName, "error", err)
+	}
+}
+
+// ignoreNotFound treats "already gone" upstream as success: deleting is
+// idempotent from Vault's point of view.
+func ignoreNotFound(err error) error {
+	if errors.Is(err, climatiq.ErrNotFound) {
+		return nil
+	}
+	return err
+}
