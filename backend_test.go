@@ -2,11 +2,14 @@ package carbon
 
 import (
 	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
+	hclog "github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/logging"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/altruistiqtest"
@@ -38,6 +41,9 @@ func newTestEnvWithStorage(t *testing.T, s logical.Storage) *testEnv {
 	t.Helper()
 	conf := logical.TestBackendConfig()
 	conf.StorageView = s
+	// Trace logs of every upstream call drown test failures; set
+	// CARBON_TEST_LOG=trace to see them.
+	conf.Logger = logging.NewVaultLogger(hclog.LevelFromString(envOr("CARBON_TEST_LOG", "warn")))
 	raw, err := Factory(context.Background(), conf)
 	if err != nil {
 		t.Fatal(err)
@@ -213,4 +219,11 @@ func TestBackendVersionAndInvalidate(t *testing.T) {
 	if c3 == c1 {
 		t.Fatal("Invalidate did not drop the cached connection")
 	}
+}
+
+func envOr(name, fallback string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return fallback
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"strings"
 	"time"
 
@@ -194,7 +193,7 @@ func (b *backend) issueAltruistiqToken(ctx context.Context, roleName string, rol
 	// The lease must never outlive the token it carries.
 	ttl := time.Until(token.Expiry).Truncate(time.Second)
 	if ttl < time.Second {
-		return nil, logical.CodedError(http.StatusBadGateway, "fetching access token: the upstream returned a token that expires in under a second")
+		return nil, errors.New("fetching access token: the upstream returned a token that expires in under a second")
 	}
 	for _, limit := range []time.Duration{role.TTL, role.MaxTTL} {
 		if limit > 0 && limit < ttl {
@@ -305,14 +304,12 @@ func secretAltruistiqToken(b *backend) *framework.Secret {
 	}
 }
 
-// upstreamError reports an upstream failure as 502 (or 504 on a timeout)
-// with the upstream's status and message, so operators can tell it from a
-// fault in Vault. Upstream client errors carry no secrets.
+// upstreamError reports an upstream failure with the upstream's status and
+// message (the upstream clients' errors carry no secrets). Vault answers it
+// with a 500: the caller did nothing wrong, and Vault's expiration manager
+// retries a revocation that fails this way.
 func upstreamError(op string, err error) error {
-	if errors.Is(err, context.DeadlineExceeded) {
-		return logical.CodedError(http.StatusGatewayTimeout, fmt.Sprintf("%s: %s", op, err))
-	}
-	return logical.CodedError(http.StatusBadGateway, fmt.Sprintf("%s: %s", op, err))
+	return fmt.Errorf("%s: %w", op, err)
 }
 
 const pathCredsHelp = `

@@ -109,10 +109,13 @@ func (b *backend) rollbackClimatiqKey(ctx context.Context, s logical.Storage, w 
 		}
 	}
 
-	if w.ProjectPerLease {
+	switch {
+	case w.ProjectPerLease:
 		err = ignoreNotFound(client.DeleteProject(ctx, w.ProjectID))
-	} else if w.KeyID != "" {
+	case w.KeyID != "":
 		err = ignoreNotFound(client.DeleteKey(ctx, w.KeyID))
+	default:
+		return nil // the key was never created
 	}
 	if err != nil {
 		return fmt.Errorf("rolling back key %q: %w", w.KeyName, err)

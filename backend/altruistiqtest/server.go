@@ -1,0 +1,219 @@
+// Package altruistiqtest is an in-process fake of Altruistiq's OAuth token
+// endpoint and public API, in the spirit of net/http/httptest, with switches
+// for latency, 5xx and garbage JSON. It listens on 127.0.0.1 only.
+package altruistiqtest
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	mrand "math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"time"
+)
+
+const (
+	tokenPath     = "/api/public/v1/oauth2/token"
+	pactTokenPath = "/auth/token"
+	apiPrefix     = "/api/public/v1"
+)
+
+// Server is a running fake.
+type Server struct {
+	srv *httptest.Server
+
+	mu           sync.Mutex
+	clientID     string
+	clientSecret string
+	lifetime     time.Duration
+	tokens       map[string]time.Time // access token -> expiry
+	tokenCalls   int
+	tokensIssued int
+	lastScopes   []string
+
+	latency     time.Duration
+	failureRate float64
+	failNext    int
+	failStatus  int
+	garbage     bool
+}
+
+// NewServer starts a fake that accepts one client.
+func NewServer(clientID, clientSecret string) *Server {
+	s := &Server{clientID: clientID, clientSecret: clientSecret, lifetime: time.Hour, tokens: map[string]time.Time{}}
+	mux := http.NewServeMux()
+	mux.HandleFunc(tokenPath, func(w http.ResponseWriter, r *http.Request) { s.serveToken(w, r, false) })
+	mux.HandleFunc(pactTokenPath, func(w http.ResponseWriter, r *http.Request) { s.serveToken(w, r, true) })
+	mux.HandleFunc(apiPrefix+"/organization/", s.serveOrganization)
+	s.srv = httptest.NewServer(mux)
+	return s
+}
+
+// Close stops the fake.
+func (s *Server) Close() { s.srv.Close() }
+
+// URL is the fake's base URL.
+func (s *Server) URL() string { return s.srv.URL }
+
+// TokenURL takes client credentials in the form body, as Altruistiq does.
+func (s *Server) TokenURL() string { return s.srv.URL + tokenPath }
+
+// PACTTokenURL takes client credentials only as HTTP Basic, as PACT-style hosts do.
+func (s *Server) PACTTokenURL() string { return s.srv.URL + pactTokenPath }
+
+// APIURL is the base of the public API.
+func (s *Server) APIURL() string { return s.srv.URL + apiPrefix }
+
+// SetTokenLifetime sets expires_in of new tokens.
+func (s *Server) SetTokenLifetime(d time.Duration) { s.with(func() { s.lifetime = d }) }
+
+// SetLatency delays every token request.
+func (s *Server) SetLatency(d time.Duration) { s.with(func() { s.latency = d }) }
+
+// SetFailureRate answers this fraction of token requests with 503.
+func (s *Server) SetFailureRate(p float64) { s.with(func() { s.failureRate = p }) }
+
+// FailNext answers the next n token requests with status.
+func (s *Server) FailNext(n, status int) { s.with(func() { s.failNext, s.failStatus = n, status }) }
+
+// SetGarbage makes token answers invalid JSON.
+func (s *Server) SetGarbage(on bool) { s.with(func() { s.garbage = on }) }
+
+// SetClientSecret rotates the client secret; the old one then gets 401.
+func (s *Server) SetClientSecret(secret string) { s.with(func() { s.clientSecret = secret }) }
+
+// TokenCalls counts token requests of any outcome.
+func (s *Server) TokenCalls() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tokenCalls
+}
+
+// TokensIssued counts tokens handed out.
+func (s *Server) TokensIssued() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tokensIssued
+}
+
+// ValidToken reports whether an access token is known and unexpired.
+func (s *Server) ValidToken(token string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	exp, ok := s.tokens[token]
+	return ok && time.Now().Before(exp)
+}
+
+// LastScopes are the scopes of the last successful token request.
+func (s *Server) LastScopes() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.lastScopes...)
+}
+
+func (s *Server) with(f func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f()
+}
+
+func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, basicOnly bool) {
+	s.mu.Lock()
+	s.tokenCalls++
+	latency, garbage := s.latency, s.garbage
+	fault := 0
+	switch {
+	case s.failNext > 0:
+		s.failNext--
+		fault = s.failStatus
+	case s.failureRate > 0 && mrand.Float64() < s.failureRate:
+		fault = http.StatusServiceUnavailable
+	}
+	s.mu.Unlock()
+
+	if latency > 0 {
+		select {
+		case <-time.After(latency):
+		case <-r.Context().Done():
+			return
+		}
+	}
+	if fault != 0 {
+		writeJSON(w, fault, map[string]string{"status": http.StatusText(fault)})
+		return
+	}
+	if r.Method != http.MethodPost {
+		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"status": "Method Not Allowed"})
+		return
+	}
+	if err := r.ParseForm(); err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_request"})
+		return
+	}
+	if r.PostForm.Get("grant_type") != "client_credentials" {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "unsupported_grant_type"})
+		return
+	}
+	id, secret, basic := r.BasicAuth()
+	if !basicOnly {
+		// The documented endpoint reads credentials from the body only.
+		id, secret, basic = r.PostForm.Get("client_id"), r.PostForm.Get("client_secret"), false
+	}
+	s.mu.Lock()
+	ok := id == s.clientID && secret == s.clientSecret && (basic || !basicOnly)
+	lifetime := s.lifetime
+	s.mu.Unlock()
+	if !ok || id == "" {
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"status": "Unauthorized"})
+		return
+	}
+	if garbage {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte(`{"access_token": `))
+		return
+	}
+
+	token := randomToken()
+	scopes := strings.Fields(r.PostForm.Get("scope"))
+	s.mu.Lock()
+	s.tokens[token] = time.Now().Add(lifetime)
+	s.tokensIssued++
+	s.lastScopes = scopes
+	s.mu.Unlock()
+	writeJSON(w, http.StatusOK, map[string]any{
+		"access_token": token,
+		"token_type":   "Bearer",
+		"expires_in":   int(lifetime.Seconds()),
+		"scope":        strings.Join(scopes, " "),
+		"issued_at":    time.Now().Unix(),
+	})
+}
+
+func (s *Server) serveOrganization(w http.ResponseWriter, r *http.Request) {
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if r.Method != http.MethodGet {
+		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"status": "Method Not Allowed"})
+		return
+	}
+	if !ok || !s.ValidToken(token) {
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"status": "Unauthorized"})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"id": "org_fake", "name": "Example Org"})
+}
+
+func writeJSON(w http.ResponseWriter, status int, body any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(body)
+}
+
+func randomToken() string {
+	buf := make([]byte, 24)
+	_, _ = rand.Read(buf)
+	return "atq_" + hex.EncodeToString(buf)
+}
