@@ -254,9 +254,22 @@ func (s *Server) Vault(args ...string) (string, error) {
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		return stdout.String(), fmt.Errorf("vault %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+		return stdout.String(), fmt.Errorf("vault %s: %v: %s", redactArgs(args), err, strings.TrimSpace(stderr.String()))
 	}
 	return stdout.String(), nil
+}
+
+// redactArgs keeps the command words of a CLI call and hides key=value
+// arguments, which may carry secrets.
+func redactArgs(args []string) string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if k, _, ok := strings.Cut(a, "="); ok {
+			a = k + "=..."
+		}
+		out[i] = a
+	}
+	return strings.Join(out, " ")
 }
 
 // RegisterAndEnable registers the plugin binary by sha256 and version and
