@@ -40,7 +40,6 @@ const (
 	// defaultLifetime applies to tokens that arrive without expires_in:
 	// without it they would be cached, and leased, forever.
 	defaultLifetime = 5 * time.Minute
-	maxMessage      = 300
 )
 
 // Options configure a Client.
@@ -279,7 +278,7 @@ func tokenError(err error) error {
 	if errors.As(err, &re) && re.Response != nil {
 		msg := messageOf(re.Body, re.Response.StatusCode)
 		if re.ErrorDescription != "" {
-			msg = clean(re.ErrorDescription)
+			msg = upstream.CleanMessage(re.ErrorDescription)
 		}
 		return &Error{Op: "token", StatusCode: re.Response.StatusCode, Message: msg}
 	}
@@ -302,23 +301,10 @@ func messageOf(body []byte, status int) string {
 	}
 	if json.Unmarshal(body, &payload) == nil {
 		for _, m := range []string{payload.ErrorDescription, payload.Message, payload.Error, payload.Status} {
-			if m = clean(m); m != "" {
+			if m = upstream.CleanMessage(m); m != "" {
 				return m
 			}
 		}
 	}
 	return http.StatusText(status)
-}
-
-func clean(s string) string {
-	s = strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, strings.TrimSpace(s))
-	if len(s) > maxMessage {
-		s = s[:maxMessage] + "..."
-	}
-	return s
 }

@@ -20,9 +20,6 @@ var (
 	ErrRateLimited  = errors.New("climatiq: rate limited")
 )
 
-// maxMessageLength bounds the upstream message carried in an error.
-const maxMessageLength = 300
-
 // Error is an upstream answer that was not a success. It carries the
 // upstream's status and message, never a key or a raw body.
 type Error struct {
@@ -70,10 +67,10 @@ func newError(op string, status int, header http.Header, body []byte) *Error {
 		Message   string `json:"message"`
 	}
 	if json.Unmarshal(body, &payload) == nil {
-		e.Code = clean(payload.ErrorCode)
-		e.Message = clean(payload.Message)
+		e.Code = upstream.CleanMessage(payload.ErrorCode)
+		e.Message = upstream.CleanMessage(payload.Message)
 		if e.Message == "" {
-			e.Message = clean(payload.Error)
+			e.Message = upstream.CleanMessage(payload.Error)
 		}
 	}
 	if e.Message == "" {
@@ -83,18 +80,4 @@ func newError(op string, status int, header http.Header, body []byte) *Error {
 		e.RetryAfter = upstream.RetryAfter(header, time.Now())
 	}
 	return e
-}
-
-// clean keeps an upstream string to one bounded, printable line.
-func clean(s string) string {
-	s = strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, strings.TrimSpace(s))
-	if len(s) > maxMessageLength {
-		s = s[:maxMessageLength] + "..."
-	}
-	return s
 }

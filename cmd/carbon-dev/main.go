@@ -89,7 +89,7 @@ func run(mode string) error {
 		return err
 	}
 	defer vault.KillAll()
-	fmt.Printf("Vault %s at http://%s\n", strings.TrimSpace(mustVault(vault, "version")), vault.Addr)
+	fmt.Printf("%s listening on http://%s\n", strings.TrimSpace(mustVault(vault, "version")), vault.Addr)
 
 	sh := func(args ...string) (string, error) {
 		fmt.Printf("\n$ vault %s\n", strings.Join(args, " "))

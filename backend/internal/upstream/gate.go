@@ -6,6 +6,7 @@ import (
 	"context"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -17,7 +18,24 @@ const (
 	maxRetryAfter     = 30 * time.Second
 	// minAdaptiveRate is the floor 429s can push the limiter down to.
 	minAdaptiveRate = 0.5
+	// maxMessageLength bounds an upstream message carried in an error.
+	maxMessageLength = 300
 )
+
+// CleanMessage keeps an upstream message to one bounded, printable line
+// before it goes into an error that Vault shows and logs.
+func CleanMessage(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, strings.TrimSpace(s))
+	if len(s) > maxMessageLength {
+		s = s[:maxMessageLength] + "..."
+	}
+	return s
+}
 
 // RetryAfter reads Retry-After as seconds or an HTTP date, bounded.
 func RetryAfter(h http.Header, now time.Time) time.Duration {
