@@ -92,8 +92,8 @@ func pathConfig(b *backend) []*framework.Path {
 					Required:    true,
 				},
 				"provider": {
-					Type:        framework.TypeString,
-					Description: `Upstream platform: "climatiq" or "altruistiq". Required on create; cannot be changed later.`,
+					Type:          framework.TypeString,
+					Description:   `Upstream platform: "climatiq" or "altruistiq". Required on create; cannot be changed later.`,
 					AllowedValues: []any{providerClimatiq, providerAltruistiq},
 				},
 				"management_key": {

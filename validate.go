@@ -3,10 +3,10 @@ package carbon
 import (
 	"context"
 	"fmt"
-	"sort"
 	"net"
 	"net/url"
 	"regexp"
+	"sort"
 	"strings"
 
 	"github.com/hashicorp/vault/sdk/framework"

@@ -32,10 +32,10 @@ const (
 )
 
 var (
-	vault      *devvault.Server
+	vault          *devvault.Server
 	climatiqFake   *climatiqtest.Server
 	altruistiqFake *altruistiqtest.Server
-	projectID  string
+	projectID      string
 )
 
 func TestMain(m *testing.M) {
