@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/hashicorp/vault/sdk/queue"
 )
 
 // Version is the plugin version reported to Vault (`vault plugin register
@@ -42,8 +43,16 @@ type backend struct {
 	markerLock sync.Mutex
 	marker     string
 
-	// roleLocks serialise issuance per role where a role caps its live keys.
+	// roleLocks serialise issuance per role where a role caps its live
+	// keys, and all changes to one static role's key.
 	roleLocks []*locksutil.LockEntry
+
+	// The rotation scheduler of static roles; rotationQueue is nil where
+	// this node does not rotate (standbys, DR secondaries).
+	schedulerLock sync.Mutex
+	rotationQueue *queue.PriorityQueue
+	stopScheduler context.CancelFunc
+	schedulerDone chan struct{}
 }
 
 // Factory returns a configured instance of the carbon secrets engine.
@@ -67,12 +76,15 @@ func newBackend() *backend {
 			SealWrapStorage: []string{
 				configStoragePrefix,
 				roleStoragePrefix,
+				staticRoleStoragePrefix,
 			},
 		},
 		Paths: framework.PathAppend(
 			pathConfig(b),
 			pathRoles(b),
 			pathCreds(b),
+			pathStaticRoles(b),
+			pathRotateRole(b),
 		),
 		Secrets: []*framework.Secret{
 			secretClimatiqKey(b),
@@ -80,6 +92,7 @@ func newBackend() *backend {
 		},
 		WALRollback:       b.walRollback,
 		WALRollbackMinAge: walRollbackMinAge,
+		InitializeFunc:    b.initialize,
 		Invalidate:        b.invalidate,
 		Clean:             b.clean,
 		RunningVersion:    Version,
@@ -101,6 +114,7 @@ func (b *backend) invalidate(_ context.Context, key string) {
 }
 
 func (b *backend) clean(_ context.Context) {
+	b.stopRotationScheduler()
 	b.connectionsLock.Lock()
 	defer b.connectionsLock.Unlock()
 	for name, c := range b.connections {
@@ -120,6 +134,8 @@ need when they need it:
                        upstream when the lease is revoked or expires. For an
                        Altruistiq role, a shared OAuth access token whose lease
                        never outlives the token.
+  static-creds/<name>  a long-lived Climatiq key that the engine owns and
+                       rotates on a schedule (static-roles/<name>).
 
 Configure a connection with config/<name>, then a role with roles/<name>.
 

@@ -18,6 +18,7 @@ const (
 	inventoryStoragePrefix = "inventory/"
 
 	keyKindDynamic = "dynamic"
+	keyKindStatic  = "static"
 )
 
 // inventoryEntry describes one owned key; never its value.

@@ -22,6 +22,9 @@ const walKindClimatiqKey = "climatiq_key"
 const rollbackTimeout = 2 * time.Minute
 
 type climatiqKeyWAL struct {
+	// Kind is keyKindDynamic (a lease's key; empty in entries of older
+	// versions) or keyKindStatic (a static role's key).
+	Kind            string `json:"kind,omitempty"`
 	Config          string `json:"config"`
 	Role            string `json:"role"`
 	ProjectID       string `json:"project_id"`
@@ -58,8 +61,8 @@ func decodeWAL(data any, out any) error {
 	return json.Unmarshal(raw, out)
 }
 
-// rollbackClimatiqKey deletes whatever the covered issuance created upstream
-// unless the key made it into the inventory (then a lease owns it).
+// rollbackClimatiqKey deletes whatever the covered issuance or rotation
+// created upstream, unless the key made it into the mount's records.
 func (b *backend) rollbackClimatiqKey(ctx context.Context, s logical.Storage, w *climatiqKeyWAL) error {
 	conn, err := b.connection(ctx, s, w.Config)
 	if err != nil {
@@ -100,12 +103,9 @@ func (b *backend) rollbackClimatiqKey(ctx context.Context, s logical.Storage, w 
 		}
 	}
 	if w.KeyID != "" {
-		tracked, err := getInventory(ctx, s, keyKindDynamic, w.Role, w.KeyID)
-		if err != nil {
+		tracked, err := keyTracked(ctx, s, w)
+		if err != nil || tracked {
 			return err
-		}
-		if tracked != nil {
-			return nil
 		}
 	}
 
@@ -120,9 +120,30 @@ func (b *backend) rollbackClimatiqKey(ctx context.Context, s logical.Storage, w 
 	if err != nil {
 		return fmt.Errorf("rolling back key %q: %w", w.KeyName, err)
 	}
+	if w.Kind == keyKindStatic {
+		// A static key is recorded in the inventory before the role.
+		if err := deleteInventory(ctx, s, keyKindStatic, w.Role, w.KeyID); err != nil {
+			return err
+		}
+	}
 	b.Logger().Info("rolled back key creation", "config", w.Config, "role", w.Role,
 		"key_id", w.KeyID, "key_name", w.KeyName, "project_id", w.ProjectID)
 	return nil
+}
+
+// keyTracked reports whether the key covered by the WAL entry made it into
+// the mount's records: a lease's inventory entry, or a static role that names
+// it as its current or previous key.
+func keyTracked(ctx context.Context, s logical.Storage, w *climatiqKeyWAL) (bool, error) {
+	if w.Kind == keyKindStatic {
+		role, err := getStaticRole(ctx, s, w.Role)
+		if err != nil || role == nil {
+			return false, err
+		}
+		return role.KeyID == w.KeyID || role.PreviousKeyID == w.KeyID, nil
+	}
+	entry, err := getInventory(ctx, s, keyKindDynamic, w.Role, w.KeyID)
+	return entry != nil, err
 }
 
 // rollbackNow undoes a failed issuance at once instead of waiting for the

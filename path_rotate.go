@@ -1,0 +1,402 @@
+package carbon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/hashicorp/vault/sdk/queue"
+)
+
+const (
+	// schedulerTick is how often due rotations are popped; lateness is
+	// bounded by it. Idle ticks pop nothing and scan nothing.
+	schedulerTick = time.Second
+
+	rotationBackoffMin = 5 * time.Second
+	rotationBackoffMax = 5 * time.Minute
+	rotationTimeout    = 2 * time.Minute
+)
+
+func pathRotateRole(b *backend) []*framework.Path {
+	return []*framework.Path{
+		{
+			Pattern: "rotate-role/" + framework.MatchAllRegex("name"),
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefixCarbon,
+				OperationVerb:   "rotate",
+				OperationSuffix: "static-role",
+			},
+			Fields: map[string]*framework.FieldSchema{
+				"name": {
+					Type:        framework.TypeString,
+					Description: "Name of the static role to rotate.",
+					Required:    true,
+				},
+			},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.UpdateOperation: &framework.PathOperation{
+					Callback:                  b.pathRotateRoleWrite,
+					ForwardPerformanceStandby: true,
+					Summary:                   "Rotate a static role's key now.",
+				},
+			},
+			HelpSynopsis: "Rotate a static role's key now.",
+			HelpDescription: "Creates a new key, makes it the role's key, and deletes the previous key at once or after " +
+				"the role's overlap_period. Returns the new key_id and last_rotated. The schedule continues from this rotation.",
+		},
+	}
+}
+
+func (b *backend) pathRotateRoleWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	if err := validateName("name", name); err != nil {
+		return errorResponse(err)
+	}
+	lock := b.staticRoleLock(name)
+	lock.Lock()
+	defer lock.Unlock()
+
+	role, err := getStaticRole(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if role == nil {
+		return logical.ErrorResponse("name: no static role %q; create it with a write to static-roles/%s", name, name), nil
+	}
+	conn, err := b.climatiqConnection(ctx, req.Storage, role.Config)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.rotateStaticRole(ctx, req.Storage, name, role, conn); err != nil {
+		b.recordRotationFailure(ctx, req.Storage, name, role, err)
+		b.scheduleStaticRole(name, role)
+		return nil, err
+	}
+	b.scheduleStaticRole(name, role)
+	return &logical.Response{Data: map[string]any{
+		"key_id":       role.KeyID,
+		"last_rotated": formatTime(role.LastRotated),
+	}}, nil
+}
+
+// climatiqConnection is connection() for callers that need Climatiq.
+func (b *backend) climatiqConnection(ctx context.Context, s logical.Storage, name string) (*connection, error) {
+	conn, err := b.connection(ctx, s, name)
+	if err != nil {
+		return nil, err
+	}
+	if conn == nil || conn.climatiq == nil {
+		return nil, fmt.Errorf("climatiq connection %q does not exist", name)
+	}
+	return conn, nil
+}
+
+// rotateStaticRole replaces the role's key. Order: WAL, create the new key,
+// record it (inventory, then the role, now naming the old key as previous),
+// drop the WAL, then delete the old key now or when the overlap ends. A
+// crash before the role is stored leaves the old key in charge and the WAL
+// deletes the new one; after, the new key is in charge and the old one is
+// deleted by the schedule.
+func (b *backend) rotateStaticRole(ctx context.Context, s logical.Storage, name string, role *staticRole, conn *connection) error {
+	// A rotation during an overlap ends that overlap first: a role never
+	// has more than two keys.
+	if role.PreviousKeyID != "" {
+		if err := b.deletePreviousKey(ctx, s, name, role, conn); err != nil {
+			return err
+		}
+	}
+	oldKeyID := role.KeyID
+	if err := b.replaceStaticKey(ctx, s, name, role, conn); err != nil {
+		return err
+	}
+	if oldKeyID != "" && role.OverlapPeriod == 0 {
+		// Best effort now; on failure the schedule retries.
+		if err := b.deletePreviousKey(ctx, s, name, role, conn); err != nil {
+			b.Logger().Warn("deleting the replaced key failed; will retry", "role", name, "key_id", oldKeyID, "error", err)
+		}
+	}
+	b.Logger().Info("rotated static key", "role", name, "key_id", role.KeyID, "previous_key_id", oldKeyID)
+	return nil
+}
+
+// replaceStaticKey creates a new key under a WAL entry and stores it as the
+// role's current key, in the same write that records the key it replaces
+// (if any) as the previous key, so no key is ever held by the inventory
+// alone.
+func (b *backend) replaceStaticKey(ctx context.Context, s logical.Storage, name string, role *staticRole, conn *connection) error {
+	marker, err := b.mountMarker(ctx, s)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	keyName, err := newKeyName(marker, now, sanitizeName(name))
+	if err != nil {
+		return err
+	}
+	w := &climatiqKeyWAL{Kind: keyKindStatic, Config: role.Config, Role: name, ProjectID: role.ProjectID, KeyName: keyName}
+	walID, err := framework.PutWAL(ctx, s, walKindClimatiqKey, w)
+	if err != nil {
+		return fmt.Errorf("writing WAL entry before creating key: %w", err)
+	}
+	key, err := conn.climatiq.CreateKey(ctx, role.ProjectID, keyName)
+	if err != nil {
+		b.rollbackNow(ctx, s, walID, w)
+		return upstreamError("creating key", err)
+	}
+	w.KeyID = key.ID
+
+	previous := *role
+	if role.KeyID != "" {
+		role.PreviousKeyID, role.PreviousExpires = role.KeyID, now.Add(role.OverlapPeriod)
+	}
+	role.KeyID, role.KeyName, role.KeyValue = key.ID, keyName, key.Key
+	role.LastRotated = now
+	role.NextRotation = role.nextRotationAfter(now)
+	role.clearFailure()
+	if err := putInventory(ctx, s, role.inventoryEntry(name, key.ID, keyName, now)); err == nil {
+		err = putStaticRole(ctx, s, name, role)
+	} else {
+		*role = previous
+		b.rollbackNow(ctx, s, walID, w)
+		return fmt.Errorf("recording the new key: %w", err)
+	}
+	if err != nil {
+		*role = previous
+		b.rollbackNow(ctx, s, walID, w)
+		return fmt.Errorf("storing the static role with its new key: %w", err)
+	}
+	if err := framework.DeleteWAL(ctx, s, walID); err != nil {
+		b.Logger().Warn("deleting WAL entry after rotation failed", "role", name, "error", err)
+	}
+	return nil
+}
+
+// deletePreviousKey ends an overlap: the replaced key is deleted upstream
+// (already gone counts) and forgotten.
+func (b *backend) deletePreviousKey(ctx context.Context, s logical.Storage, name string, role *staticRole, conn *connection) error {
+	id := role.PreviousKeyID
+	if err := ignoreNotFound(conn.climatiq.DeleteKey(ctx, id)); err != nil {
+		return upstreamError("deleting the replaced key", err)
+	}
+	if err := deleteInventory(ctx, s, keyKindStatic, name, id); err != nil {
+		return err
+	}
+	role.PreviousKeyID, role.PreviousExpires = "", time.Time{}
+	if err := putStaticRole(ctx, s, name, role); err != nil {
+		return err
+	}
+	b.Logger().Info("deleted replaced static key", "role", name, "key_id", id)
+	return nil
+}
+
+func (role *staticRole) clearFailure() {
+	role.LastError, role.LastErrorTime, role.FailedAttempts, role.RetryAt = "", time.Time{}, 0, time.Time{}
+}
+
+// recordRotationFailure stores the error and when to retry, with
+// exponential back-off.
+func (b *backend) recordRotationFailure(ctx context.Context, s logical.Storage, name string, role *staticRole, cause error) {
+	now := time.Now()
+	role.FailedAttempts++
+	backoff := rotationBackoffMin << min(role.FailedAttempts-1, 10)
+	if backoff > rotationBackoffMax {
+		backoff = rotationBackoffMax
+	}
+	role.LastError, role.LastErrorTime, role.RetryAt = cause.Error(), now, now.Add(backoff)
+	b.Logger().Warn("static role rotation failed; will retry", "role", name, "attempt", role.FailedAttempts, "retry_in", backoff, "error", cause)
+	if err := putStaticRole(ctx, s, name, role); err != nil {
+		b.Logger().Error("storing rotation failure", "role", name, "error", err)
+	}
+}
+
+// dueAt is when the scheduler must next look at the role: the end of an
+// overlap, a retry after a failure, or the next rotation.
+func (role *staticRole) dueAt() time.Time {
+	due := role.nextScheduledRotation()
+	if !role.RetryAt.IsZero() {
+		due = role.RetryAt
+	}
+	if role.PreviousKeyID != "" && (due.IsZero() || role.PreviousExpires.Before(due)) {
+		due = role.PreviousExpires
+	}
+	return due
+}
+
+// scheduleStaticRole (re)places the role in the rotation queue.
+func (b *backend) scheduleStaticRole(name string, role *staticRole) {
+	b.schedulerLock.Lock()
+	defer b.schedulerLock.Unlock()
+	if b.rotationQueue == nil {
+		return // not the node that rotates
+	}
+	_, _ = b.rotationQueue.PopByKey(name)
+	if due := role.dueAt(); !due.IsZero() {
+		_ = b.rotationQueue.Push(&queue.Item{Key: name, Priority: due.Unix()})
+	}
+}
+
+func (b *backend) unscheduleStaticRole(name string) {
+	b.schedulerLock.Lock()
+	defer b.schedulerLock.Unlock()
+	if b.rotationQueue != nil {
+		_, _ = b.rotationQueue.PopByKey(name)
+	}
+}
+
+// initialize starts the rotation scheduler where writes are safe (the
+// active node of a primary cluster), rebuilding the queue from storage so
+// rotations missed while Vault was down run at once.
+func (b *backend) initialize(ctx context.Context, req *logical.InitializationRequest) error {
+	if !b.WriteSafeReplicationState() {
+		b.Logger().Debug("not starting the rotation scheduler: storage is read-only here")
+		return nil
+	}
+	names, err := req.Storage.List(ctx, staticRoleStoragePrefix)
+	if err != nil {
+		return err
+	}
+	q := queue.New()
+	for _, name := range names {
+		role, err := getStaticRole(ctx, req.Storage, name)
+		if err != nil {
+			return err
+		}
+		if role == nil {
+			continue
+		}
+		if due := role.dueAt(); !due.IsZero() {
+			if err := q.Push(&queue.Item{Key: name, Priority: due.Unix()}); err != nil {
+				return err
+			}
+		}
+	}
+	schedCtx, cancel := context.WithCancel(context.Background())
+	b.schedulerLock.Lock()
+	b.rotationQueue = q
+	b.stopScheduler = cancel
+	b.schedulerDone = make(chan struct{})
+	done := b.schedulerDone
+	b.schedulerLock.Unlock()
+	go b.runScheduler(schedCtx, req.Storage, done)
+	b.Logger().Debug("rotation scheduler started", "static_roles", len(names))
+	return nil
+}
+
+func (b *backend) runScheduler(ctx context.Context, s logical.Storage, done chan struct{}) {
+	defer close(done)
+	ticker := time.NewTicker(schedulerTick)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+			for _, name := range b.popDue(time.Now()) {
+				b.processStaticRole(ctx, s, name)
+			}
+		}
+	}
+}
+
+// popDue removes and returns the roles due at now, in due order.
+func (b *backend) popDue(now time.Time) []string {
+	b.schedulerLock.Lock()
+	defer b.schedulerLock.Unlock()
+	var due []string
+	for b.rotationQueue.Len() > 0 {
+		item, err := b.rotationQueue.Pop()
+		if err != nil {
+			break
+		}
+		if item.Priority > now.Unix() {
+			_ = b.rotationQueue.Push(item)
+			break
+		}
+		due = append(due, item.Key)
+	}
+	return due
+}
+
+// processStaticRole does whatever is due for one role: end an overlap,
+// rotate, or retry a failed attempt; then puts the role back in the queue.
+func (b *backend) processStaticRole(ctx context.Context, s logical.Storage, name string) {
+	ctx, cancel := context.WithTimeout(ctx, rotationTimeout)
+	defer cancel()
+	lock := b.staticRoleLock(name)
+	lock.Lock()
+	defer lock.Unlock()
+
+	role, err := getStaticRole(ctx, s, name)
+	if err != nil {
+		b.Logger().Error("loading static role for rotation", "role", name, "error", err)
+		b.requeueLater(name)
+		return
+	}
+	if role == nil {
+		return // deleted meanwhile
+	}
+	if err := b.doDueWork(ctx, s, name, role, time.Now()); err != nil {
+		if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+			return // shutting down; the queue is rebuilt on the next start
+		}
+		b.recordRotationFailure(ctx, s, name, role, err)
+	}
+	b.scheduleStaticRole(name, role)
+}
+
+func (b *backend) doDueWork(ctx context.Context, s logical.Storage, name string, role *staticRole, now time.Time) error {
+	conn, err := b.climatiqConnection(ctx, s, role.Config)
+	if err != nil {
+		return err
+	}
+	if role.PreviousKeyID != "" && !now.Before(role.PreviousExpires) {
+		if err := b.deletePreviousKey(ctx, s, name, role, conn); err != nil {
+			return err
+		}
+	}
+	next := role.nextScheduledRotation()
+	retrying := !role.RetryAt.IsZero()
+	switch {
+	case retrying && now.Before(role.RetryAt):
+		return nil
+	case !retrying && (next.IsZero() || now.Before(next)):
+		return nil
+	case !retrying && role.RotationSchedule != "" && role.RotationWindow > 0 && now.After(next.Add(role.RotationWindow)):
+		// Missed the window (Vault was down): wait for the next slot.
+		role.NextRotation = role.nextRotationAfter(now)
+		b.Logger().Warn("static role missed its rotation window; waiting for the next scheduled time", "role", name, "next_rotation", role.NextRotation)
+		return putStaticRole(ctx, s, name, role)
+	}
+	return b.rotateStaticRole(ctx, s, name, role, conn)
+}
+
+// requeueLater puts a role back after a storage error, a little later.
+func (b *backend) requeueLater(name string) {
+	b.schedulerLock.Lock()
+	defer b.schedulerLock.Unlock()
+	if b.rotationQueue != nil {
+		_ = b.rotationQueue.Push(&queue.Item{Key: name, Priority: time.Now().Add(rotationBackoffMin).Unix()})
+	}
+}
+
+// stopRotationScheduler stops the ticker and waits for work in flight.
+func (b *backend) stopRotationScheduler() {
+	b.schedulerLock.Lock()
+	stop, done := b.stopScheduler, b.schedulerDone
+	b.stopScheduler, b.rotationQueue = nil, nil
+	b.schedulerLock.Unlock()
+	if stop != nil {
+		stop()
+		<-done
+	}
+}
+
+// sanitizeName keeps a role name usable inside a key name.
+func sanitizeName(name string) string {
+	return strings.Trim(unsafeNameChars.ReplaceAllString(name, "-"), "-")
+}

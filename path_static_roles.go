@@ -1,0 +1,568 @@
+package carbon
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/automatedrotationutil"
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
+	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/hashicorp/vault/sdk/rotation"
+)
+
+const (
+	staticRoleStoragePrefix = "static-roles/"
+
+	// minRotationPeriod keeps the scheduler sane; short periods exist for
+	// tests, operators use hours or days.
+	minRotationPeriod = 5 * time.Second
+)
+
+// staticRole is the stored form of static-roles/:name: one Vault-owned
+// Climatiq key and its rotation state. It holds the key value, so its
+// storage is seal-wrapped.
+type staticRole struct {
+	Config    string `json:"config"`
+	ProjectID string `json:"project_id"`
+
+	automatedrotationutil.AutomatedRotationParams
+	OverlapPeriod     time.Duration `json:"overlap_period"`
+	DeleteKeyOnRemove bool          `json:"delete_key_on_remove"`
+
+	KeyID        string    `json:"key_id"`
+	KeyName      string    `json:"key_name"`
+	KeyValue     string    `json:"key_value"`
+	LastRotated  time.Time `json:"last_rotated"`
+	NextRotation time.Time `json:"next_rotation"`
+
+	// The key replaced by the last rotation, valid until PreviousExpires.
+	PreviousKeyID   string    `json:"previous_key_id,omitempty"`
+	PreviousExpires time.Time `json:"previous_expires,omitempty"`
+
+	// Failure state of scheduled work; RetryAt backs off retries.
+	LastError      string    `json:"last_error,omitempty"`
+	LastErrorTime  time.Time `json:"last_error_time,omitempty"`
+	FailedAttempts int       `json:"failed_attempts,omitempty"`
+	RetryAt        time.Time `json:"retry_at,omitempty"`
+}
+
+func pathStaticRoles(b *backend) []*framework.Path {
+	return []*framework.Path{
+		{
+			Pattern: "static-roles/?$",
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefixCarbon,
+				OperationSuffix: "static-roles",
+			},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ListOperation: &framework.PathOperation{
+					Callback: b.pathStaticRoleList,
+					Summary:  "List the static roles.",
+				},
+				logical.UpdateOperation: requireNameOperation("name", "static-roles/<name>"),
+				logical.ReadOperation:   requireNameOperation("name", "static-roles/<name>"),
+				logical.DeleteOperation: requireNameOperation("name", "static-roles/<name>"),
+			},
+			HelpSynopsis:    "List the static roles.",
+			HelpDescription: "Lists the names of the static roles configured under static-roles/<name>.",
+		},
+		{
+			Pattern: "static-roles/" + framework.MatchAllRegex("name"),
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefixCarbon,
+				OperationSuffix: "static-role",
+			},
+			Fields: map[string]*framework.FieldSchema{
+				"name": {
+					Type:        framework.TypeString,
+					Description: "Name of the static role.",
+					Required:    true,
+				},
+				"config": {
+					Type:        framework.TypeString,
+					Description: "Name of the Climatiq connection (config/<name>). Required on create; cannot change.",
+				},
+				"project_id": {
+					Type:        framework.TypeString,
+					Description: "Climatiq project that holds the key. Required on create; cannot change.",
+				},
+				"key_id": {
+					Type:        framework.TypeString,
+					Description: "Adopt this existing key of the project instead of creating one. Only on create.",
+				},
+				"rotation_period": {
+					Type:        framework.TypeDurationSecond,
+					Description: "Rotate the key this long after the last rotation (at least 5s). Mutually exclusive with rotation_schedule.",
+				},
+				"rotation_schedule": {
+					Type:        framework.TypeString,
+					Description: "Cron schedule (UTC, 5 fields) on which to rotate the key. Mutually exclusive with rotation_period.",
+				},
+				"rotation_window": {
+					Type:        framework.TypeDurationSecond,
+					Description: "With rotation_schedule: how long after a scheduled time the rotation may still run (at least 1h). A rotation missed by more waits for the next scheduled time.",
+				},
+				"disable_automated_rotation": {
+					Type:        framework.TypeBool,
+					Description: "Rotate only on request (rotate-role/<name>), never on a schedule.",
+				},
+				"overlap_period": {
+					Type:        framework.TypeDurationSecond,
+					Description: "How long the previous key stays valid after a rotation, so running applications can switch over. 0 (default) deletes it at once.",
+				},
+				"delete_key_on_remove": {
+					Type:        framework.TypeBool,
+					Default:     true,
+					Description: "Delete the key upstream when the role is deleted.",
+				},
+			},
+			ExistenceCheck: b.pathStaticRoleExists,
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.CreateOperation: &framework.PathOperation{
+					Callback:                  b.pathStaticRoleWrite,
+					ForwardPerformanceStandby: true,
+					Summary:                   "Create a static role and its key.",
+				},
+				logical.UpdateOperation: &framework.PathOperation{
+					Callback:                  b.pathStaticRoleWrite,
+					ForwardPerformanceStandby: true,
+					Summary:                   "Update a static role's rotation settings.",
+				},
+				logical.ReadOperation: &framework.PathOperation{
+					Callback: b.pathStaticRoleRead,
+					Summary:  "Read a static role and its rotation state.",
+				},
+				logical.DeleteOperation: &framework.PathOperation{
+					Callback:                  b.pathStaticRoleDelete,
+					ForwardPerformanceStandby: true,
+					Summary:                   "Delete a static role (and its key, unless delete_key_on_remove=false).",
+				},
+			},
+			HelpSynopsis:    "Manage static roles: one Vault-owned Climatiq key, rotated on a schedule.",
+			HelpDescription: strings.TrimSpace(pathStaticRolesHelp),
+		},
+		{
+			Pattern: "static-creds/?$",
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ReadOperation: requireNameOperation("name", "static-creds/<name>"),
+			},
+			HelpSynopsis:    "Read static credentials: read static-creds/<name>.",
+			HelpDescription: "Read static-creds/<name> for the current key of a static role.",
+		},
+		{
+			Pattern: "static-creds/" + framework.MatchAllRegex("name"),
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefixCarbon,
+				OperationVerb:   "request",
+				OperationSuffix: "static-role-credentials",
+			},
+			Fields: map[string]*framework.FieldSchema{
+				"name": {
+					Type:        framework.TypeString,
+					Description: "Name of the static role.",
+					Required:    true,
+				},
+			},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ReadOperation: &framework.PathOperation{
+					Callback: b.pathStaticCredsRead,
+					Summary:  "Read the current key of a static role.",
+				},
+			},
+			HelpSynopsis:    "Read the current key of a static role.",
+			HelpDescription: strings.TrimSpace(pathStaticCredsHelp),
+		},
+	}
+}
+
+func getStaticRole(ctx context.Context, s logical.Storage, name string) (*staticRole, error) {
+	entry, err := s.Get(ctx, staticRoleStoragePrefix+name)
+	if err != nil || entry == nil {
+		return nil, err
+	}
+	role := new(staticRole)
+	if err := entry.DecodeJSON(role); err != nil {
+		return nil, fmt.Errorf("decoding static role %q: %w", name, err)
+	}
+	return role, nil
+}
+
+func putStaticRole(ctx context.Context, s logical.Storage, name string, role *staticRole) error {
+	entry, err := logical.StorageEntryJSON(staticRoleStoragePrefix+name, role)
+	if err != nil {
+		return err
+	}
+	return s.Put(ctx, entry)
+}
+
+// staticRoleLock serialises everything that changes one static role's key:
+// scheduled and manual rotation, writes and deletes.
+func (b *backend) staticRoleLock(name string) *locksutil.LockEntry {
+	return locksutil.LockForKey(b.roleLocks, "static-roles/"+name)
+}
+
+func (b *backend) pathStaticRoleExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
+	role, err := getStaticRole(ctx, req.Storage, d.Get("name").(string))
+	return role != nil, err
+}
+
+func (b *backend) pathStaticRoleList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	names, err := req.Storage.List(ctx, staticRoleStoragePrefix)
+	if err != nil {
+		return nil, err
+	}
+	return logical.ListResponse(names), nil
+}
+
+func (b *backend) pathStaticRoleRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	if err := validateName("name", name); err != nil {
+		return errorResponse(err)
+	}
+	role, err := getStaticRole(ctx, req.Storage, name)
+	if err != nil || role == nil {
+		return nil, err
+	}
+	data := map[string]any{
+		"config":               role.Config,
+		"project_id":           role.ProjectID,
+		"key_id":               role.KeyID,
+		"key_name":             role.KeyName,
+		"overlap_period":       int64(role.OverlapPeriod.Seconds()),
+		"delete_key_on_remove": role.DeleteKeyOnRemove,
+		"last_rotated":         formatTime(role.LastRotated),
+		"next_rotation":        formatTime(role.nextScheduledRotation()),
+	}
+	role.PopulateSetAutomatedRotationData(data)
+	delete(data, "rotation_policy")
+	if role.RotationPeriod != 0 {
+		data["rotation_period"] = int64(role.RotationPeriod.Seconds())
+	}
+	if role.RotationSchedule != "" {
+		data["rotation_window"] = int64(role.RotationWindow.Seconds())
+	}
+	if role.PreviousKeyID != "" {
+		data["previous_key_id"] = role.PreviousKeyID
+		data["previous_key_expires"] = formatTime(role.PreviousExpires)
+	}
+	if role.LastError != "" {
+		data["last_rotation_error"] = role.LastError
+		data["last_rotation_error_time"] = formatTime(role.LastErrorTime)
+	}
+	return &logical.Response{Data: data}, nil
+}
+
+func (b *backend) pathStaticRoleWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	if err := validateName("name", name); err != nil {
+		return errorResponse(err)
+	}
+	lock := b.staticRoleLock(name)
+	lock.Lock()
+	defer lock.Unlock()
+
+	role, err := getStaticRole(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	create := role == nil
+	if create {
+		role = &staticRole{DeleteKeyOnRemove: true}
+	}
+	if err := role.update(d, create); err != nil {
+		return errorResponse(err)
+	}
+	conn, err := b.connection(ctx, req.Storage, role.Config)
+	if err != nil {
+		return nil, err
+	}
+	if conn == nil {
+		return logical.ErrorResponse("config: connection %q does not exist; create it first with a write to config/%s", role.Config, role.Config), nil
+	}
+	if conn.climatiq == nil {
+		return logical.ErrorResponse("config: connection %q is not a climatiq connection; static roles hold Climatiq keys", role.Config), nil
+	}
+
+	if !create {
+		role.NextRotation = role.nextRotationAfter(role.LastRotated)
+		if err := putStaticRole(ctx, req.Storage, name, role); err != nil {
+			return nil, err
+		}
+		b.scheduleStaticRole(name, role)
+		return nil, nil
+	}
+
+	if keyID, ok := d.GetOk("key_id"); ok && keyID.(string) != "" {
+		if resp, err := b.adoptKey(ctx, req.Storage, name, role, keyID.(string)); resp != nil || err != nil {
+			return resp, err
+		}
+	} else if err := b.replaceStaticKey(ctx, req.Storage, name, role, conn); err != nil {
+		return nil, err
+	}
+	b.scheduleStaticRole(name, role)
+	return nil, nil
+}
+
+// update applies the request's fields and validates them.
+func (role *staticRole) update(d *framework.FieldData, create bool) error {
+	for _, field := range []string{"config", "project_id", "key_id"} {
+		if v, ok := d.GetOk(field); ok && !create {
+			current := map[string]string{"config": role.Config, "project_id": role.ProjectID, "key_id": role.KeyID}[field]
+			if v.(string) != current {
+				return invalidField(field, "cannot change on an existing static role; delete the role and create it again")
+			}
+		}
+	}
+	if create {
+		role.Config = strings.TrimSpace(d.Get("config").(string))
+		role.ProjectID = strings.TrimSpace(d.Get("project_id").(string))
+		if role.Config == "" {
+			return invalidField("config", "is required; name the climatiq connection (config/<name>)")
+		}
+		if err := validateName("config", role.Config); err != nil {
+			return err
+		}
+		if role.ProjectID == "" {
+			return invalidField("project_id", "is required; give the Climatiq project that holds the key")
+		}
+	}
+
+	params := role.AutomatedRotationParams
+	if err := params.ParseAutomatedRotationFields(d); err != nil {
+		return invalidField(rotationFieldOf(err), "%s", err)
+	}
+	role.AutomatedRotationParams = params
+	if v, ok := d.GetOk("overlap_period"); ok {
+		role.OverlapPeriod = time.Duration(v.(int)) * time.Second
+	}
+	if v, ok := d.GetOk("delete_key_on_remove"); ok {
+		role.DeleteKeyOnRemove = v.(bool)
+	}
+
+	switch {
+	case role.RotationPeriod < 0:
+		return invalidField("rotation_period", "must not be negative")
+	case role.RotationPeriod > 0 && role.RotationPeriod < minRotationPeriod:
+		return invalidField("rotation_period", "must be at least %s", minRotationPeriod)
+	case role.RotationSchedule == "" && role.RotationPeriod == 0 && !role.DisableAutomatedRotation:
+		return invalidField("rotation_period", "or rotation_schedule is required (or disable_automated_rotation=true for manual rotation only)")
+	case role.RotationWindow < 0:
+		return invalidField("rotation_window", "must not be negative")
+	case role.OverlapPeriod < 0:
+		return invalidField("overlap_period", "must not be negative")
+	}
+	if role.RotationWindow > 0 {
+		if err := rotation.DefaultScheduler.ValidateRotationWindow(int(role.RotationWindow.Seconds())); err != nil {
+			return invalidField("rotation_window", "%s", err)
+		}
+	}
+	if interval := role.rotationInterval(time.Now()); interval > 0 && role.OverlapPeriod >= interval {
+		return invalidField("overlap_period", "(%s) must be shorter than the time between rotations (%s)", role.OverlapPeriod, interval)
+	}
+	return nil
+}
+
+// rotationFieldOf names the field a rotation-parameter error is about.
+func rotationFieldOf(err error) string {
+	msg := err.Error()
+	for _, field := range []string{"rotation_window", "rotation_schedule", "rotation_period"} {
+		if strings.Contains(msg, field) {
+			return field
+		}
+	}
+	return "rotation_schedule"
+}
+
+// adoptKey makes an existing upstream key the role's key. The key's value
+// comes from the project's key list.
+func (b *backend) adoptKey(ctx context.Context, s logical.Storage, name string, role *staticRole, keyID string) (*logical.Response, error) {
+	conn, err := b.connection(ctx, s, role.Config)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := conn.climatiq.ListKeys(ctx, role.ProjectID)
+	if err != nil {
+		return logical.ErrorResponse("project_id: could not list the keys of project %q: %s", role.ProjectID, err), nil
+	}
+	for _, k := range keys {
+		if k.ID != keyID {
+			continue
+		}
+		now := time.Now()
+		role.KeyID, role.KeyName, role.KeyValue = k.ID, k.Name, k.Key
+		role.LastRotated = now
+		role.NextRotation = role.nextRotationAfter(now)
+		if err := putInventory(ctx, s, role.inventoryEntry(name, k.ID, k.Name, now)); err != nil {
+			return nil, err
+		}
+		return nil, putStaticRole(ctx, s, name, role)
+	}
+	return logical.ErrorResponse("key_id: project %q has no key %q; check the id, or omit key_id to create a new key", role.ProjectID, keyID), nil
+}
+
+func (b *backend) pathStaticRoleDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	if err := validateName("name", name); err != nil {
+		return errorResponse(err)
+	}
+	lock := b.staticRoleLock(name)
+	lock.Lock()
+	defer lock.Unlock()
+
+	role, err := getStaticRole(ctx, req.Storage, name)
+	if err != nil || role == nil {
+		return nil, err
+	}
+	if role.DeleteKeyOnRemove {
+		conn, err := b.connection(ctx, req.Storage, role.Config)
+		if err != nil {
+			return nil, err
+		}
+		if conn == nil || conn.climatiq == nil {
+			return logical.ErrorResponse("config: connection %q no longer exists, so the key cannot be deleted; recreate it, or set delete_key_on_remove=false", role.Config), nil
+		}
+		for _, id := range []string{role.PreviousKeyID, role.KeyID} {
+			if id == "" {
+				continue
+			}
+			if err := ignoreNotFound(conn.climatiq.DeleteKey(ctx, id)); err != nil {
+				return nil, upstreamError("deleting the static role's key", err)
+			}
+		}
+	}
+	for _, id := range []string{role.PreviousKeyID, role.KeyID} {
+		if id != "" {
+			if err := deleteInventory(ctx, req.Storage, keyKindStatic, name, id); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := req.Storage.Delete(ctx, staticRoleStoragePrefix+name); err != nil {
+		return nil, err
+	}
+	b.unscheduleStaticRole(name)
+	b.Logger().Info("deleted static role", "role", name, "key_id", role.KeyID, "key_deleted", role.DeleteKeyOnRemove)
+	return nil, nil
+}
+
+func (b *backend) pathStaticCredsRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	if err := validateName("name", name); err != nil {
+		return errorResponse(err)
+	}
+	role, err := getStaticRole(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if role == nil {
+		return logical.ErrorResponse("name: no static role %q; create it with a write to static-roles/%s", name, name), nil
+	}
+	now := time.Now()
+	data := map[string]any{
+		"api_key":      role.KeyValue,
+		"key_id":       role.KeyID,
+		"key_name":     role.KeyName,
+		"project_id":   role.ProjectID,
+		"last_rotated": formatTime(role.LastRotated),
+	}
+	// Vault Agent re-reads a lease-less secret after ttl+1s only when the
+	// data has rotation_period and an integer ttl.
+	if next := role.nextScheduledRotation(); !next.IsZero() {
+		ttl := int64(next.Sub(now).Seconds())
+		if ttl < 0 {
+			ttl = 0
+		}
+		data["next_rotation"] = formatTime(next)
+		data["ttl"] = ttl
+		data["rotation_period"] = int64(role.rotationInterval(now).Seconds())
+	}
+	if role.PreviousKeyID != "" {
+		data["previous_key_id"] = role.PreviousKeyID
+	}
+	return &logical.Response{Data: data}, nil
+}
+
+// nextScheduledRotation is when the key will next be rotated on its own,
+// or zero for manual-only roles.
+func (role *staticRole) nextScheduledRotation() time.Time {
+	if role.DisableAutomatedRotation {
+		return time.Time{}
+	}
+	return role.NextRotation
+}
+
+// nextRotationAfter computes the next scheduled rotation after t.
+func (role *staticRole) nextRotationAfter(t time.Time) time.Time {
+	switch {
+	case role.DisableAutomatedRotation:
+		return time.Time{}
+	case role.RotationSchedule != "":
+		sched, err := rotation.DefaultScheduler.Parse(role.RotationSchedule)
+		if err != nil {
+			return time.Time{} // validated on write
+		}
+		return sched.Next(t)
+	default:
+		return t.Add(role.RotationPeriod)
+	}
+}
+
+// rotationInterval is the time between rotations: the period, or for a
+// schedule the gap between its next two times after now.
+func (role *staticRole) rotationInterval(now time.Time) time.Duration {
+	if role.RotationSchedule == "" || role.DisableAutomatedRotation {
+		return role.RotationPeriod
+	}
+	first := role.nextRotationAfter(now)
+	if first.IsZero() {
+		return 0
+	}
+	return role.nextRotationAfter(first).Sub(first)
+}
+
+func (role *staticRole) inventoryEntry(name, keyID, keyName string, created time.Time) *inventoryEntry {
+	return &inventoryEntry{
+		KeyID:     keyID,
+		KeyName:   keyName,
+		ProjectID: role.ProjectID,
+		Config:    role.Config,
+		Role:      name,
+		Kind:      keyKindStatic,
+		Created:   created.UTC(),
+	}
+}
+
+func formatTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+const pathStaticRolesHelp = `
+A static role owns one long-lived Climatiq key and rotates it under a policy:
+rotation_period (a duration) or rotation_schedule (cron, UTC) with an optional
+rotation_window, or disable_automated_rotation=true for manual rotation only
+(rotate-role/<name>). The field names follow Vault's automated-rotation
+fields; the schedule runs inside this plugin, so it works on Vault Community
+Edition.
+
+On create the role makes a new key in project_id, or adopts the existing key
+key_id. After each rotation the previous key stays valid for overlap_period,
+then is deleted. Deleting the role deletes its key upstream unless
+delete_key_on_remove=false.
+
+Reading the role shows last_rotated, next_rotation and the last rotation
+error with its time, if any.
+`
+
+const pathStaticCredsHelp = `
+Returns the static role's current key: api_key, key_id, key_name,
+project_id, last_rotated, next_rotation, ttl (whole seconds until the next
+rotation) and rotation_period (whole seconds), and during an overlap
+previous_key_id. The response carries no lease: Vault Agent re-reads it when
+ttl runs out, because the data has rotation_period and an integer ttl.
+`
