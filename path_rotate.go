@@ -158,17 +158,14 @@ func (b *backend) replaceStaticKey(ctx context.Context, s logical.Storage, name 
 	role.LastRotated = now
 	role.NextRotation = role.nextRotationAfter(now)
 	role.clearFailure()
-	if err := putInventory(ctx, s, role.inventoryEntry(name, key.ID, keyName, now)); err == nil {
+	err = putInventory(ctx, s, role.inventoryEntry(name, key.ID, keyName, now))
+	if err == nil {
 		err = putStaticRole(ctx, s, name, role)
-	} else {
-		*role = previous
-		b.rollbackNow(ctx, s, walID, w)
-		return fmt.Errorf("recording the new key: %w", err)
 	}
 	if err != nil {
 		*role = previous
 		b.rollbackNow(ctx, s, walID, w)
-		return fmt.Errorf("storing the static role with its new key: %w", err)
+		return fmt.Errorf("recording the new key: %w", err)
 	}
 	if err := framework.DeleteWAL(ctx, s, walID); err != nil {
 		b.Logger().Warn("deleting WAL entry after rotation failed", "role", name, "error", err)

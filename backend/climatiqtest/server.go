@@ -56,6 +56,7 @@ type Server struct {
 	limiter     *rate.Limiter
 	failNext    int
 	failStatus  int
+	failMethod  string
 	garbage     bool
 }
 
@@ -111,7 +112,13 @@ func (s *Server) SetRateLimit(rps float64) {
 
 // FailNext answers the next n management requests with status, before
 // acting on them.
-func (s *Server) FailNext(n, status int) { s.with(func() { s.failNext, s.failStatus = n, status }) }
+func (s *Server) FailNext(n, status int) { s.FailNextMethod("", n, status) }
+
+// FailNextMethod is FailNext for requests of one HTTP method only (all
+// methods when empty), e.g. to fail a delete but not the create before it.
+func (s *Server) FailNextMethod(method string, n, status int) {
+	s.with(func() { s.failMethod, s.failNext, s.failStatus = method, n, status })
+}
 
 // SetGarbage makes successful management answers invalid JSON; the action
 // itself still happens.
@@ -227,14 +234,14 @@ func (s *Server) compactOrder() {
 
 // fault decides, before any action, whether a management request is
 // answered with a fault, and with which status.
-func (s *Server) fault() (status int, retryAfter time.Duration, garbage bool, latency time.Duration) {
+func (s *Server) fault(method string) (status int, retryAfter time.Duration, garbage bool, latency time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.stats.Requests++
 	latency, garbage = s.latency, s.garbage
 	retryAfter = s.retryAfter
 	switch {
-	case s.failNext > 0:
+	case s.failNext > 0 && (s.failMethod == "" || s.failMethod == method):
 		s.failNext--
 		status = s.failStatus
 	case s.limiter != nil && !s.limiter.Allow():
@@ -252,7 +259,7 @@ func (s *Server) fault() (status int, retryAfter time.Duration, garbage bool, la
 }
 
 func (s *Server) serveManagement(w http.ResponseWriter, r *http.Request) {
-	status, retryAfter, garbage, latency := s.fault()
+	status, retryAfter, garbage, latency := s.fault(r.Method)
 	if latency > 0 {
 		select {
 		case <-time.After(latency):

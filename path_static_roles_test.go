@@ -1,0 +1,327 @@
+package carbon
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+func (e *testEnv) staticRole(name string) *staticRole {
+	e.t.Helper()
+	role, err := getStaticRole(context.Background(), e.storage, name)
+	if err != nil || role == nil {
+		e.t.Fatalf("static role %q: %v %v", name, role, err)
+	}
+	return role
+}
+
+func (e *testEnv) upstreamHas(keyID string) bool {
+	_, ok := e.climatiq.Key(keyID)
+	return ok
+}
+
+func TestStaticRoleValidation(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	e.writeAltruistiqConfig("aq", nil)
+	base := func(kv ...any) map[string]any {
+		d := map[string]any{"config": "cq", "project_id": e.projectID, "rotation_period": "1h"}
+		for i := 0; i < len(kv); i += 2 {
+			if kv[i+1] == nil {
+				delete(d, kv[i].(string))
+			} else {
+				d[kv[i].(string)] = kv[i+1]
+			}
+		}
+		return d
+	}
+	tests := []struct {
+		name  string
+		data  map[string]any
+		field string
+	}{
+		{"missing config", base("config", nil), "config"},
+		{"unknown config", base("config", "nope"), "config"},
+		{"altruistiq config", base("config", "aq"), "config"},
+		{"missing project", base("project_id", nil), "project_id"},
+		{"no rotation policy", base("rotation_period", nil), "rotation_period"},
+		{"period and schedule", base("rotation_schedule", "0 * * * *"), "rotation_schedule"},
+		{"bad cron", base("rotation_period", nil, "rotation_schedule", "every tuesday"), "rotation_schedule"},
+		{"cron with seconds field", base("rotation_period", nil, "rotation_schedule", "* * * * * *"), "rotation_schedule"},
+		{"window without schedule", base("rotation_window", "2h"), "rotation_window"},
+		{"window too short", base("rotation_period", nil, "rotation_schedule", "0 * * * *", "rotation_window", "10m"), "rotation_window"},
+		{"period too short", base("rotation_period", "2s"), "rotation_period"},
+		{"period not a duration", base("rotation_period", "often"), "rotation_period"},
+		{"negative overlap", base("overlap_period", -5), "overlap_period"},
+		{"overlap not shorter than period", base("overlap_period", "1h"), "overlap_period"},
+		{"unknown key to adopt", base("key_id", "key_nope"), "key_id"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e.mustFail(logical.UpdateOperation, "static-roles/app", tc.data, tc.field)
+		})
+	}
+	if n := len(e.climatiq.Keys()); n != 0 {
+		t.Fatalf("refused writes left %d keys upstream", n)
+	}
+
+	e.mustOK(logical.CreateOperation, "static-roles/app", base())
+	e.mustFail(logical.UpdateOperation, "static-roles/app", map[string]any{"project_id": "prj_other"}, "project_id")
+	e.mustFail(logical.UpdateOperation, "static-roles/app", map[string]any{"config": "aq"}, "config")
+	e.mustFail(logical.UpdateOperation, "static-roles/bad name", base(), "name")
+	e.mustFail(logical.ReadOperation, "static-creds/nope", nil, "name")
+	e.mustFail(logical.UpdateOperation, "rotate-role/nope", nil, "name")
+}
+
+func TestStaticRoleCreateReadAndCreds(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{
+		"config": "cq", "project_id": e.projectID, "rotation_period": "1h", "overlap_period": "10m",
+	})
+	role := e.staticRole("app")
+	if !e.upstreamHas(role.KeyID) {
+		t.Fatal("static role key not created upstream")
+	}
+
+	creds := e.mustOK(logical.ReadOperation, "static-creds/app", nil)
+	up, _ := e.climatiq.Key(role.KeyID)
+	if creds.Data["api_key"] != up.Key || creds.Data["key_id"] != role.KeyID || creds.Secret != nil {
+		t.Fatalf("static-creds = %v (lease %v)", creds.Data, creds.Secret)
+	}
+	ttl, ok := creds.Data["ttl"].(int64)
+	if !ok || ttl < 3590 || ttl > 3600 || creds.Data["rotation_period"] != int64(3600) {
+		t.Fatalf("ttl %v (%T) and rotation_period %v must be whole seconds", creds.Data["ttl"], creds.Data["ttl"], creds.Data["rotation_period"])
+	}
+
+	read := e.mustOK(logical.ReadOperation, "static-roles/app", nil)
+	for _, field := range []string{"last_rotated", "next_rotation", "rotation_period", "overlap_period", "key_id"} {
+		if read.Data[field] == nil || read.Data[field] == "" {
+			t.Errorf("static role read lacks %s: %v", field, read.Data)
+		}
+	}
+	if _, ok := read.Data["api_key"]; ok {
+		t.Fatal("static role read returns the key value")
+	}
+	list := e.mustOK(logical.ListOperation, "static-roles/", nil)
+	if keys := list.Data["keys"].([]string); len(keys) != 1 || keys[0] != "app" {
+		t.Fatalf("list = %v", keys)
+	}
+}
+
+func TestStaticRoleAdoptsExistingKey(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	existing := e.climatiq.AddKey(e.projectID, "hand-made")
+	e.mustOK(logical.CreateOperation, "static-roles/adopted", map[string]any{
+		"config": "cq", "project_id": e.projectID, "key_id": existing.ID, "rotation_period": "1h",
+	})
+	creds := e.mustOK(logical.ReadOperation, "static-creds/adopted", nil)
+	if creds.Data["api_key"] != existing.Key || creds.Data["key_id"] != existing.ID {
+		t.Fatalf("adopted creds = %v", creds.Data)
+	}
+	if st := e.climatiq.Stats(); st.KeysCreated != 0 {
+		t.Fatalf("adoption created %d keys", st.KeysCreated)
+	}
+	// Rotating an adopted key replaces it with a key of the mount's own.
+	e.mustOK(logical.UpdateOperation, "rotate-role/adopted", nil)
+	if e.upstreamHas(existing.ID) {
+		t.Fatal("adopted key survived a rotation without overlap")
+	}
+}
+
+func TestStaticRoleDelete(t *testing.T) {
+	tests := []struct {
+		name     string
+		deleteIt bool
+	}{
+		{"delete_key_on_remove=true", true},
+		{"delete_key_on_remove=false", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newTestEnv(t)
+			e.writeClimatiqConfig("cq", nil)
+			e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{
+				"config": "cq", "project_id": e.projectID, "rotation_period": "1h", "delete_key_on_remove": tc.deleteIt,
+			})
+			keyID := e.staticRole("app").KeyID
+			e.mustOK(logical.DeleteOperation, "static-roles/app", nil)
+			if e.upstreamHas(keyID) == tc.deleteIt {
+				t.Fatalf("key present upstream = %v after delete with delete_key_on_remove=%v", !tc.deleteIt, tc.deleteIt)
+			}
+			if n, _ := countInventory(context.Background(), e.storage, keyKindStatic, "app"); n != 0 {
+				t.Fatalf("%d inventory entries left", n)
+			}
+		})
+	}
+}
+
+func TestStaticRotationOrderUnderFailures(t *testing.T) {
+	tests := []struct {
+		name string
+		// inject breaks one step of the rotation.
+		inject func(e *testEnv, s *failingStorage)
+		// wantNewKey: the new key is in charge afterwards (else the old).
+		wantNewKey      bool
+		wantOldUpstream bool
+		wantKeys        int
+	}{
+		{"upstream create fails", func(e *testEnv, _ *failingStorage) { e.climatiq.FailNext(1, http.StatusInternalServerError) }, false, true, 1},
+		{"storage write fails", func(_ *testEnv, s *failingStorage) { s.failPutPrefix = staticRoleStoragePrefix }, false, true, 1},
+		{"old-key delete fails", func(e *testEnv, _ *failingStorage) { e.climatiq.FailNextMethod(http.MethodDelete, 1, http.StatusInternalServerError) }, true, true, 2},
+		{"nothing fails", func(*testEnv, *failingStorage) {}, true, false, 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &failingStorage{Storage: &logical.InmemStorage{}}
+			e := newTestEnvWithStorage(t, s)
+			e.writeClimatiqConfig("cq", map[string]any{"max_retries": 0})
+			e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{"config": "cq", "project_id": e.projectID, "rotation_period": "1h"})
+			old := e.staticRole("app")
+
+			tc.inject(e, s)
+			_, rotateErr := e.doErr(logical.UpdateOperation, "rotate-role/app", nil)
+			s.failPutPrefix = ""
+
+			now := e.staticRole("app")
+			if inCharge := now.KeyID != old.KeyID; inCharge != tc.wantNewKey {
+				t.Fatalf("new key in charge = %v, want %v (rotate error: %v)", inCharge, tc.wantNewKey, rotateErr)
+			}
+			if !e.upstreamHas(now.KeyID) {
+				t.Fatal("the key in charge does not exist upstream")
+			}
+			if e.upstreamHas(old.KeyID) != tc.wantOldUpstream {
+				t.Fatalf("old key upstream = %v, want %v", !tc.wantOldUpstream, tc.wantOldUpstream)
+			}
+			if n := len(e.climatiq.Keys()); n != tc.wantKeys {
+				t.Fatalf("%d keys upstream, want %d", n, tc.wantKeys)
+			}
+			// Every upstream key is named by the role: none is left without a record.
+			for _, k := range e.climatiq.Keys() {
+				if k.ID != now.KeyID && k.ID != now.PreviousKeyID {
+					t.Fatalf("upstream key %s is not recorded by the role", k.ID)
+				}
+			}
+			assertNoWAL(t, e)
+
+			// Whatever failed is finished by the scheduler once due.
+			if now.PreviousKeyID != "" {
+				if err := e.b.doDueWork(context.Background(), e.storage, "app", now, time.Now()); err != nil {
+					t.Fatalf("due work: %v", err)
+				}
+				if e.upstreamHas(old.KeyID) || len(e.climatiq.Keys()) != 1 {
+					t.Fatal("the replaced key was not deleted by the retry")
+				}
+			}
+		})
+	}
+}
+
+func TestStaticOverlap(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{
+		"config": "cq", "project_id": e.projectID, "rotation_period": "1h", "overlap_period": "5m",
+	})
+	old := e.staticRole("app")
+	e.mustOK(logical.UpdateOperation, "rotate-role/app", nil)
+	role := e.staticRole("app")
+	if role.PreviousKeyID != old.KeyID || !e.upstreamHas(old.KeyID) {
+		t.Fatal("the previous key did not survive into the overlap")
+	}
+	if creds := e.mustOK(logical.ReadOperation, "static-creds/app", nil); creds.Data["previous_key_id"] != old.KeyID {
+		t.Fatalf("static-creds lacks previous_key_id during the overlap: %v", creds.Data)
+	}
+	if due := role.dueAt(); !due.Equal(role.PreviousExpires) {
+		t.Fatalf("role due at %s, want the overlap's end %s", due, role.PreviousExpires)
+	}
+
+	// Before the overlap ends nothing happens; after, the old key goes.
+	if err := e.b.doDueWork(context.Background(), e.storage, "app", role, time.Now().Add(4*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if !e.upstreamHas(old.KeyID) {
+		t.Fatal("old key deleted before the overlap ended")
+	}
+	if err := e.b.doDueWork(context.Background(), e.storage, "app", role, role.PreviousExpires.Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if e.upstreamHas(old.KeyID) || e.staticRole("app").PreviousKeyID != "" {
+		t.Fatal("old key not deleted when the overlap ended")
+	}
+	if !e.upstreamHas(role.KeyID) {
+		t.Fatal("current key lost")
+	}
+}
+
+func TestRotationQueueRebuiltAfterRestart(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	for _, name := range []string{"soon", "later", "manual"} {
+		data := map[string]any{"config": "cq", "project_id": e.projectID, "rotation_period": "1h"}
+		if name == "manual" {
+			data = map[string]any{"config": "cq", "project_id": e.projectID, "disable_automated_rotation": true}
+		}
+		e.mustOK(logical.CreateOperation, "static-roles/"+name, data)
+	}
+	// "soon" missed its rotation while Vault was down.
+	soon := e.staticRole("soon")
+	soon.NextRotation = time.Now().Add(-time.Minute)
+	if err := putStaticRole(context.Background(), e.storage, "soon", soon); err != nil {
+		t.Fatal(err)
+	}
+
+	// A new backend on the same storage, as after a restart.
+	restarted := newBackend()
+	if err := restarted.Setup(context.Background(), &logical.BackendConfig{
+		StorageView: e.storage, System: logical.TestSystemView(), Logger: e.b.Logger(),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := restarted.initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
+		t.Fatal(err)
+	}
+	defer restarted.clean(context.Background())
+	// Drive the queue by hand: stop the ticker (its first tick is a second away).
+	restarted.stopScheduler()
+	<-restarted.schedulerDone
+	if n := restarted.rotationQueue.Len(); n != 2 {
+		t.Fatalf("queue holds %d roles, want 2 (the manual role has no schedule)", n)
+	}
+	due := restarted.popDue(time.Now())
+	if len(due) != 1 || due[0] != "soon" {
+		t.Fatalf("due now: %v, want [soon]", due)
+	}
+	restarted.processStaticRole(context.Background(), e.storage, "soon")
+	if e.staticRole("soon").KeyID == soon.KeyID || e.upstreamHas(soon.KeyID) {
+		t.Fatal("missed rotation did not run promptly after the restart")
+	}
+}
+
+func TestSchedulerRotatesOnItsOwn(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	if err := e.b.initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
+		t.Fatal(err)
+	}
+	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{"config": "cq", "project_id": e.projectID, "rotation_period": "5s"})
+	first := e.staticRole("app").KeyID
+	deadline := time.Now().Add(10 * time.Second)
+	for e.staticRole("app").KeyID == first {
+		if time.Now().After(deadline) {
+			t.Fatal("no rotation within 10s of a 5s period")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if e.upstreamHas(first) {
+		t.Fatal("old key not deleted after the scheduled rotation")
+	}
+	if msg := e.staticRole("app").LastError; msg != "" && !strings.Contains(msg, "none") {
+		t.Fatalf("rotation recorded an error: %s", msg)
+	}
+}
