@@ -173,7 +173,9 @@ func TestStaticRotationOrderUnderFailures(t *testing.T) {
 	}{
 		{"upstream create fails", func(e *testEnv, _ *failingStorage) { e.climatiq.FailNext(1, http.StatusInternalServerError) }, false, true, 1},
 		{"storage write fails", func(_ *testEnv, s *failingStorage) { s.failPutPrefix = staticRoleStoragePrefix }, false, true, 1},
-		{"old-key delete fails", func(e *testEnv, _ *failingStorage) { e.climatiq.FailNextMethod(http.MethodDelete, 1, http.StatusInternalServerError) }, true, true, 2},
+		{"old-key delete fails", func(e *testEnv, _ *failingStorage) {
+			e.climatiq.FailNextMethod(http.MethodDelete, 1, http.StatusInternalServerError)
+		}, true, true, 2},
 		{"nothing fails", func(*testEnv, *failingStorage) {}, true, false, 1},
 	}
 	for _, tc := range tests {

@@ -129,7 +129,10 @@ func cliJSON(t *testing.T, args ...string) *api.Secret {
 	t.Helper()
 	out := cli(t, args...)
 	secret := new(api.Secret)
-	if err := json.Unmarshal([]byte(out), secret); err != nil {
+	// Numbers keep their JSON text, so tests can tell 5 from 5.0.
+	dec := json.NewDecoder(strings.NewReader(out))
+	dec.UseNumber()
+	if err := dec.Decode(secret); err != nil {
 		t.Fatalf("decoding `vault %s`: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return secret

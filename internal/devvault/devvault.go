@@ -239,6 +239,10 @@ func (s *Server) initAndUnseal(ctx context.Context) error {
 	}
 }
 
+// Binary is the vault binary the server runs, for other vault commands
+// such as `vault agent`.
+func (s *Server) Binary() string { return s.opts.VaultBin }
+
 // Env is the environment for running the vault CLI against this server.
 func (s *Server) Env() []string {
 	return append(os.Environ(), "VAULT_ADDR=http://"+s.Addr, "VAULT_TOKEN="+s.Token, "VAULT_FORMAT=")
