@@ -2,7 +2,6 @@ package carbon
 
 import (
 	"context"
-	"fmt"
 	"net/url"
 	"time"
 
@@ -44,23 +43,11 @@ func inventoryPath(kind, role, keyID string) string {
 }
 
 func putInventory(ctx context.Context, s logical.Storage, e *inventoryEntry) error {
-	entry, err := logical.StorageEntryJSON(inventoryPath(e.Kind, e.Role, e.KeyID), e)
-	if err != nil {
-		return err
-	}
-	return s.Put(ctx, entry)
+	return putEntry(ctx, s, inventoryPath(e.Kind, e.Role, e.KeyID), e)
 }
 
 func getInventory(ctx context.Context, s logical.Storage, kind, role, keyID string) (*inventoryEntry, error) {
-	entry, err := s.Get(ctx, inventoryPath(kind, role, keyID))
-	if err != nil || entry == nil {
-		return nil, err
-	}
-	e := new(inventoryEntry)
-	if err := entry.DecodeJSON(e); err != nil {
-		return nil, fmt.Errorf("decoding inventory entry for key %q: %w", keyID, err)
-	}
-	return e, nil
+	return getEntry[inventoryEntry](ctx, s, inventoryPath(kind, role, keyID))
 }
 
 func deleteInventory(ctx context.Context, s logical.Storage, kind, role, keyID string) error {
@@ -90,16 +77,12 @@ func walkInventory(ctx context.Context, s logical.Storage, fn func(*inventoryEnt
 				return err
 			}
 			for _, id := range ids {
-				entry, err := s.Get(ctx, inventoryStoragePrefix+kind+role+id)
+				e, err := getEntry[inventoryEntry](ctx, s, inventoryStoragePrefix+kind+role+id)
 				if err != nil {
 					return err
 				}
-				if entry == nil {
+				if e == nil {
 					continue
-				}
-				e := new(inventoryEntry)
-				if err := entry.DecodeJSON(e); err != nil {
-					return fmt.Errorf("decoding inventory entry %q: %w", id, err)
 				}
 				if err := fn(e); err != nil {
 					return err

@@ -61,24 +61,7 @@ var providerFields = map[string]string{
 
 func pathConfig(b *backend) []*framework.Path {
 	return []*framework.Path{
-		{
-			Pattern: "config/?$",
-			DisplayAttrs: &framework.DisplayAttributes{
-				OperationPrefix: operationPrefixCarbon,
-				OperationSuffix: "connections",
-			},
-			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.ListOperation: &framework.PathOperation{
-					Callback: b.pathConfigList,
-					Summary:  "List the configured connections.",
-				},
-				logical.UpdateOperation: requireNameOperation("name", "config/<name>"),
-				logical.ReadOperation:   requireNameOperation("name", "config/<name>"),
-				logical.DeleteOperation: requireNameOperation("name", "config/<name>"),
-			},
-			HelpSynopsis:    "List the configured upstream connections.",
-			HelpDescription: "Lists the names of the connections configured under config/<name>.",
-		},
+		collectionPath(configStoragePrefix, "connections", "connections"),
 		{
 			Pattern: "config/" + framework.MatchAllRegex("name"),
 			DisplayAttrs: &framework.DisplayAttributes{
@@ -157,28 +140,8 @@ func pathConfig(b *backend) []*framework.Path {
 					Description: "Maximum upstream requests per second from this mount for this connection, shared by issuance and revocation. 0 means no client-side limit.",
 				},
 			},
-			ExistenceCheck: b.pathConfigExists,
-			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.CreateOperation: &framework.PathOperation{
-					Callback:                  b.pathConfigWrite,
-					ForwardPerformanceStandby: true,
-					Summary:                   "Create a connection.",
-				},
-				logical.UpdateOperation: &framework.PathOperation{
-					Callback:                  b.pathConfigWrite,
-					ForwardPerformanceStandby: true,
-					Summary:                   "Update a connection.",
-				},
-				logical.ReadOperation: &framework.PathOperation{
-					Callback: b.pathConfigRead,
-					Summary:  "Read a connection's non-secret settings.",
-				},
-				logical.DeleteOperation: &framework.PathOperation{
-					Callback:                  b.pathConfigDelete,
-					ForwardPerformanceStandby: true,
-					Summary:                   "Delete a connection that no role and no live key uses.",
-				},
-			},
+			ExistenceCheck:  b.pathConfigExists,
+			Operations:      crudOperations(b.pathConfigWrite, b.pathConfigRead, b.pathConfigDelete, "a connection"),
 			HelpSynopsis:    "Configure a connection to Climatiq or Altruistiq.",
 			HelpDescription: strings.TrimSpace(pathConfigHelp),
 		},
@@ -186,28 +149,12 @@ func pathConfig(b *backend) []*framework.Path {
 }
 
 func getConnectionConfig(ctx context.Context, s logical.Storage, name string) (*connectionConfig, error) {
-	entry, err := s.Get(ctx, configStoragePrefix+name)
-	if err != nil || entry == nil {
-		return nil, err
-	}
-	cfg := new(connectionConfig)
-	if err := entry.DecodeJSON(cfg); err != nil {
-		return nil, fmt.Errorf("decoding config %q: %w", name, err)
-	}
-	return cfg, nil
+	return getEntry[connectionConfig](ctx, s, configStoragePrefix+name)
 }
 
 func (b *backend) pathConfigExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
 	cfg, err := getConnectionConfig(ctx, req.Storage, d.Get("name").(string))
 	return cfg != nil, err
-}
-
-func (b *backend) pathConfigList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	names, err := req.Storage.List(ctx, configStoragePrefix)
-	if err != nil {
-		return nil, err
-	}
-	return logical.ListResponse(names), nil
 }
 
 func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -265,11 +212,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		}
 	}
 
-	entry, err := logical.StorageEntryJSON(configStoragePrefix+name, cfg)
-	if err != nil {
-		return nil, err
-	}
-	if err := req.Storage.Put(ctx, entry); err != nil {
+	if err := putEntry(ctx, req.Storage, configStoragePrefix+name, cfg); err != nil {
 		return nil, err
 	}
 	// A rewritten connection must not keep serving the old credentials or

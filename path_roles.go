@@ -39,24 +39,7 @@ var roleProviderFields = map[string]string{
 
 func pathRoles(b *backend) []*framework.Path {
 	return []*framework.Path{
-		{
-			Pattern: "roles/?$",
-			DisplayAttrs: &framework.DisplayAttributes{
-				OperationPrefix: operationPrefixCarbon,
-				OperationSuffix: "roles",
-			},
-			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.ListOperation: &framework.PathOperation{
-					Callback: b.pathRoleList,
-					Summary:  "List the dynamic roles.",
-				},
-				logical.UpdateOperation: requireNameOperation("name", "roles/<name>"),
-				logical.ReadOperation:   requireNameOperation("name", "roles/<name>"),
-				logical.DeleteOperation: requireNameOperation("name", "roles/<name>"),
-			},
-			HelpSynopsis:    "List the dynamic roles.",
-			HelpDescription: "Lists the names of the roles configured under roles/<name>.",
-		},
+		collectionPath(roleStoragePrefix, "roles", "dynamic roles"),
 		{
 			Pattern: "roles/" + framework.MatchAllRegex("name"),
 			DisplayAttrs: &framework.DisplayAttributes{
@@ -110,28 +93,8 @@ func pathRoles(b *backend) []*framework.Path {
 					Description: "Altruistiq: OAuth scopes for tokens of this role. Overrides the connection's scopes.",
 				},
 			},
-			ExistenceCheck: b.pathRoleExists,
-			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.CreateOperation: &framework.PathOperation{
-					Callback:                  b.pathRoleWrite,
-					ForwardPerformanceStandby: true,
-					Summary:                   "Create a dynamic role.",
-				},
-				logical.UpdateOperation: &framework.PathOperation{
-					Callback:                  b.pathRoleWrite,
-					ForwardPerformanceStandby: true,
-					Summary:                   "Update a dynamic role.",
-				},
-				logical.ReadOperation: &framework.PathOperation{
-					Callback: b.pathRoleRead,
-					Summary:  "Read a dynamic role.",
-				},
-				logical.DeleteOperation: &framework.PathOperation{
-					Callback:                  b.pathRoleDelete,
-					ForwardPerformanceStandby: true,
-					Summary:                   "Delete a dynamic role. Live leases keep working and are revoked as usual.",
-				},
-			},
+			ExistenceCheck:  b.pathRoleExists,
+			Operations:      crudOperations(b.pathRoleWrite, b.pathRoleRead, b.pathRoleDelete, "a dynamic role"),
 			HelpSynopsis:    "Manage the dynamic roles that creds/<role> issues from.",
 			HelpDescription: strings.TrimSpace(pathRolesHelp),
 		},
@@ -139,15 +102,7 @@ func pathRoles(b *backend) []*framework.Path {
 }
 
 func getRole(ctx context.Context, s logical.Storage, name string) (*roleEntry, error) {
-	entry, err := s.Get(ctx, roleStoragePrefix+name)
-	if err != nil || entry == nil {
-		return nil, err
-	}
-	role := new(roleEntry)
-	if err := entry.DecodeJSON(role); err != nil {
-		return nil, fmt.Errorf("decoding role %q: %w", name, err)
-	}
-	return role, nil
+	return getEntry[roleEntry](ctx, s, roleStoragePrefix+name)
 }
 
 // rolesUsingConfig names the roles that issue from the given connection.
@@ -172,14 +127,6 @@ func rolesUsingConfig(ctx context.Context, s logical.Storage, config string) ([]
 func (b *backend) pathRoleExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
 	role, err := getRole(ctx, req.Storage, d.Get("name").(string))
 	return role != nil, err
-}
-
-func (b *backend) pathRoleList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	names, err := req.Storage.List(ctx, roleStoragePrefix)
-	if err != nil {
-		return nil, err
-	}
-	return logical.ListResponse(names), nil
 }
 
 func (b *backend) pathRoleRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -251,11 +198,7 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 		}
 	}
 
-	entry, err := logical.StorageEntryJSON(roleStoragePrefix+name, role)
-	if err != nil {
-		return nil, err
-	}
-	if err := req.Storage.Put(ctx, entry); err != nil {
+	if err := putEntry(ctx, req.Storage, roleStoragePrefix+name, role); err != nil {
 		return nil, err
 	}
 	return roleWarnings(role, b.System()), nil

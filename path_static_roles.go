@@ -2,7 +2,6 @@ package carbon
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"time"
 
@@ -51,24 +50,7 @@ type staticRole struct {
 
 func pathStaticRoles(b *backend) []*framework.Path {
 	return []*framework.Path{
-		{
-			Pattern: "static-roles/?$",
-			DisplayAttrs: &framework.DisplayAttributes{
-				OperationPrefix: operationPrefixCarbon,
-				OperationSuffix: "static-roles",
-			},
-			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.ListOperation: &framework.PathOperation{
-					Callback: b.pathStaticRoleList,
-					Summary:  "List the static roles.",
-				},
-				logical.UpdateOperation: requireNameOperation("name", "static-roles/<name>"),
-				logical.ReadOperation:   requireNameOperation("name", "static-roles/<name>"),
-				logical.DeleteOperation: requireNameOperation("name", "static-roles/<name>"),
-			},
-			HelpSynopsis:    "List the static roles.",
-			HelpDescription: "Lists the names of the static roles configured under static-roles/<name>.",
-		},
+		collectionPath(staticRoleStoragePrefix, "static-roles", "static roles"),
 		{
 			Pattern: "static-roles/" + framework.MatchAllRegex("name"),
 			DisplayAttrs: &framework.DisplayAttributes{
@@ -119,28 +101,8 @@ func pathStaticRoles(b *backend) []*framework.Path {
 					Description: "Delete the key upstream when the role is deleted.",
 				},
 			},
-			ExistenceCheck: b.pathStaticRoleExists,
-			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.CreateOperation: &framework.PathOperation{
-					Callback:                  b.pathStaticRoleWrite,
-					ForwardPerformanceStandby: true,
-					Summary:                   "Create a static role and its key.",
-				},
-				logical.UpdateOperation: &framework.PathOperation{
-					Callback:                  b.pathStaticRoleWrite,
-					ForwardPerformanceStandby: true,
-					Summary:                   "Update a static role's rotation settings.",
-				},
-				logical.ReadOperation: &framework.PathOperation{
-					Callback: b.pathStaticRoleRead,
-					Summary:  "Read a static role and its rotation state.",
-				},
-				logical.DeleteOperation: &framework.PathOperation{
-					Callback:                  b.pathStaticRoleDelete,
-					ForwardPerformanceStandby: true,
-					Summary:                   "Delete a static role (and its key, unless delete_key_on_remove=false).",
-				},
-			},
+			ExistenceCheck:  b.pathStaticRoleExists,
+			Operations:      crudOperations(b.pathStaticRoleWrite, b.pathStaticRoleRead, b.pathStaticRoleDelete, "a static role"),
 			HelpSynopsis:    "Manage static roles: one Vault-owned Climatiq key, rotated on a schedule.",
 			HelpDescription: strings.TrimSpace(pathStaticRolesHelp),
 		},
@@ -179,23 +141,11 @@ func pathStaticRoles(b *backend) []*framework.Path {
 }
 
 func getStaticRole(ctx context.Context, s logical.Storage, name string) (*staticRole, error) {
-	entry, err := s.Get(ctx, staticRoleStoragePrefix+name)
-	if err != nil || entry == nil {
-		return nil, err
-	}
-	role := new(staticRole)
-	if err := entry.DecodeJSON(role); err != nil {
-		return nil, fmt.Errorf("decoding static role %q: %w", name, err)
-	}
-	return role, nil
+	return getEntry[staticRole](ctx, s, staticRoleStoragePrefix+name)
 }
 
 func putStaticRole(ctx context.Context, s logical.Storage, name string, role *staticRole) error {
-	entry, err := logical.StorageEntryJSON(staticRoleStoragePrefix+name, role)
-	if err != nil {
-		return err
-	}
-	return s.Put(ctx, entry)
+	return putEntry(ctx, s, staticRoleStoragePrefix+name, role)
 }
 
 // staticRoleLock serialises everything that changes one static role's key:
@@ -207,14 +157,6 @@ func (b *backend) staticRoleLock(name string) *locksutil.LockEntry {
 func (b *backend) pathStaticRoleExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
 	role, err := getStaticRole(ctx, req.Storage, d.Get("name").(string))
 	return role != nil, err
-}
-
-func (b *backend) pathStaticRoleList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	names, err := req.Storage.List(ctx, staticRoleStoragePrefix)
-	if err != nil {
-		return nil, err
-	}
-	return logical.ListResponse(names), nil
 }
 
 func (b *backend) pathStaticRoleRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {

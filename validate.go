@@ -1,7 +1,6 @@
 package carbon
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"net/url"
@@ -96,18 +95,6 @@ func errorResponse(err error) (*logical.Response, error) {
 		return logical.ErrorResponse(ie.Error()), nil
 	}
 	return nil, err
-}
-
-// requireNameOperation answers writes, reads and deletes on a collection
-// path that lack the item name, with a 400 naming the missing field rather
-// than Vault's bare "unsupported operation".
-func requireNameOperation(field, pathHint string) *framework.PathOperation {
-	return &framework.PathOperation{
-		Callback: func(_ context.Context, _ *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-			return logical.ErrorResponse("%s: is required in the path; use %s", field, pathHint), nil
-		},
-		Unpublished: true,
-	}
 }
 
 // rejectForeignFields fails when the request sets a field that belongs to

@@ -1,0 +1,86 @@
+package carbon
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// collectionPath is the LIST path of a named collection (config/, roles/,
+// static-roles/). Writes, reads and deletes on it lack the item name; they
+// get a 400 naming the missing field instead of Vault's bare "unsupported
+// operation".
+func collectionPath(prefix, suffix, what string) *framework.Path {
+	hint := prefix + "<name>"
+	return &framework.Path{
+		Pattern: prefix + "?$",
+		DisplayAttrs: &framework.DisplayAttributes{
+			OperationPrefix: operationPrefixCarbon,
+			OperationSuffix: suffix,
+		},
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.ListOperation: &framework.PathOperation{
+				Callback: func(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+					names, err := req.Storage.List(ctx, prefix)
+					if err != nil {
+						return nil, err
+					}
+					return logical.ListResponse(names), nil
+				},
+				Summary: "List the " + what + ".",
+			},
+			logical.UpdateOperation: requireNameOperation("name", hint),
+			logical.ReadOperation:   requireNameOperation("name", hint),
+			logical.DeleteOperation: requireNameOperation("name", hint),
+		},
+		HelpSynopsis:    "List the " + what + ".",
+		HelpDescription: "Lists the names of the " + what + " configured under " + hint + ".",
+	}
+}
+
+// crudOperations are the operations of a named item: writes (create and
+// update share one handler) and deletes are forwarded from performance
+// standbys, since they write storage.
+func crudOperations(write, read, del framework.OperationFunc, what string) map[logical.Operation]framework.OperationHandler {
+	return map[logical.Operation]framework.OperationHandler{
+		logical.CreateOperation: &framework.PathOperation{Callback: write, ForwardPerformanceStandby: true, Summary: "Create " + what + "."},
+		logical.UpdateOperation: &framework.PathOperation{Callback: write, ForwardPerformanceStandby: true, Summary: "Update " + what + "."},
+		logical.ReadOperation:   &framework.PathOperation{Callback: read, Summary: "Read " + what + "."},
+		logical.DeleteOperation: &framework.PathOperation{Callback: del, ForwardPerformanceStandby: true, Summary: "Delete " + what + "."},
+	}
+}
+
+// requireNameOperation answers an operation on a path that lacks the item
+// name with a 400 naming the field. It is left out of the OpenAPI document.
+func requireNameOperation(field, pathHint string) *framework.PathOperation {
+	return &framework.PathOperation{
+		Callback: func(context.Context, *logical.Request, *framework.FieldData) (*logical.Response, error) {
+			return logical.ErrorResponse("%s: is required in the path; use %s", field, pathHint), nil
+		},
+		Unpublished: true,
+	}
+}
+
+// getEntry reads and decodes a typed storage entry; nil when absent.
+func getEntry[T any](ctx context.Context, s logical.Storage, key string) (*T, error) {
+	entry, err := s.Get(ctx, key)
+	if err != nil || entry == nil {
+		return nil, err
+	}
+	out := new(T)
+	if err := entry.DecodeJSON(out); err != nil {
+		return nil, fmt.Errorf("decoding %q: %w", key, err)
+	}
+	return out, nil
+}
+
+// putEntry encodes and stores a typed storage entry.
+func putEntry(ctx context.Context, s logical.Storage, key string, v any) error {
+	entry, err := logical.StorageEntryJSON(key, v)
+	if err != nil {
+		return err
+	}
+	return s.Put(ctx, entry)
+}
