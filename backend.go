@@ -83,6 +83,7 @@ func newBackend() *backend {
 			pathConfig(b),
 			pathRoles(b),
 			pathCreds(b),
+			pathInventory(b),
 			pathStaticRoles(b),
 			pathRotateRole(b),
 		),

@@ -11,8 +11,10 @@ import (
 // The inventory records every upstream key this mount owns, so that
 // max_keys can be enforced, a WAL rollback can tell a tracked key from a
 // stranded one, and tidy can find keys nobody tracks. Entries live at
-// inventory/<kind>/<role>/<escaped key id>: counting a role's keys is one
-// List of a short prefix.
+// inventory/<kind>/<role>/<escaped key name>: counting a role's keys is one
+// List of a short prefix, and the name, unlike the id, is known before the
+// key is created, so a WAL entry can be checked against the inventory
+// without asking the upstream.
 const (
 	inventoryStoragePrefix = "inventory/"
 
@@ -37,21 +39,22 @@ func inventoryRolePrefix(kind, role string) string {
 	return inventoryStoragePrefix + kind + "/" + role + "/"
 }
 
-// inventoryPath escapes the key id: ids are opaque and could contain '/'.
-func inventoryPath(kind, role, keyID string) string {
-	return inventoryRolePrefix(kind, role) + url.PathEscape(keyID)
+// inventoryPath escapes the key name: adopted keys' names are the
+// upstream's and could contain '/'.
+func inventoryPath(kind, role, keyName string) string {
+	return inventoryRolePrefix(kind, role) + url.PathEscape(keyName)
 }
 
 func putInventory(ctx context.Context, s logical.Storage, e *inventoryEntry) error {
-	return putEntry(ctx, s, inventoryPath(e.Kind, e.Role, e.KeyID), e)
+	return putEntry(ctx, s, inventoryPath(e.Kind, e.Role, e.KeyName), e)
 }
 
-func getInventory(ctx context.Context, s logical.Storage, kind, role, keyID string) (*inventoryEntry, error) {
-	return getEntry[inventoryEntry](ctx, s, inventoryPath(kind, role, keyID))
+func getInventory(ctx context.Context, s logical.Storage, kind, role, keyName string) (*inventoryEntry, error) {
+	return getEntry[inventoryEntry](ctx, s, inventoryPath(kind, role, keyName))
 }
 
-func deleteInventory(ctx context.Context, s logical.Storage, kind, role, keyID string) error {
-	return s.Delete(ctx, inventoryPath(kind, role, keyID))
+func deleteInventory(ctx context.Context, s logical.Storage, kind, role, keyName string) error {
+	return s.Delete(ctx, inventoryPath(kind, role, keyName))
 }
 
 // countInventory returns how many live keys a role owns.

@@ -56,6 +56,97 @@ func pathCreds(b *backend) []*framework.Path {
 	}
 }
 
+func pathInventory(b *backend) []*framework.Path {
+	return []*framework.Path{
+		{
+			Pattern: "keys/?$",
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefixCarbon,
+				OperationSuffix: "keys",
+			},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ListOperation: &framework.PathOperation{
+					Callback: b.pathKeysList,
+					Summary:  "List the upstream keys this mount owns.",
+				},
+			},
+			HelpSynopsis:    "List the upstream keys this mount owns.",
+			HelpDescription: "Lists the ids of every upstream key this mount owns, dynamic and static, with their details in key_info. Never the key values.",
+		},
+		{
+			Pattern: "keys/" + framework.MatchAllRegex("key_id"),
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefixCarbon,
+				OperationSuffix: "key",
+			},
+			Fields: map[string]*framework.FieldSchema{
+				"key_id": {
+					Type:        framework.TypeString,
+					Description: "Upstream id of the key.",
+					Required:    true,
+				},
+			},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ReadOperation: &framework.PathOperation{
+					Callback: b.pathKeyRead,
+					Summary:  "Read what the mount records about one of its keys.",
+				},
+			},
+			HelpSynopsis:    "Read what the mount records about one of its keys.",
+			HelpDescription: "Returns key_id, key_name, project_id, config, role, kind (dynamic or static), created and expires (dynamic keys: issue time plus max_ttl). Never the key value.",
+		},
+	}
+}
+
+func (e *inventoryEntry) responseData() map[string]any {
+	return map[string]any{
+		"key_id":     e.KeyID,
+		"key_name":   e.KeyName,
+		"project_id": e.ProjectID,
+		"config":     e.Config,
+		"role":       e.Role,
+		"kind":       e.Kind,
+		"created":    formatTime(e.Created),
+		"expires":    formatTime(e.Expires),
+	}
+}
+
+func (b *backend) pathKeysList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	var ids []string
+	info := map[string]any{}
+	err := walkInventory(ctx, req.Storage, func(e *inventoryEntry) error {
+		ids = append(ids, e.KeyID)
+		info[e.KeyID] = e.responseData()
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return logical.ListResponseWithInfo(ids, info), nil
+}
+
+// pathKeyRead walks the inventory: it is keyed by role and name, and reads
+// by id are rare administrative look-ups.
+func (b *backend) pathKeyRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	id := d.Get("key_id").(string)
+	var found *inventoryEntry
+	errFound := errors.New("found")
+	err := walkInventory(ctx, req.Storage, func(e *inventoryEntry) error {
+		if e.KeyID == id {
+			found = e
+			return errFound
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errFound) {
+		return nil, err
+	}
+	if found == nil {
+		return nil, nil
+	}
+	return &logical.Response{Data: found.responseData()}, nil
+}
+
 func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	roleName := d.Get("role").(string)
 	if err := validateName("role", roleName); err != nil {
@@ -82,8 +173,10 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *fr
 }
 
 // issueClimatiqKey creates a key upstream under a WAL entry, records it in
-// the inventory and returns it leased. Storage writes on this path: the WAL
-// entry, the inventory entry and the WAL deletion.
+// the inventory and returns it leased. The hot path makes two storage
+// writes: the WAL entry and the inventory entry. The WAL entry is not
+// deleted here: once the inventory holds the key, the entry is spent, and
+// the rollback manager drops it later after one storage read.
 func (b *backend) issueClimatiqKey(ctx context.Context, req *logical.Request, roleName string, role *roleEntry, conn *connection) (*logical.Response, error) {
 	if role.MaxKeys > 0 {
 		// Only capped roles pay for serialising issuance: the count and
@@ -161,12 +254,6 @@ func (b *backend) issueClimatiqKey(ctx context.Context, req *logical.Request, ro
 		b.rollbackNow(ctx, req.Storage, walID, w)
 		return nil, fmt.Errorf("recording key in inventory: %w", err)
 	}
-	if err := framework.DeleteWAL(ctx, req.Storage, walID); err != nil {
-		// Harmless: the rollback manager will find the key in the
-		// inventory and drop the entry.
-		b.Logger().Warn("deleting WAL entry after issuance failed", "key_id", key.ID, "error", err)
-	}
-
 	b.Logger().Info("issued key", "role", roleName, "config", role.Config, "key_id", key.ID, "project_id", w.ProjectID)
 	resp := b.Secret(secretTypeClimatiqKey).Response(map[string]any{
 		"api_key":    key.Key,
@@ -177,6 +264,7 @@ func (b *backend) issueClimatiqKey(ctx context.Context, req *logical.Request, ro
 		"config":            role.Config,
 		"role":              roleName,
 		"key_id":            key.ID,
+		"key_name":          keyName,
 		"project_id":        w.ProjectID,
 		"project_per_lease": role.ProjectPerLease,
 	})
@@ -257,6 +345,7 @@ func (b *backend) revokeClimatiqKey(ctx context.Context, req *logical.Request, _
 		Config          string `json:"config"`
 		Role            string `json:"role"`
 		KeyID           string `json:"key_id"`
+		KeyName         string `json:"key_name"`
 		ProjectID       string `json:"project_id"`
 		ProjectPerLease bool   `json:"project_per_lease"`
 	}
@@ -281,7 +370,7 @@ func (b *backend) revokeClimatiqKey(ctx context.Context, req *logical.Request, _
 	if err != nil {
 		return nil, upstreamError("deleting key", err)
 	}
-	if err := deleteInventory(ctx, req.Storage, keyKindDynamic, lease.Role, lease.KeyID); err != nil {
+	if err := deleteInventory(ctx, req.Storage, keyKindDynamic, lease.Role, lease.KeyName); err != nil {
 		return nil, err
 	}
 	b.Logger().Info("revoked key", "role", lease.Role, "config", lease.Config, "key_id", lease.KeyID, "project_id", lease.ProjectID)

@@ -3,6 +3,7 @@ package carbon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -37,8 +38,30 @@ func TestClimatiqIssueAndRevoke(t *testing.T) {
 	if err := e.b.connections["cq"].climatiq.CheckKey(context.Background(), apiKey); err != nil {
 		t.Fatalf("issued key does not work against the regular API: %v", err)
 	}
-	assertInventory(t, e, "ci", keyID, true)
+	assertInventory(t, e, "ci", resp.Data["key_name"].(string), true)
+
+	// The inventory shows the key, never its value.
+	list := e.mustOK(logical.ListOperation, "keys/", nil)
+	if ids := list.Data["keys"].([]string); len(ids) != 1 || ids[0] != keyID {
+		t.Fatalf("keys/ = %v", list.Data["keys"])
+	}
+	inv := e.mustOK(logical.ReadOperation, "keys/"+keyID, nil)
+	if inv.Data["role"] != "ci" || inv.Data["kind"] != keyKindDynamic || inv.Data["config"] != "cq" || inv.Data["expires"] == "" {
+		t.Fatalf("keys/%s = %v", keyID, inv.Data)
+	}
+	assertNoSecrets(t, fmt.Sprint(list.Data, inv.Data))
+	if strings.Contains(fmt.Sprint(list.Data, inv.Data), apiKey) {
+		t.Fatal("the inventory shows a key value")
+	}
+
+	// The issuance's WAL entry is spent: the rollback manager drops it
+	// without deleting the key and without asking the upstream.
+	requests := e.climatiq.Stats().Requests
+	runRollbackManager(t, e)
 	assertNoWAL(t, e)
+	if !e.upstreamHas(keyID) || e.climatiq.Stats().Requests != requests {
+		t.Fatal("rolling back a spent WAL entry touched the issued key or the upstream")
+	}
 
 	if _, err := e.revoke(resp.Secret); err != nil {
 		t.Fatal(err)
@@ -46,7 +69,7 @@ func TestClimatiqIssueAndRevoke(t *testing.T) {
 	if _, ok := e.climatiq.Key(keyID); ok {
 		t.Fatal("revoke did not delete the key upstream")
 	}
-	assertInventory(t, e, "ci", keyID, false)
+	assertInventory(t, e, "ci", resp.Data["key_name"].(string), false)
 
 	// Revoking again (Vault retries after a lost answer) and revoking a key
 	// someone already deleted upstream both succeed.
@@ -66,7 +89,7 @@ func TestClimatiqRevokeFailureIsRetried(t *testing.T) {
 	if _, err := e.revoke(resp.Secret); err == nil {
 		t.Fatal("revoke reported success although the upstream delete failed")
 	}
-	assertInventory(t, e, "ci", keyID, true)
+	assertInventory(t, e, "ci", resp.Data["key_name"].(string), true)
 	if _, err := e.revoke(resp.Secret); err != nil {
 		t.Fatalf("retried revoke: %v", err)
 	}
@@ -248,14 +271,14 @@ func TestCredsBadInput(t *testing.T) {
 	e.mustFail(logical.ReadOperation, "creds/", nil, "role")
 }
 
-func assertInventory(t *testing.T, e *testEnv, role, keyID string, want bool) {
+func assertInventory(t *testing.T, e *testEnv, role, keyName string, want bool) {
 	t.Helper()
-	got, err := getInventory(context.Background(), e.storage, keyKindDynamic, role, keyID)
+	got, err := getInventory(context.Background(), e.storage, keyKindDynamic, role, keyName)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if (got != nil) != want {
-		t.Fatalf("inventory entry for key %s present=%v, want %v", keyID, got != nil, want)
+		t.Fatalf("inventory entry for key %s present=%v, want %v", keyName, got != nil, want)
 	}
 }
 
@@ -267,5 +290,18 @@ func assertNoWAL(t *testing.T, e *testEnv) {
 	}
 	if len(ids) != 0 {
 		t.Fatalf("%d WAL entries left", len(ids))
+	}
+}
+
+// runRollbackManager runs the framework's WAL rollback as Vault's rollback
+// manager does, ignoring the entries' minimum age.
+func runRollbackManager(t *testing.T, e *testEnv) {
+	t.Helper()
+	if _, err := e.b.HandleRequest(context.Background(), &logical.Request{
+		Operation: logical.RollbackOperation,
+		Storage:   e.storage,
+		Data:      map[string]any{"immediate": true},
+	}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -152,7 +152,7 @@ func (b *backend) replaceStaticKey(ctx context.Context, s logical.Storage, name 
 
 	previous := *role
 	if role.KeyID != "" {
-		role.PreviousKeyID, role.PreviousExpires = role.KeyID, now.Add(role.OverlapPeriod)
+		role.PreviousKeyID, role.PreviousKeyName, role.PreviousExpires = role.KeyID, role.KeyName, now.Add(role.OverlapPeriod)
 	}
 	role.KeyID, role.KeyName, role.KeyValue = key.ID, keyName, key.Key
 	role.LastRotated = now
@@ -180,10 +180,10 @@ func (b *backend) deletePreviousKey(ctx context.Context, s logical.Storage, name
 	if err := ignoreNotFound(conn.climatiq.DeleteKey(ctx, id)); err != nil {
 		return upstreamError("deleting the replaced key", err)
 	}
-	if err := deleteInventory(ctx, s, keyKindStatic, name, id); err != nil {
+	if err := deleteInventory(ctx, s, keyKindStatic, name, role.PreviousKeyName); err != nil {
 		return err
 	}
-	role.PreviousKeyID, role.PreviousExpires = "", time.Time{}
+	role.PreviousKeyID, role.PreviousKeyName, role.PreviousExpires = "", "", time.Time{}
 	if err := putStaticRole(ctx, s, name, role); err != nil {
 		return err
 	}

@@ -39,6 +39,7 @@ type staticRole struct {
 
 	// The key replaced by the last rotation, valid until PreviousExpires.
 	PreviousKeyID   string    `json:"previous_key_id,omitempty"`
+	PreviousKeyName string    `json:"previous_key_name,omitempty"`
 	PreviousExpires time.Time `json:"previous_expires,omitempty"`
 
 	// Failure state of scheduled work; RetryAt backs off retries.
@@ -375,9 +376,9 @@ func (b *backend) pathStaticRoleDelete(ctx context.Context, req *logical.Request
 			}
 		}
 	}
-	for _, id := range []string{role.PreviousKeyID, role.KeyID} {
-		if id != "" {
-			if err := deleteInventory(ctx, req.Storage, keyKindStatic, name, id); err != nil {
+	for _, keyName := range []string{role.PreviousKeyName, role.KeyName} {
+		if keyName != "" {
+			if err := deleteInventory(ctx, req.Storage, keyKindStatic, name, keyName); err != nil {
 				return nil, err
 			}
 		}

@@ -91,6 +91,11 @@ func (b *backend) rollbackClimatiqKey(ctx context.Context, s logical.Storage, w 
 		}
 	}
 
+	// Most entries are spent issuances: the inventory already holds the
+	// key, and no upstream call is needed to tell.
+	if tracked, err := keyTracked(ctx, s, w); err != nil || tracked {
+		return err
+	}
 	if w.KeyID == "" {
 		keys, err := client.ListKeys(ctx, w.ProjectID)
 		if err != nil && !errors.Is(err, climatiq.ErrNotFound) {
@@ -102,13 +107,6 @@ func (b *backend) rollbackClimatiqKey(ctx context.Context, s logical.Storage, w 
 			}
 		}
 	}
-	if w.KeyID != "" {
-		tracked, err := keyTracked(ctx, s, w)
-		if err != nil || tracked {
-			return err
-		}
-	}
-
 	switch {
 	case w.ProjectPerLease:
 		err = ignoreNotFound(client.DeleteProject(ctx, w.ProjectID))
@@ -122,7 +120,7 @@ func (b *backend) rollbackClimatiqKey(ctx context.Context, s logical.Storage, w 
 	}
 	if w.Kind == keyKindStatic {
 		// A static key is recorded in the inventory before the role.
-		if err := deleteInventory(ctx, s, keyKindStatic, w.Role, w.KeyID); err != nil {
+		if err := deleteInventory(ctx, s, keyKindStatic, w.Role, w.KeyName); err != nil {
 			return err
 		}
 	}
@@ -140,9 +138,9 @@ func keyTracked(ctx context.Context, s logical.Storage, w *climatiqKeyWAL) (bool
 		if err != nil || role == nil {
 			return false, err
 		}
-		return role.KeyID == w.KeyID || role.PreviousKeyID == w.KeyID, nil
+		return role.KeyName == w.KeyName || role.PreviousKeyName == w.KeyName, nil
 	}
-	entry, err := getInventory(ctx, s, keyKindDynamic, w.Role, w.KeyID)
+	entry, err := getInventory(ctx, s, keyKindDynamic, w.Role, w.KeyName)
 	return entry != nil, err
 }
 

@@ -94,7 +94,7 @@ func TestWALRollback(t *testing.T) {
 			name: "tracked key is kept",
 			setup: func(e *testEnv) *climatiqKeyWAL {
 				k := e.climatiq.AddKey(e.projectID, "vault-abcdefgh-1700000000-nonce4-ci")
-				if err := putInventory(context.Background(), e.storage, &inventoryEntry{KeyID: k.ID, Role: "ci", Kind: keyKindDynamic, Config: "cq"}); err != nil {
+				if err := putInventory(context.Background(), e.storage, &inventoryEntry{KeyID: k.ID, KeyName: k.Name, Role: "ci", Kind: keyKindDynamic, Config: "cq"}); err != nil {
 					e.t.Fatal(err)
 				}
 				return &climatiqKeyWAL{Config: "cq", Role: "ci", ProjectID: e.projectID, KeyName: k.Name}
@@ -155,14 +155,7 @@ func TestWALRollbackRunsFromRollbackManager(t *testing.T) {
 		&climatiqKeyWAL{Config: "cq", Role: "ci", ProjectID: e.projectID, KeyName: k.Name}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.b.HandleRequest(context.Background(), &logical.Request{
-		Operation: logical.RollbackOperation,
-		Storage:   e.storage,
-		// The framework's switch to ignore WALRollbackMinAge.
-		Data: map[string]any{"immediate": true},
-	}); err != nil {
-		t.Fatal(err)
-	}
+	runRollbackManager(t, e)
 	if _, ok := e.climatiq.Key(k.ID); ok {
 		t.Fatal("rollback manager did not delete the stranded key")
 	}
