@@ -53,6 +53,10 @@ type backend struct {
 	rotationQueue *queue.PriorityQueue
 	stopScheduler context.CancelFunc
 	schedulerDone chan struct{}
+
+	// lastTidy is when periodic tidy last ran per connection, on this node.
+	tidyLock sync.Mutex
+	lastTidy map[string]time.Time
 }
 
 // Factory returns a configured instance of the carbon secrets engine.
@@ -67,6 +71,7 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 func newBackend() *backend {
 	b := &backend{
 		connections: make(map[string]*connection),
+		lastTidy:    make(map[string]time.Time),
 		roleLocks:   locksutil.CreateLocks(),
 	}
 	b.Backend = &framework.Backend{
@@ -84,6 +89,7 @@ func newBackend() *backend {
 			pathRoles(b),
 			pathCreds(b),
 			pathInventory(b),
+			pathTidy(b),
 			pathStaticRoles(b),
 			pathRotateRole(b),
 		),
@@ -94,6 +100,7 @@ func newBackend() *backend {
 		WALRollback:       b.walRollback,
 		WALRollbackMinAge: walRollbackMinAge,
 		InitializeFunc:    b.initialize,
+		PeriodicFunc:      b.periodicTidy,
 		Invalidate:        b.invalidate,
 		Clean:             b.clean,
 		RunningVersion:    Version,

@@ -31,7 +31,8 @@ type connectionConfig struct {
 
 	// Climatiq
 	ManagementKey string `json:"management_key,omitempty"`
-	ManagementURL string `json:"management_url,omitempty"`
+	ManagementURL string        `json:"management_url,omitempty"`
+	TidyInterval  time.Duration `json:"tidy_interval,omitempty"`
 
 	// Altruistiq
 	ClientID     string   `json:"client_id,omitempty"`
@@ -52,6 +53,7 @@ type connectionConfig struct {
 var providerFields = map[string]string{
 	"management_key": providerClimatiq,
 	"management_url": providerClimatiq,
+	"tidy_interval":  providerClimatiq,
 	"client_id":      providerAltruistiq,
 	"client_secret":  providerAltruistiq,
 	"token_url":      providerAltruistiq,
@@ -88,6 +90,10 @@ func pathConfig(b *backend) []*framework.Path {
 					Type:         framework.TypeString,
 					Description:  fmt.Sprintf("Climatiq management API base URL. Defaults to %s.", climatiq.DefaultManagementURL),
 					DisplayAttrs: &framework.DisplayAttributes{Name: "Management URL"},
+				},
+				"tidy_interval": {
+					Type:        framework.TypeDurationSecond,
+					Description: "Climatiq: run tidy for this connection this often (at least 1m). 0 (default) turns periodic tidy off.",
 				},
 				"api_url": {
 					Type: framework.TypeString,
@@ -176,6 +182,7 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, d *f
 	switch cfg.Provider {
 	case providerClimatiq:
 		data["management_url"] = cfg.ManagementURL
+		data["tidy_interval"] = int64(cfg.TidyInterval.Seconds())
 	case providerAltruistiq:
 		data["client_id"] = cfg.ClientID
 		data["token_url"] = cfg.TokenURL
@@ -308,6 +315,9 @@ func (cfg *connectionConfig) update(d *framework.FieldData) error {
 	if v, ok := d.GetOk("request_timeout"); ok {
 		cfg.RequestTimeout = time.Duration(v.(int)) * time.Second
 	}
+	if v, ok := d.GetOk("tidy_interval"); ok {
+		cfg.TidyInterval = time.Duration(v.(int)) * time.Second
+	}
 	if v, ok := d.GetOk("max_retries"); ok {
 		cfg.MaxRetries = v.(int)
 	}
@@ -336,6 +346,9 @@ func (cfg *connectionConfig) validate() error {
 	}
 	if cfg.RequestTimeout < time.Second || cfg.RequestTimeout > maxRequestTimeout {
 		return invalidField("request_timeout", "must be between 1s and %s", maxRequestTimeout)
+	}
+	if cfg.TidyInterval != 0 && cfg.TidyInterval < time.Minute {
+		return invalidField("tidy_interval", "must be 0 (off) or at least 1m")
 	}
 	if cfg.MaxRetries < 0 || cfg.MaxRetries > maxMaxRetries {
 		return invalidField("max_retries", "must be between 0 and %d", maxMaxRetries)

@@ -21,7 +21,7 @@ func TestConfigCRUD(t *testing.T) {
 	}{
 		{"cq", map[string]any{
 			"provider": "climatiq", "management_url": e.climatiq.ManagementURL(), "api_url": e.climatiq.APIURL(),
-			"request_timeout": int64(10), "max_retries": 1, "rate_limit": 50.0,
+			"request_timeout": int64(10), "max_retries": 1, "rate_limit": 50.0, "tidy_interval": int64(0),
 		}},
 		{"aq", map[string]any{
 			"provider": "altruistiq", "client_id": testClientID, "token_url": e.altruistiq.TokenURL(),
@@ -132,6 +132,7 @@ func TestConfigValidation(t *testing.T) {
 		{"timeout too large", "config/x", cq(map[string]any{"request_timeout": "1h"}), "request_timeout"},
 		{"negative retries", "config/x", cq(map[string]any{"max_retries": -1}), "max_retries"},
 		{"negative rate limit", "config/x", cq(map[string]any{"rate_limit": -2.5}), "rate_limit"},
+		{"tidy interval too short", "config/x", cq(map[string]any{"tidy_interval": "10s"}), "tidy_interval"},
 		{"invalid name", "config/bad name!", cq(nil), "name"},
 		{"nested name", "config/a/b", cq(nil), "name"},
 		{"empty name", "config/", cq(nil), "name"},

@@ -254,7 +254,7 @@ func (b *backend) issueClimatiqKey(ctx context.Context, req *logical.Request, ro
 		b.rollbackNow(ctx, req.Storage, walID, w)
 		return nil, fmt.Errorf("recording key in inventory: %w", err)
 	}
-	b.Logger().Info("issued key", "role", roleName, "config", role.Config, "key_id", key.ID, "project_id", w.ProjectID)
+	b.observe(ctx, eventKeyIssue, "role", roleName, "config", role.Config, "key_id", key.ID, "key_name", keyName, "project_id", w.ProjectID)
 	resp := b.Secret(secretTypeClimatiqKey).Response(map[string]any{
 		"api_key":    key.Key,
 		"key_id":     key.ID,
@@ -328,6 +328,7 @@ func (b *backend) renewClimatiqKey(ctx context.Context, req *logical.Request, _ 
 	if err != nil {
 		return nil, err
 	}
+	b.observe(ctx, eventKeyRenew, "role", roleName, "key_id", fmt.Sprint(req.Secret.InternalData["key_id"]), "ttl", ttl.String())
 	resp := &logical.Response{Secret: req.Secret}
 	resp.Secret.TTL = ttl
 	resp.Secret.MaxTTL = role.MaxTTL
@@ -373,7 +374,7 @@ func (b *backend) revokeClimatiqKey(ctx context.Context, req *logical.Request, _
 	if err := deleteInventory(ctx, req.Storage, keyKindDynamic, lease.Role, lease.KeyName); err != nil {
 		return nil, err
 	}
-	b.Logger().Info("revoked key", "role", lease.Role, "config", lease.Config, "key_id", lease.KeyID, "project_id", lease.ProjectID)
+	b.observe(ctx, eventKeyRevoke, "role", lease.Role, "config", lease.Config, "key_id", lease.KeyID, "project_id", lease.ProjectID)
 	return nil, nil
 }
 

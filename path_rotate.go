@@ -120,7 +120,7 @@ func (b *backend) rotateStaticRole(ctx context.Context, s logical.Storage, name 
 			b.Logger().Warn("deleting the replaced key failed; will retry", "role", name, "key_id", oldKeyID, "error", err)
 		}
 	}
-	b.Logger().Info("rotated static key", "role", name, "key_id", role.KeyID, "previous_key_id", oldKeyID)
+	b.observe(ctx, eventStaticRotate, "role", name, "key_id", role.KeyID, "previous_key_id", oldKeyID)
 	return nil
 }
 
@@ -187,7 +187,7 @@ func (b *backend) deletePreviousKey(ctx context.Context, s logical.Storage, name
 	if err := putStaticRole(ctx, s, name, role); err != nil {
 		return err
 	}
-	b.Logger().Info("deleted replaced static key", "role", name, "key_id", id)
+	b.observe(ctx, eventStaticDelete, "role", name, "key_id", id)
 	return nil
 }
 

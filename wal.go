@@ -124,7 +124,7 @@ func (b *backend) rollbackClimatiqKey(ctx context.Context, s logical.Storage, w 
 			return err
 		}
 	}
-	b.Logger().Info("rolled back key creation", "config", w.Config, "role", w.Role,
+	b.observe(ctx, eventKeyRollback, "config", w.Config, "role", w.Role,
 		"key_id", w.KeyID, "key_name", w.KeyName, "project_id", w.ProjectID)
 	return nil
 }

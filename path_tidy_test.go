@@ -1,0 +1,149 @@
+package carbon
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// tidyFixture builds a mount whose upstream holds every kind of key tidy
+// must tell apart, and returns the ids by kind.
+type tidyFixture struct {
+	e                                   *testEnv
+	issued, static, expired             string
+	orphanOld, orphanYoung, foreign     string
+	otherMount, walStranded, orphanProj string
+}
+
+func newTidyFixture(t *testing.T) *tidyFixture {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
+	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{"config": "cq", "project_id": e.projectID, "rotation_period": "1h"})
+	f := &tidyFixture{e: e}
+	f.issued = e.mustOK(logical.ReadOperation, "creds/ci", nil).Data["key_id"].(string)
+	f.static = e.staticRole("app").KeyID
+
+	// A lease Vault never stored: its inventory entry outlived max_ttl.
+	expired := e.mustOK(logical.ReadOperation, "creds/ci", nil)
+	f.expired = expired.Data["key_id"].(string)
+	inv, _ := getInventory(context.Background(), e.storage, keyKindDynamic, "ci", expired.Data["key_name"].(string))
+	inv.Expires = time.Now().Add(-2 * time.Hour)
+	if err := putInventory(context.Background(), e.storage, inv); err != nil {
+		t.Fatal(err)
+	}
+
+	marker, _ := e.b.mountMarker(context.Background(), e.storage)
+	old := time.Now().Add(-time.Hour).Unix()
+	name := func(m string, created int64, nonce string) string {
+		return fmt.Sprintf("vault-%s-%d-%s-x", m, created, nonce)
+	}
+	f.orphanOld = e.climatiq.AddKey(e.projectID, name(marker, old, "aaaaa1")).ID
+	f.orphanYoung = e.climatiq.AddKey(e.projectID, name(marker, time.Now().Unix(), "aaaaa2")).ID
+	f.foreign = e.climatiq.AddKey(e.projectID, "hand-made-key").ID
+	f.otherMount = e.climatiq.AddKey(e.projectID, name("zzzzzzzz", old, "aaaaa3")).ID
+	f.orphanProj = e.climatiq.AddProject(name(marker, old, "aaaaa4")).ID
+	e.climatiq.AddKey(f.orphanProj, name(marker, old, "aaaaa4"))
+
+	// A crash between the create and the inventory write: a WAL entry
+	// covering a key nothing tracks. Its name is young, so only the WAL
+	// rollback (not the marker scan) may delete it.
+	stranded := e.climatiq.AddKey(e.projectID, name(marker, time.Now().Unix(), "aaaaa5"))
+	f.walStranded = stranded.ID
+	if _, err := framework.PutWAL(context.Background(), e.storage, walKindClimatiqKey,
+		&climatiqKeyWAL{Config: "cq", Role: "ci", ProjectID: e.projectID, KeyName: stranded.Name}); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func TestTidy(t *testing.T) {
+	tests := []struct {
+		name           string
+		data           map[string]any
+		wantOrphans    func(f *tidyFixture) []string
+		wantGone       func(f *tidyFixture) []string
+		wantKept       func(f *tidyFixture) []string
+		wantDeleted    int
+		wantRolledBack int
+	}{
+		{
+			name:        "dry run reports and deletes nothing",
+			data:        map[string]any{"dry_run": true},
+			wantOrphans: func(f *tidyFixture) []string { return []string{f.orphanOld} },
+			wantKept: func(f *tidyFixture) []string {
+				return []string{f.issued, f.static, f.expired, f.orphanOld, f.orphanYoung, f.foreign, f.otherMount, f.walStranded}
+			},
+		},
+		{
+			name:        "deletes orphans, expired keys and per-lease projects",
+			data:        map[string]any{},
+			wantOrphans: func(f *tidyFixture) []string { return []string{f.orphanOld} },
+			wantGone:    func(f *tidyFixture) []string { return []string{f.orphanOld, f.expired} },
+			wantKept: func(f *tidyFixture) []string {
+				return []string{f.issued, f.static, f.orphanYoung, f.foreign, f.otherMount, f.walStranded}
+			},
+			wantDeleted: 3, // orphanOld, the expired key, the orphan project
+		},
+		{
+			name:        "min_age 0 also rolls back the WAL and takes young orphans",
+			data:        map[string]any{"min_age": 0},
+			wantOrphans: func(f *tidyFixture) []string { return []string{f.orphanOld, f.orphanYoung} },
+			wantGone: func(f *tidyFixture) []string {
+				return []string{f.orphanOld, f.orphanYoung, f.expired, f.walStranded}
+			},
+			wantKept:    func(f *tidyFixture) []string { return []string{f.issued, f.static, f.foreign, f.otherMount} },
+			wantDeleted: 4,
+			// The two issuances' spent entries and the stranded one.
+			wantRolledBack: 3,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newTidyFixture(t)
+			resp := f.e.mustOK(logical.UpdateOperation, "tidy", tc.data)
+			orphans := resp.Data["orphans"].([]string)
+			sort.Strings(orphans)
+			want := tc.wantOrphans(f)
+			sort.Strings(want)
+			if !reflect.DeepEqual(orphans, want) {
+				t.Fatalf("orphans = %v, want %v", orphans, want)
+			}
+			if projects := resp.Data["orphan_projects"].([]string); len(projects) != 1 || projects[0] != f.orphanProj {
+				t.Fatalf("orphan_projects = %v, want [%s]", projects, f.orphanProj)
+			}
+			if expired := resp.Data["expired"].([]string); len(expired) != 1 || expired[0] != f.expired {
+				t.Fatalf("expired = %v, want [%s]", expired, f.expired)
+			}
+			if resp.Data["deleted"] != tc.wantDeleted || resp.Data["wal_rolled_back"] != tc.wantRolledBack {
+				t.Fatalf("deleted %v, rolled back %v; want %d, %d (errors %v)", resp.Data["deleted"], resp.Data["wal_rolled_back"], tc.wantDeleted, tc.wantRolledBack, resp.Data["errors"])
+			}
+			if tc.wantGone != nil {
+				for _, id := range tc.wantGone(f) {
+					if f.e.upstreamHas(id) {
+						t.Errorf("key %s survived tidy", id)
+					}
+				}
+			}
+			for _, id := range tc.wantKept(f) {
+				if !f.e.upstreamHas(id) {
+					t.Errorf("tidy deleted key %s", id)
+				}
+			}
+		})
+	}
+}
+
+func TestTidyBadInput(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeAltruistiqConfig("aq", nil)
+	e.mustFail(logical.UpdateOperation, "tidy", map[string]any{"config": "aq"}, "config")
+	e.mustFail(logical.UpdateOperation, "tidy", map[string]any{"config": "nope"}, "config")
+	e.mustFail(logical.UpdateOperation, "tidy", map[string]any{"min_age": "-5s"}, "min_age")
+}
