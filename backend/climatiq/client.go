@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -80,6 +81,7 @@ type Client struct {
 	apiURL        string
 	managementKey string
 	retryBudget   time.Duration
+	timeout       time.Duration
 	logger        hclog.Logger
 	gate          *upstream.Gate
 	transport     http.RoundTripper
@@ -136,6 +138,7 @@ func New(o Options) (*Client, error) {
 		apiURL:        api,
 		managementKey: o.ManagementKey,
 		retryBudget:   o.RetryBudget,
+		timeout:       o.Timeout,
 		logger:        o.Logger,
 		gate:          g,
 		transport:     o.Transport,
@@ -261,6 +264,9 @@ func (c *Client) do(ctx context.Context, op, method, target, bearer string, body
 		resp, err := client.Do(req)
 		if err != nil {
 			c.logger.Debug("request failed", "op", op, "method", method, "path", logPath(target), "error", err)
+			if ctx.Err() == nil && isTimeout(err) {
+				return fmt.Errorf("climatiq: %s: no answer within the request timeout (%s): %w", op, c.timeout, err)
+			}
 			return fmt.Errorf("climatiq: %s: %w", op, err)
 		}
 		c.logger.Trace("request", "op", op, "method", method, "path", logPath(target), "status", resp.StatusCode, "duration", time.Since(start))
@@ -311,6 +317,12 @@ func decodeResponse(op string, resp *http.Response, out any, limit int64) error 
 		return &Error{Op: op, StatusCode: resp.StatusCode, Message: "invalid JSON in response"}
 	}
 	return nil
+}
+
+// isTimeout reports whether a request died waiting for the upstream.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
 // drain reads a little of what is left so the connection can be reused.

@@ -37,6 +37,9 @@ type Stats struct {
 	ProjectsDeleted int
 	RateLimited     int // 429s sent
 	Failures        int // 5xx sent
+	// DuplicateNames counts creates of a key whose name an earlier create
+	// already used: a retried create that the upstream had acted on.
+	DuplicateNames int
 }
 
 // Server is a running fake.
@@ -48,6 +51,7 @@ type Server struct {
 	projects       map[string]*climatiq.Project
 	keys           map[string]*climatiq.APIKey
 	order          []string // key ids in creation order, for stable views
+	createdNames   map[string]bool
 	stats          Stats
 
 	latency     time.Duration
@@ -66,6 +70,7 @@ func NewServer(managementKeys ...string) *Server {
 		managementKeys: map[string]bool{},
 		projects:       map[string]*climatiq.Project{},
 		keys:           map[string]*climatiq.APIKey{},
+		createdNames:   map[string]bool{},
 	}
 	for _, k := range managementKeys {
 		s.managementKeys[k] = true
@@ -421,6 +426,10 @@ func (s *Server) keysCollection(r *http.Request, projectID string) (int, any) {
 		}
 		k := s.addKey(projectID, b.KeyName)
 		s.stats.KeysCreated++
+		if s.createdNames[b.KeyName] {
+			s.stats.DuplicateNames++
+		}
+		s.createdNames[b.KeyName] = true
 		return http.StatusOK, keyJSON(k)
 	}
 	return methodNotAllowed()

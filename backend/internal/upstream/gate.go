@@ -4,6 +4,7 @@ package upstream
 
 import (
 	"context"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -75,10 +76,10 @@ type Gate struct {
 func NewGate(perSecond float64) *Gate {
 	g := &Gate{}
 	if perSecond > 0 {
-		burst := int(perSecond)
-		if burst < 1 {
-			burst = 1
-		}
+		// A small burst spreads requests evenly: a burst as large as the
+		// rate would send a second's worth at once and trip the upstream's
+		// own limiter.
+		burst := int(math.Ceil(perSecond / 10))
 		g.configured = rate.Limit(perSecond)
 		g.limiter = rate.NewLimiter(g.configured, burst)
 	}
