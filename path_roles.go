@@ -10,7 +10,12 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
-const roleStoragePrefix = "roles/"
+const (
+	roleStoragePrefix = "roles/"
+	// maxTemplateLength bounds key_name_template; names are cut to 64
+	// characters anyway.
+	maxTemplateLength = 512
+)
 
 // roleEntry is the stored form of roles/:name, a dynamic role.
 type roleEntry struct {
@@ -253,6 +258,9 @@ func (role *roleEntry) update(d *framework.FieldData, provider string, sys logic
 		return invalidField("project_id", "is required for a climatiq role unless project_per_lease=true")
 	case role.MaxKeys < 0:
 		return invalidField("max_keys", "must not be negative; use 0 for no cap")
+	}
+	if len(role.KeyNameTemplate) > maxTemplateLength {
+		return invalidField("key_name_template", "is %d characters long; use at most %d", len(role.KeyNameTemplate), maxTemplateLength)
 	}
 	if _, err := renderKeyName(role.keyNameTemplate(), keyNameData{RoleName: "example-role", DisplayName: "token-example"}); err != nil {
 		return invalidField("key_name_template", "%s; fix the template (see `vault path-help` for the fields)", err)
