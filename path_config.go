@@ -159,7 +159,13 @@ func getConnectionConfig(ctx context.Context, s logical.Storage, name string) (*
 }
 
 func (b *backend) pathConfigExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
-	cfg, err := getConnectionConfig(ctx, req.Storage, d.Get("name").(string))
+	name := d.Get("name").(string)
+	if validateName("name", name) != nil {
+		// The handler answers with the 400; an invalid name must not
+		// reach storage (a 5000-character key is a storage error).
+		return false, nil
+	}
+	cfg, err := getConnectionConfig(ctx, req.Storage, name)
 	return cfg != nil, err
 }
 

@@ -130,7 +130,13 @@ func rolesUsingConfig(ctx context.Context, s logical.Storage, config string) ([]
 }
 
 func (b *backend) pathRoleExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
-	role, err := getRole(ctx, req.Storage, d.Get("name").(string))
+	name := d.Get("name").(string)
+	if validateName("name", name) != nil {
+		// The handler answers with the 400; an invalid name must not
+		// reach storage (a 5000-character key is a storage error).
+		return false, nil
+	}
+	role, err := getRole(ctx, req.Storage, name)
 	return role != nil, err
 }
 

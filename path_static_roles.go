@@ -156,7 +156,13 @@ func (b *backend) staticRoleLock(name string) *locksutil.LockEntry {
 }
 
 func (b *backend) pathStaticRoleExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
-	role, err := getStaticRole(ctx, req.Storage, d.Get("name").(string))
+	name := d.Get("name").(string)
+	if validateName("name", name) != nil {
+		// The handler answers with the 400; an invalid name must not
+		// reach storage (a 5000-character key is a storage error).
+		return false, nil
+	}
+	role, err := getStaticRole(ctx, req.Storage, name)
 	return role != nil, err
 }
 
