@@ -36,6 +36,9 @@ var (
 	climatiqFake   *climatiqtest.Server
 	altruistiqFake *altruistiqtest.Server
 	projectID      string
+
+	// What a test needs to start a Vault server of its own.
+	vaultBin, pluginDir, pluginSHA, workDir string
 )
 
 func TestMain(m *testing.M) {
@@ -57,20 +60,20 @@ func run(m *testing.M) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	vaultBin, err := devvault.FindVault(root)
+	vaultBin, err = devvault.FindVault(root)
 	if err != nil {
 		return 0, err
 	}
-	dir, err := os.MkdirTemp("", "carbon-e2e-")
+	workDir, err = os.MkdirTemp("", "carbon-e2e-")
 	if err != nil {
 		return 0, err
 	}
-	defer os.RemoveAll(dir)
-	pluginDir := filepath.Join(dir, "plugins")
+	defer os.RemoveAll(workDir)
+	pluginDir = filepath.Join(workDir, "plugins")
 	if err := os.MkdirAll(pluginDir, 0o755); err != nil {
 		return 0, err
 	}
-	_, sha, err := devvault.BuildPlugin(root, pluginDir, pluginVersion)
+	_, pluginSHA, err = devvault.BuildPlugin(root, pluginDir, pluginVersion)
 	if err != nil {
 		return 0, err
 	}
@@ -85,7 +88,7 @@ func run(m *testing.M) (int, error) {
 	defer cancel()
 	vault, err = devvault.Start(ctx, devvault.Options{
 		VaultBin:  vaultBin,
-		Dir:       filepath.Join(dir, "vault"),
+		Dir:       filepath.Join(workDir, "vault"),
 		PluginDir: pluginDir,
 		LogLevel:  "debug",
 	})
@@ -93,7 +96,7 @@ func run(m *testing.M) (int, error) {
 		return 0, err
 	}
 	defer vault.KillAll()
-	if err := vault.RegisterAndEnable(sha, pluginVersion, mount); err != nil {
+	if err := vault.RegisterAndEnable(pluginSHA, pluginVersion, mount); err != nil {
 		return 0, err
 	}
 	code := m.Run()
@@ -103,6 +106,28 @@ func run(m *testing.M) (int, error) {
 		}
 	}
 	return code, nil
+}
+
+// startVault starts another Vault server with the plugin registered and
+// enabled at mount, stopped when the test ends.
+func startVault(t *testing.T, name, logLevel string) *devvault.Server {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), vaultStartBudget)
+	defer cancel()
+	s, err := devvault.Start(ctx, devvault.Options{
+		VaultBin:  vaultBin,
+		Dir:       filepath.Join(workDir, name),
+		PluginDir: pluginDir,
+		LogLevel:  logLevel,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.KillAll)
+	if err := s.RegisterAndEnable(pluginSHA, pluginVersion, mount); err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 func tail(s string, n int) string {
