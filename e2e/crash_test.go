@@ -85,6 +85,7 @@ func TestCrashDuringIssuance(t *testing.T) {
 		t.Logf("crash %d: %d issued so far, %d upstream keys", crash, issued.Load(), len(fake.Keys()))
 	}
 	fake.SetLatency(0)
+	upstreamBeforeTidy := len(fake.Keys())
 
 	out, err := s.Vault("write", "-format=json", mount+"/tidy", "min_age=0s")
 	if err != nil {
@@ -93,7 +94,6 @@ func TestCrashDuringIssuance(t *testing.T) {
 	tidy := decodeSecret(t, out)
 	orphansFound := len(tidy.Data["orphans"].([]any))
 	walRolledBack := tidy.Data["wal_rolled_back"]
-	strandedBefore := len(fake.Keys())
 
 	tracked := inventoryIDs(t, s.Client)
 	upstream := make([]string, 0)
@@ -125,8 +125,8 @@ func TestCrashDuringIssuance(t *testing.T) {
 	}
 	t.Logf("crash test: %d crashes, %d issued, %d failed requests, %d leases revoked; tidy resolved %v WAL entries and found %d orphans; %d tracked keys without a lease, 0 untracked",
 		crashes, issued.Load(), failed.Load(), leaseCount, walRolledBack, orphansFound, len(after))
-	fmt.Printf("CRASH-TEST crashes=%d issued=%d upstream_keys_after_tidy=%d leases_revoked=%d wal_resolved=%v orphans_found_by_tidy=%d orphans_left=0 tracked_without_lease=%d\n",
-		crashes, issued.Load(), strandedBefore, leaseCount, walRolledBack, orphansFound, len(after))
+	fmt.Printf("CRASH-TEST crashes=%d issued=%d upstream_keys_before_tidy=%d leases_revoked=%d wal_resolved=%v orphans_found_by_tidy=%d orphans_left=0 tracked_without_lease=%d\n",
+		crashes, issued.Load(), upstreamBeforeTidy, leaseCount, walRolledBack, orphansFound, len(after))
 }
 
 func inventoryIDs(t *testing.T, c *api.Client) []string {
