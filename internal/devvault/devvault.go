@@ -97,6 +97,20 @@ type Options struct {
 	LogLevel  string // default "info"
 	// Addr is the listener address; empty picks a free 127.0.0.1 port.
 	Addr string
+
+	// Raft, when set, uses integrated storage instead of file storage.
+	Raft *RaftOptions
+}
+
+// RaftOptions make the server a node of an integrated-storage (Raft)
+// cluster on 127.0.0.1.
+type RaftOptions struct {
+	NodeID string
+	// JoinAddr is the API address of a node to join; empty for the node
+	// that initialises the cluster.
+	JoinAddr string
+	// UnsealKey and Token of the cluster, for joining nodes.
+	UnsealKey, Token string
 }
 
 // Server is a running Vault server with file storage, initialised with one
@@ -108,9 +122,10 @@ type Server struct {
 	LogPath   string
 	Client    *api.Client
 
-	opts Options
-	cmd  *exec.Cmd
-	done chan struct{}
+	opts        Options
+	clusterAddr string
+	cmd         *exec.Cmd
+	done        chan struct{}
 }
 
 // Start writes the server configuration and starts Vault, then initialises
@@ -137,22 +152,39 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 }
 
 func (s *Server) writeConfig() error {
-	if err := os.MkdirAll(filepath.Join(s.opts.Dir, "data"), 0o700); err != nil {
+	dataDir := filepath.Join(s.opts.Dir, "data")
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return err
 	}
-	cfg := fmt.Sprintf(`
-storage "file" {
-  path = %q
-}
+	storage := fmt.Sprintf("storage \"file\" {\n  path = %q\n}\n", dataDir)
+	cluster := ""
+	if r := s.opts.Raft; r != nil {
+		clusterAddr, err := FreeAddr()
+		if err != nil {
+			return err
+		}
+		join := ""
+		if r.JoinAddr != "" {
+			join = fmt.Sprintf("  retry_join {\n    leader_api_addr = \"http://%s\"\n  }\n", r.JoinAddr)
+		}
+		storage = fmt.Sprintf("storage \"raft\" {\n  path = %q\n  node_id = %q\n  performance_multiplier = 1\n%s}\n", dataDir, r.NodeID, join)
+		cluster = fmt.Sprintf("cluster_addr = \"https://%s\"\n", clusterAddr)
+		s.clusterAddr = clusterAddr
+	}
+	listenerCluster := ""
+	if s.clusterAddr != "" {
+		listenerCluster = fmt.Sprintf("  cluster_address = %q\n", s.clusterAddr)
+	}
+	cfg := fmt.Sprintf(`%s
 listener "tcp" {
   address     = %q
-  tls_disable = true
+%s  tls_disable = true
 }
 plugin_directory = %q
 api_addr         = "http://%s"
-disable_mlock    = true
+%sdisable_mlock    = true
 log_level        = %q
-`, filepath.Join(s.opts.Dir, "data"), s.Addr, s.opts.PluginDir, s.Addr, s.opts.LogLevel)
+`, storage, s.Addr, listenerCluster, s.opts.PluginDir, s.Addr, cluster, s.opts.LogLevel)
 	return os.WriteFile(filepath.Join(s.opts.Dir, "vault.hcl"), []byte(cfg), 0o600)
 }
 
@@ -212,6 +244,24 @@ func (s *Server) waitListening(ctx context.Context) error {
 
 func (s *Server) initAndUnseal(ctx context.Context) error {
 	sys := s.Client.Sys()
+	if r := s.opts.Raft; r != nil && r.JoinAddr != "" && s.UnsealKey == "" {
+		// A joining node: retry_join fetches the cluster's seal
+		// configuration; unseal with the cluster's key once it has.
+		s.UnsealKey, s.Token = r.UnsealKey, r.Token
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			st, err := sys.UnsealWithContext(ctx, s.UnsealKey)
+			if err == nil && !st.Sealed {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("node %s did not join and unseal within 60s: %v", r.NodeID, err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		s.Client.SetToken(s.Token)
+		return nil
+	}
 	inited, err := sys.InitStatusWithContext(ctx)
 	if err != nil {
 		return err
