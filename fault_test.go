@@ -27,7 +27,10 @@ func TestFaultMatrix(t *testing.T) {
 		{
 			name:   "429 with Retry-After is waited out, not counted as a retry",
 			config: map[string]any{"max_retries": 0},
-			inject: func(e *testEnv) { e.climatiq.SetRetryAfter(time.Second); e.climatiq.FailNext(2, http.StatusTooManyRequests) },
+			inject: func(e *testEnv) {
+				e.climatiq.SetRetryAfter(time.Second)
+				e.climatiq.FailNext(2, http.StatusTooManyRequests)
+			},
 			check: func(t *testing.T, e *testEnv) {
 				if n := e.climatiq.Stats().RateLimited; n != 2 {
 					t.Fatalf("%d 429s sent, want 2", n)

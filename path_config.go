@@ -30,7 +30,7 @@ type connectionConfig struct {
 	Provider string `json:"provider"`
 
 	// Climatiq
-	ManagementKey string `json:"management_key,omitempty"`
+	ManagementKey string        `json:"management_key,omitempty"`
 	ManagementURL string        `json:"management_url,omitempty"`
 	TidyInterval  time.Duration `json:"tidy_interval,omitempty"`
 
