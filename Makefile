@@ -16,7 +16,7 @@ TEST_TIMEOUT ?= 30m
 VAULT_BIN ?= $(or $(shell command -v vault 2>/dev/null),$(CURDIR)/bin/vault)
 export VAULT_BIN
 
-.PHONY: all build test test-unit test-e2e demo dev vault fmt vet release clean
+.PHONY: all build test test-unit test-e2e demo dev vault fmt vet release clean bench
 
 all: build
 
@@ -64,3 +64,7 @@ release:
 
 clean:
 	rm -rf dist bin/vault-plugin-carbon
+
+# Benchmarks against a real Vault dev server; writes BENCHMARKS.md (about 10 minutes; not part of `make test`).
+bench: vault
+	$(GO) run ./bench -out BENCHMARKS.md

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -72,7 +73,7 @@ func (b *backend) pathRotateRoleWrite(ctx context.Context, req *logical.Request,
 	if err != nil {
 		return nil, err
 	}
-	if err := b.rotateStaticRole(ctx, req.Storage, name, role, conn); err != nil {
+	if err := b.rotateStaticRole(ctx, req.Storage, name, role, conn, time.Time{}); err != nil {
 		b.recordRotationFailure(ctx, req.Storage, name, role, err)
 		b.scheduleStaticRole(name, role)
 		return nil, err
@@ -102,7 +103,11 @@ func (b *backend) climatiqConnection(ctx context.Context, s logical.Storage, nam
 // crash before the role is stored leaves the old key in charge and the WAL
 // deletes the new one; after, the new key is in charge and the old one is
 // deleted by the schedule.
-func (b *backend) rotateStaticRole(ctx context.Context, s logical.Storage, name string, role *staticRole, conn *connection) error {
+//
+// due is when the scheduler wanted the rotation (zero for a manual one); the
+// event reports how late it ran.
+func (b *backend) rotateStaticRole(ctx context.Context, s logical.Storage, name string, role *staticRole, conn *connection, due time.Time) error {
+	started := time.Now()
 	// A rotation during an overlap ends that overlap first: a role never
 	// has more than two keys.
 	if role.PreviousKeyID != "" {
@@ -120,7 +125,12 @@ func (b *backend) rotateStaticRole(ctx context.Context, s logical.Storage, name 
 			b.Logger().Warn("deleting the replaced key failed; will retry", "role", name, "key_id", oldKeyID, "error", err)
 		}
 	}
-	b.observe(ctx, eventStaticRotate, "role", name, "key_id", role.KeyID, "previous_key_id", oldKeyID)
+	trigger, lateness := "manual", ""
+	if !due.IsZero() {
+		trigger, lateness = "schedule", strconv.FormatInt(started.Sub(due).Milliseconds(), 10)
+	}
+	b.observe(ctx, eventStaticRotate, "role", name, "key_id", role.KeyID, "previous_key_id", oldKeyID,
+		"trigger", trigger, "lateness_ms", lateness)
 	return nil
 }
 
@@ -369,7 +379,11 @@ func (b *backend) doDueWork(ctx context.Context, s logical.Storage, name string,
 		b.Logger().Warn("static role missed its rotation window; waiting for the next scheduled time", "role", name, "next_rotation", role.NextRotation)
 		return putStaticRole(ctx, s, name, role)
 	}
-	return b.rotateStaticRole(ctx, s, name, role, conn)
+	due := next
+	if retrying {
+		due = role.RetryAt
+	}
+	return b.rotateStaticRole(ctx, s, name, role, conn, due)
 }
 
 // requeueLater puts a role back after a storage error, a little later.

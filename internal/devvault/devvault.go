@@ -100,6 +100,10 @@ type Options struct {
 
 	// Raft, when set, uses integrated storage instead of file storage.
 	Raft *RaftOptions
+
+	// Dev runs `vault server -dev` (in-memory storage, unsealed, root
+	// token "root") instead of a configured server.
+	Dev bool
 }
 
 // RaftOptions make the server a node of an integrated-storage (Raft)
@@ -142,8 +146,13 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		opts.Addr = addr
 	}
 	s := &Server{Addr: opts.Addr, LogPath: filepath.Join(opts.Dir, "vault.log"), opts: opts}
-	if err := s.writeConfig(); err != nil {
+	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
 		return nil, err
+	}
+	if !opts.Dev {
+		if err := s.writeConfig(); err != nil {
+			return nil, err
+		}
 	}
 	if err := s.start(ctx); err != nil {
 		return nil, err
@@ -194,7 +203,12 @@ func (s *Server) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(s.opts.VaultBin, "server", "-config", filepath.Join(s.opts.Dir, "vault.hcl"))
+	args := []string{"server", "-config", filepath.Join(s.opts.Dir, "vault.hcl")}
+	if s.opts.Dev {
+		args = []string{"server", "-dev", "-dev-root-token-id=root", "-dev-listen-address=" + s.Addr,
+			"-dev-plugin-dir=" + s.opts.PluginDir, "-log-level=" + s.opts.LogLevel}
+	}
+	cmd := exec.Command(s.opts.VaultBin, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.Env = append(os.Environ(), "VAULT_LOG_FORMAT=standard")
 	// Own process group, so Kill takes plugin processes down too when asked.
@@ -219,6 +233,11 @@ func (s *Server) start(ctx context.Context) error {
 	if err := s.waitListening(ctx); err != nil {
 		s.Kill()
 		return err
+	}
+	if s.opts.Dev {
+		s.Token = "root"
+		s.Client.SetToken(s.Token)
+		return nil
 	}
 	return s.initAndUnseal(ctx)
 }
@@ -288,6 +307,9 @@ func (s *Server) initAndUnseal(ctx context.Context) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// PID is the vault server's process id.
+func (s *Server) PID() int { return s.cmd.Process.Pid }
 
 // Binary is the vault binary the server runs, for other vault commands
 // such as `vault agent`.
