@@ -57,6 +57,19 @@ type backend struct {
 	// lastTidy is when periodic tidy last ran per connection, on this node.
 	tidyLock sync.Mutex
 	lastTidy map[string]time.Time
+
+	// roles caches dynamic roles for issuance; dropped on write, delete
+	// and Invalidate.
+	rolesLock sync.RWMutex
+	roles     map[string]*roleEntry
+
+	// Work taken off the request path: events to send and spent WAL
+	// entries to delete. stopBackground ends both workers in Clean.
+	events         chan pendingEvent
+	spentWAL       chan spentWALEntry
+	stopBackground     chan struct{}
+	stopBackgroundOnce sync.Once
+	backgroundDone     sync.WaitGroup
 }
 
 // Factory returns a configured instance of the carbon secrets engine.
@@ -65,6 +78,9 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 	if err := b.Setup(ctx, conf); err != nil {
 		return nil, err
 	}
+	b.backgroundDone.Add(2)
+	go func() { defer b.backgroundDone.Done(); b.sendEvents(b.stopBackground) }()
+	go func() { defer b.backgroundDone.Done(); b.deleteSpentWAL(b.stopBackground) }()
 	return b, nil
 }
 
@@ -72,6 +88,11 @@ func newBackend() *backend {
 	b := &backend{
 		connections: make(map[string]*connection),
 		lastTidy:    make(map[string]time.Time),
+		roles:       make(map[string]*roleEntry),
+
+		events:         make(chan pendingEvent, eventQueueSize),
+		spentWAL:       make(chan spentWALEntry, spentWALQueueSize),
+		stopBackground: make(chan struct{}),
 		roleLocks:   locksutil.CreateLocks(),
 	}
 	b.Backend = &framework.Backend{
@@ -114,6 +135,8 @@ func (b *backend) invalidate(_ context.Context, key string) {
 	switch {
 	case strings.HasPrefix(key, configStoragePrefix):
 		b.resetConnection(strings.TrimPrefix(key, configStoragePrefix))
+	case strings.HasPrefix(key, roleStoragePrefix):
+		b.forgetRole(strings.TrimPrefix(key, roleStoragePrefix))
 	case key == markerStorageKey:
 		b.markerLock.Lock()
 		b.marker = ""
@@ -123,6 +146,10 @@ func (b *backend) invalidate(_ context.Context, key string) {
 
 func (b *backend) clean(_ context.Context) {
 	b.stopRotationScheduler()
+	b.stopBackgroundOnce.Do(func() {
+		close(b.stopBackground)
+		b.backgroundDone.Wait()
+	})
 	b.connectionsLock.Lock()
 	defer b.connectionsLock.Unlock()
 	for name, c := range b.connections {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 
+	hclog "github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 )
@@ -18,17 +19,52 @@ const (
 	eventStaticRotate = "static-rotate"
 	eventStaticDelete = "static-key-delete"
 	eventTidy         = "tidy"
+
+	// eventQueueSize bounds the events waiting to be sent; beyond it they
+	// are dropped (Vault events are best-effort).
+	eventQueueSize = 4096
 )
 
-// observe records one lifecycle step: an info log line and a Vault event.
+// routineEvents happen once per lease; they are logged at debug level so a
+// busy mount does not flood the server log. Everything else logs at info.
+var routineEvents = map[string]bool{eventKeyIssue: true, eventKeyRenew: true, eventKeyRevoke: true}
+
+type pendingEvent struct {
+	name     string
+	metadata []string
+}
+
+// observe records one lifecycle step: a structured log line, and a Vault
+// event sent off the request path (each send is a round trip to Vault).
 // metadata is alternating names and values, all ids and names.
-func (b *backend) observe(ctx context.Context, event string, metadata ...string) {
+func (b *backend) observe(_ context.Context, event string, metadata ...string) {
 	args := make([]any, len(metadata))
 	for i, m := range metadata {
 		args[i] = m
 	}
-	b.Logger().Info(event, args...)
-	if err := logical.SendEvent(ctx, b, "carbon/"+event, metadata...); err != nil && !errors.Is(err, framework.ErrNoEvents) {
-		b.Logger().Debug("sending event failed", "event", event, "error", err)
+	level := hclog.Info
+	if routineEvents[event] {
+		level = hclog.Debug
+	}
+	b.Logger().Log(level, event, args...)
+	select {
+	case b.events <- pendingEvent{name: event, metadata: metadata}:
+	default:
+		b.Logger().Debug("event queue full; dropping event", "event", event)
+	}
+}
+
+// sendEvents delivers queued events until the backend is cleaned up.
+func (b *backend) sendEvents(done <-chan struct{}) {
+	for {
+		select {
+		case <-done:
+			return
+		case ev := <-b.events:
+			err := logical.SendEvent(context.Background(), b, "carbon/"+ev.name, ev.metadata...)
+			if err != nil && !errors.Is(err, framework.ErrNoEvents) {
+				b.Logger().Debug("sending event failed", "event", ev.name, "error", err)
+			}
+		}
 	}
 }

@@ -152,7 +152,7 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *fr
 	if err := validateName("role", roleName); err != nil {
 		return errorResponse(err)
 	}
-	role, err := getRole(ctx, req.Storage, roleName)
+	role, err := b.cachedRole(ctx, req.Storage, roleName)
 	if err != nil {
 		return nil, err
 	}
@@ -173,10 +173,9 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *fr
 }
 
 // issueClimatiqKey creates a key upstream under a WAL entry, records it in
-// the inventory and returns it leased. The hot path makes two storage
-// writes: the WAL entry and the inventory entry. The WAL entry is not
-// deleted here: once the inventory holds the key, the entry is spent, and
-// the rollback manager drops it later after one storage read.
+// the inventory and returns it leased. The request makes two storage writes:
+// the WAL entry and the inventory entry. Once the inventory holds the key
+// the WAL entry is spent; it is deleted off the request path.
 func (b *backend) issueClimatiqKey(ctx context.Context, req *logical.Request, roleName string, role *roleEntry, conn *connection) (*logical.Response, error) {
 	if role.MaxKeys > 0 {
 		// Only capped roles pay for serialising issuance: the count and
@@ -254,6 +253,7 @@ func (b *backend) issueClimatiqKey(ctx context.Context, req *logical.Request, ro
 		b.rollbackNow(ctx, req.Storage, walID, w)
 		return nil, fmt.Errorf("recording key in inventory: %w", err)
 	}
+	b.retireWAL(ctx, req.Storage, walID)
 	b.observe(ctx, eventKeyIssue, "role", roleName, "config", role.Config, "key_id", key.ID, "key_name", keyName, "project_id", w.ProjectID)
 	resp := b.Secret(secretTypeClimatiqKey).Response(map[string]any{
 		"api_key":    key.Key,

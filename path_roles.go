@@ -110,6 +110,32 @@ func getRole(ctx context.Context, s logical.Storage, name string) (*roleEntry, e
 	return getEntry[roleEntry](ctx, s, roleStoragePrefix+name)
 }
 
+// cachedRole is getRole for the issuance path: roles are read from storage
+// once and kept until written, deleted or invalidated. Callers must not
+// modify the returned entry.
+func (b *backend) cachedRole(ctx context.Context, s logical.Storage, name string) (*roleEntry, error) {
+	b.rolesLock.RLock()
+	role, ok := b.roles[name]
+	b.rolesLock.RUnlock()
+	if ok {
+		return role, nil
+	}
+	role, err := getRole(ctx, s, name)
+	if err != nil || role == nil {
+		return role, err
+	}
+	b.rolesLock.Lock()
+	b.roles[name] = role
+	b.rolesLock.Unlock()
+	return role, nil
+}
+
+func (b *backend) forgetRole(name string) {
+	b.rolesLock.Lock()
+	delete(b.roles, name)
+	b.rolesLock.Unlock()
+}
+
 // rolesUsingConfig names the roles that issue from the given connection.
 func rolesUsingConfig(ctx context.Context, s logical.Storage, config string) ([]string, error) {
 	names, err := s.List(ctx, roleStoragePrefix)
@@ -212,6 +238,7 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	if err := putEntry(ctx, req.Storage, roleStoragePrefix+name, role); err != nil {
 		return nil, err
 	}
+	b.forgetRole(name)
 	return roleWarnings(role, b.System()), nil
 }
 
@@ -307,6 +334,7 @@ func (b *backend) pathRoleDelete(ctx context.Context, req *logical.Request, d *f
 	if err := validateName("name", name); err != nil {
 		return errorResponse(err)
 	}
+	defer b.forgetRole(name)
 	return nil, req.Storage.Delete(ctx, roleStoragePrefix+name)
 }
 

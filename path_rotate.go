@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -17,6 +18,9 @@ const (
 	// schedulerTick is how often due rotations are popped; lateness is
 	// bounded by it. Idle ticks pop nothing and scan nothing.
 	schedulerTick = time.Second
+	// rotationWorkers rotate due roles in parallel, so a burst of due
+	// roles waits on the upstream's latency once rather than once each.
+	rotationWorkers = 8
 
 	rotationBackoffMin = 5 * time.Second
 	rotationBackoffMax = 5 * time.Minute
@@ -243,7 +247,7 @@ func (b *backend) scheduleStaticRole(name string, role *staticRole) {
 	}
 	_, _ = b.rotationQueue.PopByKey(name)
 	if due := role.dueAt(); !due.IsZero() {
-		_ = b.rotationQueue.Push(&queue.Item{Key: name, Priority: due.Unix()})
+		_ = b.rotationQueue.Push(&queue.Item{Key: name, Priority: due.UnixMilli()})
 	}
 }
 
@@ -277,7 +281,7 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 			continue
 		}
 		if due := role.dueAt(); !due.IsZero() {
-			if err := q.Push(&queue.Item{Key: name, Priority: due.Unix()}); err != nil {
+			if err := q.Push(&queue.Item{Key: name, Priority: due.UnixMilli()}); err != nil {
 				return err
 			}
 		}
@@ -303,9 +307,18 @@ func (b *backend) runScheduler(ctx context.Context, s logical.Storage, done chan
 		case <-ctx.Done():
 			return
 		case <-ticker.C:
-			for _, name := range b.popDue(time.Now()) {
-				b.processStaticRole(ctx, s, name)
+			due := b.popDue(time.Now())
+			sem := make(chan struct{}, rotationWorkers)
+			var wg sync.WaitGroup
+			for _, name := range due {
+				sem <- struct{}{}
+				wg.Add(1)
+				go func(name string) {
+					defer func() { <-sem; wg.Done() }()
+					b.processStaticRole(ctx, s, name)
+				}(name)
 			}
+			wg.Wait()
 		}
 	}
 }
@@ -320,7 +333,7 @@ func (b *backend) popDue(now time.Time) []string {
 		if err != nil {
 			break
 		}
-		if item.Priority > now.Unix() {
+		if item.Priority > now.UnixMilli() {
 			_ = b.rotationQueue.Push(item)
 			break
 		}
@@ -391,7 +404,7 @@ func (b *backend) requeueLater(name string) {
 	b.schedulerLock.Lock()
 	defer b.schedulerLock.Unlock()
 	if b.rotationQueue != nil {
-		_ = b.rotationQueue.Push(&queue.Item{Key: name, Priority: time.Now().Add(rotationBackoffMin).Unix()})
+		_ = b.rotationQueue.Push(&queue.Item{Key: name, Priority: time.Now().Add(rotationBackoffMin).UnixMilli()})
 	}
 }
 

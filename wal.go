@@ -168,3 +168,38 @@ func ignoreNotFound(err error) error {
 	}
 	return err
 }
+
+// spentWALQueueSize bounds the spent WAL entries waiting for deletion; when
+// it is full the issuance deletes its entry itself.
+const spentWALQueueSize = 4096
+
+type spentWALEntry struct {
+	storage logical.Storage
+	id      string
+}
+
+// retireWAL drops the WAL entry of a finished issuance off the request path:
+// the key is in the inventory, so the entry is spent. If the plugin stops
+// first, the rollback manager finds the key tracked and drops the entry.
+func (b *backend) retireWAL(ctx context.Context, s logical.Storage, id string) {
+	select {
+	case b.spentWAL <- spentWALEntry{storage: s, id: id}:
+	default:
+		if err := framework.DeleteWAL(ctx, s, id); err != nil {
+			b.Logger().Warn("deleting a spent WAL entry failed; the rollback manager will", "error", err)
+		}
+	}
+}
+
+func (b *backend) deleteSpentWAL(done <-chan struct{}) {
+	for {
+		select {
+		case <-done:
+			return
+		case e := <-b.spentWAL:
+			if err := framework.DeleteWAL(context.Background(), e.storage, e.id); err != nil {
+				b.Logger().Debug("deleting a spent WAL entry failed; the rollback manager will", "error", err)
+			}
+		}
+	}
+}
