@@ -65,8 +65,8 @@ type backend struct {
 
 	// Work taken off the request path: events to send and spent WAL
 	// entries to delete. stopBackground ends both workers in Clean.
-	events         chan pendingEvent
-	spentWAL       chan spentWALEntry
+	events             chan pendingEvent
+	spentWAL           chan spentWALEntry
 	stopBackground     chan struct{}
 	stopBackgroundOnce sync.Once
 	backgroundDone     sync.WaitGroup
@@ -93,7 +93,7 @@ func newBackend() *backend {
 		events:         make(chan pendingEvent, eventQueueSize),
 		spentWAL:       make(chan spentWALEntry, spentWALQueueSize),
 		stopBackground: make(chan struct{}),
-		roleLocks:   locksutil.CreateLocks(),
+		roleLocks:      locksutil.CreateLocks(),
 	}
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),

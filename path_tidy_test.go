@@ -107,7 +107,7 @@ func TestTidy(t *testing.T) {
 			wantGone: func(f *tidyFixture) []string {
 				return []string{f.orphanOld, f.orphanYoung, f.expired, f.walStranded}
 			},
-			wantKept:    func(f *tidyFixture) []string { return []string{f.issued, f.static, f.foreign, f.otherMount} },
+			wantKept:       func(f *tidyFixture) []string { return []string{f.issued, f.static, f.foreign, f.otherMount} },
 			wantDeleted:    4,
 			wantRolledBack: 1,
 		},
