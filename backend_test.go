@@ -24,7 +24,7 @@ const (
 
 // testEnv is a backend on in-memory storage with both fake upstreams.
 type testEnv struct {
-	t          *testing.T
+	t          testing.TB
 	b          *backend
 	storage    logical.Storage
 	climatiq   *climatiqtest.Server
@@ -32,12 +32,12 @@ type testEnv struct {
 	projectID  string
 }
 
-func newTestEnv(t *testing.T) *testEnv {
+func newTestEnv(t testing.TB) *testEnv {
 	t.Helper()
 	return newTestEnvWithStorage(t, &logical.InmemStorage{})
 }
 
-func newTestEnvWithStorage(t *testing.T, s logical.Storage) *testEnv {
+func newTestEnvWithStorage(t testing.TB, s logical.Storage) *testEnv {
 	t.Helper()
 	conf := logical.TestBackendConfig()
 	conf.StorageView = s
