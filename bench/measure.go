@@ -25,6 +25,12 @@ func (b batch) throughput() float64 {
 
 // runBatch runs op n times on conc workers and times each call.
 func runBatch(n, conc int, op func() error) batch {
+	return runPacedBatch(n, conc, 0, op)
+}
+
+// runPacedBatch is runBatch with an untimed pause before each call, to see
+// what a machine woken from idle adds to a request.
+func runPacedBatch(n, conc int, pause time.Duration, op func() error) batch {
 	var mu sync.Mutex
 	var b batch
 	work := make(chan struct{})
@@ -35,6 +41,9 @@ func runBatch(n, conc int, op func() error) batch {
 		go func() {
 			defer wg.Done()
 			for range work {
+				if pause > 0 {
+					time.Sleep(pause)
+				}
 				t := time.Now()
 				err := op()
 				d := time.Since(t)
@@ -56,7 +65,7 @@ func runBatch(n, conc int, op func() error) batch {
 	}
 	close(work)
 	wg.Wait()
-	b.elapsed = time.Since(start)
+	b.elapsed = time.Since(start) - time.Duration(n/conc)*pause
 	return b
 }
 
