@@ -58,6 +58,11 @@ type backend struct {
 	tidyLock sync.Mutex
 	lastTidy map[string]time.Time
 
+	// The mount's max lease TTL, read at most once a minute.
+	mountMaxLock sync.Mutex
+	mountMax     time.Duration
+	mountMaxRead time.Time
+
 	// roles caches dynamic roles for issuance; dropped on write, delete
 	// and Invalidate.
 	rolesLock sync.RWMutex

@@ -235,7 +235,7 @@ func (b *backend) issueClimatiqKey(ctx context.Context, req *logical.Request, ro
 	w.KeyID = key.ID
 
 	maxTTL := role.MaxTTL
-	if mountMax := b.System().MaxLeaseTTL(); maxTTL == 0 || maxTTL > mountMax {
+	if mountMax := b.mountMaxTTL(); maxTTL == 0 || maxTTL > mountMax {
 		maxTTL = mountMax
 	}
 	inv := &inventoryEntry{
@@ -299,6 +299,19 @@ func (b *backend) issueAltruistiqToken(ctx context.Context, roleName string, rol
 	resp.Secret.TTL = ttl
 	resp.Secret.MaxTTL = ttl
 	return resp, nil
+}
+
+// mountMaxTTL is the mount's max lease TTL, for the inventory's expiry
+// estimate. For an external plugin every SystemView call is a round trip to
+// Vault, so issuance reuses the value for a minute; a mount tuned meanwhile
+// only moves tidy's expiry estimate, never a lease.
+func (b *backend) mountMaxTTL() time.Duration {
+	b.mountMaxLock.Lock()
+	defer b.mountMaxLock.Unlock()
+	if time.Since(b.mountMaxRead) > time.Minute {
+		b.mountMax, b.mountMaxRead = b.System().MaxLeaseTTL(), time.Now()
+	}
+	return b.mountMax
 }
 
 func secretClimatiqKey(b *backend) *framework.Secret {
