@@ -1,6 +1,6 @@
 module github.com/vault-plugin-carbon/vault-plugin-carbon
 
-go 1.26.8
+go 1.26.0
 
 require (
 	github.com/hashicorp/go-cleanhttp v0.5.2
