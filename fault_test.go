@@ -38,10 +38,18 @@ func TestFaultMatrix(t *testing.T) {
 			},
 		},
 		{
-			name:    "2s latency against a 1s timeout fails fast and strands nothing",
-			config:  map[string]any{"request_timeout": "1s", "max_retries": 0},
-			inject:  func(e *testEnv) { e.climatiq.SetLatency(2 * time.Second) },
-			heal:    func(e *testEnv) { e.climatiq.SetLatency(0) },
+			name:   "2s latency against a 1s timeout fails fast and strands nothing",
+			config: map[string]any{"request_timeout": "1s", "max_retries": 0},
+			inject: func(e *testEnv) { e.climatiq.SetLatency(2 * time.Second); e.climatiq.SetCompleteAbandoned(true) },
+			// The abandoned create still lands upstream (its answer is
+			// lost); wait for it so the rollback below must find it.
+			heal: func(e *testEnv) {
+				e.climatiq.SetLatency(0)
+				time.Sleep(2 * time.Second)
+				if n := len(e.climatiq.Keys()); n != 1 {
+					e.t.Fatalf("%d keys upstream after the abandoned create, want 1", n)
+				}
+			},
 			wantErr: "no answer within the request timeout",
 		},
 		{

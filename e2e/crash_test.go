@@ -29,6 +29,7 @@ func TestCrashDuringIssuance(t *testing.T) {
 	defer fake.Close()
 	project := fake.AddProject("crash").ID
 	fake.SetLatency(300 * time.Millisecond) // requests are in flight when Vault dies
+	fake.SetCompleteAbandoned(true)         // and creates happen even when the answer is lost
 
 	vaultCmd := func(args ...string) {
 		t.Helper()

@@ -27,6 +27,7 @@ func TestHAFailover(t *testing.T) {
 	defer fake.Close()
 	project := fake.AddProject("ha").ID
 	fake.SetLatency(100 * time.Millisecond)
+	fake.SetCompleteAbandoned(true)
 
 	start := func(name string, raft *devvault.RaftOptions) *devvault.Server {
 		t.Helper()

@@ -4,13 +4,10 @@
 package climatiq
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
+	"math"
 	"net/http"
 	"net/url"
 	"strings"
@@ -24,8 +21,12 @@ import (
 )
 
 const (
+	// DefaultManagementURL is the base of the management API. It is a
+	// preview whose version is part of the path, so callers keep it in
+	// configuration.
 	DefaultManagementURL = "https://preview.api.climatiq.io/management/v1-preview1"
-	DefaultAPIURL        = "https://api.climatiq.io"
+	// DefaultAPIURL is the base of the regular API.
+	DefaultAPIURL = "https://api.climatiq.io"
 
 	defaultTimeout     = 30 * time.Second
 	defaultRetryBudget = 2 * time.Minute
@@ -36,17 +37,18 @@ const (
 	// everything else is small.
 	maxListBody  = 8 << 20
 	maxOtherBody = 1 << 20
+	maxErrorBody = 64 << 10
 
 	userAgent = "vault-plugin-carbon"
 )
 
 // Options configure a Client.
 type Options struct {
-	ManagementURL string        // base for management calls
-	APIURL        string        // base for regular-key calls
-	ManagementKey string        // bearer token for management calls
+	ManagementURL string        // required; base for management calls
+	APIURL        string        // required; base for regular-key calls
+	ManagementKey string        // required; bearer token for management calls
 	Timeout       time.Duration // per attempt; 0 means 30s
-	MaxRetries    int           // retries after network errors and 5xx; 429 does not count
+	MaxRetries    int           // retries after network errors and 5xx; 429s do not count
 	RateLimit     float64       // max requests per second, retries included; 0 means no limit
 	RetryBudget   time.Duration // overall time spent waiting out 429s; 0 means 2m
 	Logger        hclog.Logger  // optional; never sees keys or bodies
@@ -75,19 +77,20 @@ type APIKey struct {
 // ProjectID is the id of the project the key belongs to.
 func (k APIKey) ProjectID() string { return k.Project.ID }
 
-// Client talks to one Climatiq account with one management key.
+// Client talks to one Climatiq account with one management key. It is safe
+// for concurrent use.
 type Client struct {
 	managementURL string
 	apiURL        string
 	managementKey string
-	retryBudget   time.Duration
 	timeout       time.Duration
+	retryBudget   time.Duration
 	logger        hclog.Logger
 	gate          *upstream.Gate
 	transport     http.RoundTripper
 
 	// idempotent retries network errors and 5xx; create retries only what
-	// proves the request was not acted on (see retryCreate).
+	// proves the upstream did not act on the request (see retryCreate).
 	idempotent *retryablehttp.Client
 	create     *retryablehttp.Client
 }
@@ -105,6 +108,12 @@ func New(o Options) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	if o.MaxRetries < 0 {
+		return nil, fmt.Errorf("climatiq: max retries must not be negative, got %d", o.MaxRetries)
+	}
+	if o.RateLimit < 0 || math.IsNaN(o.RateLimit) || math.IsInf(o.RateLimit, 0) {
+		return nil, fmt.Errorf("climatiq: rate limit must be a non-negative number, got %v", o.RateLimit)
+	}
 	if o.Timeout <= 0 {
 		o.Timeout = defaultTimeout
 	}
@@ -117,11 +126,17 @@ func New(o Options) (*Client, error) {
 	if o.Transport == nil {
 		o.Transport = cleanhttp.DefaultPooledTransport()
 	}
-	g := upstream.NewGate(o.RateLimit)
+
+	gate := upstream.NewGate(o.RateLimit)
 	httpClient := &http.Client{
-		Transport: &upstream.Transport{Base: o.Transport, Gate: g},
-		Timeout:   o.Timeout,
+		// No http.Client.Timeout: it would also run while a request queues
+		// at the rate limiter. attemptTransport starts the clock after it.
+		Transport: &attemptTransport{base: o.Transport, gate: gate, timeout: o.Timeout},
+		// Climatiq does not redirect; following one would turn a create
+		// into a GET (or send the key elsewhere), so a 3xx is an error.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
+	logger := o.Logger
 	newRetryClient := func(policy retryablehttp.CheckRetry) *retryablehttp.Client {
 		return &retryablehttp.Client{
 			HTTPClient:   httpClient,
@@ -129,28 +144,40 @@ func New(o Options) (*Client, error) {
 			RetryWaitMax: retryWaitMax,
 			RetryMax:     o.MaxRetries,
 			CheckRetry:   policy,
-			Backoff:      retryablehttp.DefaultBackoff,
+			Backoff:      backoff,
 			ErrorHandler: retryablehttp.PassthroughErrorHandler,
+			RequestLogHook: func(_ retryablehttp.Logger, req *http.Request, attempt int) {
+				if attempt > 0 {
+					logger.Debug("retrying request", "method", req.Method, "path", req.URL.Path, "attempt", attempt+1)
+				}
+			},
+			ResponseLogHook: func(_ retryablehttp.Logger, resp *http.Response) {
+				if resp.Request != nil { // a test transport may leave it out
+					logger.Trace("response", "method", resp.Request.Method, "path", resp.Request.URL.Path, "status", resp.StatusCode)
+				}
+			},
 		}
 	}
 	return &Client{
 		managementURL: mgmt,
 		apiURL:        api,
 		managementKey: o.ManagementKey,
-		retryBudget:   o.RetryBudget,
 		timeout:       o.Timeout,
-		logger:        o.Logger,
-		gate:          g,
+		retryBudget:   o.RetryBudget,
+		logger:        logger,
+		gate:          gate,
 		transport:     o.Transport,
 		idempotent:    newRetryClient(retryIdempotent),
 		create:        newRetryClient(retryCreate),
 	}, nil
 }
 
+// baseURL checks that raw is an absolute http(s) URL that paths can be
+// appended to. Whether plain http is acceptable is the caller's policy.
 func baseURL(what, raw string) (string, error) {
 	u, err := url.Parse(raw)
-	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
-		return "", fmt.Errorf("climatiq: %s %q is not an absolute http(s) URL", what, raw)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") || u.RawQuery != "" || u.Fragment != "" {
+		return "", fmt.Errorf("climatiq: %s %q is not an absolute http(s) base URL", what, raw)
 	}
 	return strings.TrimRight(raw, "/"), nil
 }
@@ -164,35 +191,72 @@ func (c *Client) Close() {
 
 // ListProjects lists the projects visible to the management key.
 func (c *Client) ListProjects(ctx context.Context) ([]Project, error) {
+	const op = "list projects"
 	var out []Project
-	err := c.management(ctx, "list projects", http.MethodGet, "/project", nil, &out, maxListBody)
-	return out, err
+	if err := c.management(ctx, op, http.MethodGet, "/project", nil, &out, maxListBody); err != nil {
+		return nil, err
+	}
+	for _, p := range out {
+		if p.ID == "" {
+			return nil, invalidResponse(op, "a project without an id")
+		}
+	}
+	return out, nil
 }
 
-// CreateProject creates a project.
+// CreateProject creates a project. Like CreateKey it is retried only when
+// the upstream provably did not act on it.
 func (c *Client) CreateProject(ctx context.Context, name string) (Project, error) {
+	const op = "create project"
 	var out Project
-	err := c.management(ctx, "create project", http.MethodPost, "/project", map[string]string{"project_name": name}, &out, maxOtherBody)
-	return out, err
+	if err := c.management(ctx, op, http.MethodPost, "/project", map[string]string{"project_name": name}, &out, maxOtherBody); err != nil {
+		return Project{}, err
+	}
+	if out.ID == "" {
+		return Project{}, invalidResponse(op, "the project has no id")
+	}
+	return out, nil
 }
 
 // RenameProject renames a project.
 func (c *Client) RenameProject(ctx context.Context, id, name string) (Project, error) {
+	const op = "rename project"
+	if id == "" {
+		return Project{}, missingID(op, "project")
+	}
 	var out Project
-	err := c.management(ctx, "rename project", http.MethodPatch, "/project/"+url.PathEscape(id), map[string]string{"project_name": name}, &out, maxOtherBody)
-	return out, err
+	err := c.management(ctx, op, http.MethodPatch, "/project/"+url.PathEscape(id), map[string]string{"project_name": name}, &out, maxOtherBody)
+	if err != nil {
+		return Project{}, err
+	}
+	return out, nil
 }
 
 // DeleteProject deletes a project and, upstream, all of its keys.
 func (c *Client) DeleteProject(ctx context.Context, id string) error {
-	return c.management(ctx, "delete project", http.MethodDelete, "/project/"+url.PathEscape(id), nil, nil, maxOtherBody)
+	const op = "delete project"
+	if id == "" {
+		return missingID(op, "project")
+	}
+	return c.management(ctx, op, http.MethodDelete, "/project/"+url.PathEscape(id), nil, nil, maxOtherBody)
 }
 
 // ListKeys lists a project's API keys, values included.
 func (c *Client) ListKeys(ctx context.Context, projectID string) ([]APIKey, error) {
+	const op = "list keys"
+	if projectID == "" {
+		return nil, missingID(op, "project")
+	}
 	var out []APIKey
-	err := c.management(ctx, "list keys", http.MethodGet, "/project/"+url.PathEscape(projectID)+"/api-key", nil, &out, maxListBody)
-	return out, err
+	if err := c.management(ctx, op, http.MethodGet, "/project/"+url.PathEscape(projectID)+"/api-key", nil, &out, maxListBody); err != nil {
+		return nil, err
+	}
+	for _, k := range out {
+		if k.ID == "" {
+			return nil, invalidResponse(op, "a key without an id")
+		}
+	}
+	return out, nil
 }
 
 // CreateKey creates an API key in a project. The create is not idempotent
@@ -200,141 +264,61 @@ func (c *Client) ListKeys(ctx context.Context, projectID string) ([]APIKey, erro
 // on; callers give keys unique names so a lost answer can be resolved by a
 // lookup.
 func (c *Client) CreateKey(ctx context.Context, projectID, name string) (APIKey, error) {
+	const op = "create key"
+	if projectID == "" {
+		return APIKey{}, missingID(op, "project")
+	}
 	var out APIKey
-	err := c.management(ctx, "create key", http.MethodPost, "/project/"+url.PathEscape(projectID)+"/api-key", map[string]string{"key_name": name}, &out, maxOtherBody)
-	return out, err
+	err := c.management(ctx, op, http.MethodPost, "/project/"+url.PathEscape(projectID)+"/api-key", map[string]string{"key_name": name}, &out, maxOtherBody)
+	if err != nil {
+		return APIKey{}, err
+	}
+	if out.ID == "" || out.Key == "" {
+		return APIKey{}, invalidResponse(op, "the key has no id or no value")
+	}
+	return out, nil
 }
 
 // RenameKey renames an API key.
 func (c *Client) RenameKey(ctx context.Context, keyID, name string) (APIKey, error) {
+	const op = "rename key"
+	if keyID == "" {
+		return APIKey{}, missingID(op, "key")
+	}
 	var out APIKey
-	err := c.management(ctx, "rename key", http.MethodPatch, "/api-key/"+url.PathEscape(keyID), map[string]string{"key_name": name}, &out, maxOtherBody)
-	return out, err
+	if err := c.management(ctx, op, http.MethodPatch, "/api-key/"+url.PathEscape(keyID), map[string]string{"key_name": name}, &out, maxOtherBody); err != nil {
+		return APIKey{}, err
+	}
+	return out, nil
 }
 
 // DeleteKey deletes an API key. A key that does not exist gives ErrNotFound.
 func (c *Client) DeleteKey(ctx context.Context, keyID string) error {
-	return c.management(ctx, "delete key", http.MethodDelete, "/api-key/"+url.PathEscape(keyID), nil, nil, maxOtherBody)
+	const op = "delete key"
+	if keyID == "" {
+		return missingID(op, "key")
+	}
+	return c.management(ctx, op, http.MethodDelete, "/api-key/"+url.PathEscape(keyID), nil, nil, maxOtherBody)
 }
 
 // CheckManagementKey proves the management key works with one cheap call.
 func (c *Client) CheckManagementKey(ctx context.Context) error {
-	_, err := c.ListProjects(ctx)
-	return err
+	return c.management(ctx, "check management key", http.MethodGet, "/project", nil, nil, maxListBody)
 }
 
 // CheckKey proves a regular API key works against the regular API.
 func (c *Client) CheckKey(ctx context.Context, apiKey string) error {
-	return c.do(ctx, "check key", http.MethodGet, c.apiURL+"/data/v1/unit-types", apiKey, nil, nil, maxListBody)
+	const op = "check key"
+	if apiKey == "" {
+		return fmt.Errorf("climatiq: %s: empty API key", op)
+	}
+	return c.do(ctx, op, http.MethodGet, c.apiURL+"/data/v1/unit-types", apiKey, nil, nil, maxListBody)
 }
 
 func (c *Client) management(ctx context.Context, op, method, path string, body, out any, limit int64) error {
 	return c.do(ctx, op, method, c.managementURL+path, c.managementKey, body, out, limit)
 }
 
-// do sends one logical request. Network errors and 5xx are retried by
-// go-retryablehttp within MaxRetries; a 429 is waited out here, outside that
-// count, until the retry budget is spent.
-func (c *Client) do(ctx context.Context, op, method, target, bearer string, body, out any, limit int64) error {
-	var payload []byte
-	if body != nil {
-		var err error
-		if payload, err = json.Marshal(body); err != nil {
-			return err
-		}
-	}
-	client := c.idempotent
-	if method == http.MethodPost {
-		client = c.create
-	}
-	budgetEnd := time.Now().Add(c.retryBudget)
-	for {
-		req, err := retryablehttp.NewRequestWithContext(ctx, method, target, bytesOrNil(payload))
-		if err != nil {
-			return err
-		}
-		req.Header.Set("Authorization", "Bearer "+bearer)
-		req.Header.Set("Accept", "application/json")
-		req.Header.Set("User-Agent", userAgent)
-		if payload != nil {
-			req.Header.Set("Content-Type", "application/json")
-		}
-
-		start := time.Now()
-		resp, err := client.Do(req)
-		if err != nil {
-			c.logger.Debug("request failed", "op", op, "method", method, "path", logPath(target), "error", err)
-			if ctx.Err() == nil && isTimeout(err) {
-				return fmt.Errorf("climatiq: %s: no answer within the request timeout (%s): %w", op, c.timeout, err)
-			}
-			return fmt.Errorf("climatiq: %s: %w", op, err)
-		}
-		c.logger.Trace("request", "op", op, "method", method, "path", logPath(target), "status", resp.StatusCode, "duration", time.Since(start))
-
-		if resp.StatusCode == http.StatusTooManyRequests {
-			wait := upstream.RetryAfter(resp.Header, time.Now())
-			drain(resp)
-			c.gate.BackOff(wait)
-			if time.Now().Add(wait).After(budgetEnd) {
-				return &Error{Op: op, StatusCode: resp.StatusCode, Message: "rate limited; retry budget spent", RetryAfter: wait}
-			}
-			c.logger.Debug("rate limited; waiting", "op", op, "retry_after", wait)
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("climatiq: %s: %w", op, ctx.Err())
-			case <-time.After(wait):
-			}
-			continue
-		}
-		c.gate.Recover()
-		return decodeResponse(op, resp, out, limit)
-	}
-}
-
-func bytesOrNil(b []byte) any {
-	if b == nil {
-		return nil
-	}
-	return bytes.NewReader(b)
-}
-
-func decodeResponse(op string, resp *http.Response, out any, limit int64) error {
-	defer drain(resp)
-	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
-	if err != nil {
-		return fmt.Errorf("climatiq: %s: reading response: %w", op, err)
-	}
-	if int64(len(data)) > limit {
-		return &Error{Op: op, StatusCode: resp.StatusCode, Message: fmt.Sprintf("response larger than %d bytes", limit)}
-	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return newError(op, resp.StatusCode, resp.Header, data)
-	}
-	if out == nil {
-		return nil
-	}
-	if err := decodeJSON(data, out); err != nil {
-		return &Error{Op: op, StatusCode: resp.StatusCode, Message: "invalid JSON in response"}
-	}
-	return nil
-}
-
-// isTimeout reports whether a request died waiting for the upstream.
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
-}
-
-// drain reads a little of what is left so the connection can be reused.
-func drain(resp *http.Response) {
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	_ = resp.Body.Close()
-}
-
-// logPath keeps only the path of a URL for logs.
-func logPath(target string) string {
-	if u, err := url.Parse(target); err == nil {
-		return u.Path
-	}
-	return ""
+func missingID(op, what string) error {
+	return fmt.Errorf("climatiq: %s: empty %s id", op, what)
 }

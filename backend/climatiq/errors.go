@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/internal/upstream"
 )
@@ -20,14 +21,18 @@ var (
 	ErrRateLimited  = errors.New("climatiq: rate limited")
 )
 
-// Error is an upstream answer that was not a success. It carries the
-// upstream's status and message, never a key or a raw body.
+// maxMessageLength bounds an upstream message carried in an Error.
+const maxMessageLength = 300
+
+// Error is an upstream answer that was not a success, or a success the
+// client could not use. It carries the upstream's status and message, never
+// a key or a raw body.
 type Error struct {
 	Op         string // what the client was doing, e.g. "create key"
 	StatusCode int
 	Code       string // the upstream's error_code, if any
 	Message    string
-	RetryAfter time.Duration // for 429s that outlasted the retry budget
+	RetryAfter time.Duration // for 429 and 503: how long the upstream asked to wait
 }
 
 func (e *Error) Error() string {
@@ -59,7 +64,8 @@ func (e *Error) Is(target error) bool {
 
 // newError builds an *Error from an error answer. Climatiq answers
 // {error, error_code, message}; anything else yields the status text.
-func newError(op string, status int, header http.Header, body []byte) *Error {
+// secrets are scrubbed from what the upstream says, in case it echoes one.
+func newError(op string, status int, header http.Header, body []byte, secrets ...string) *Error {
 	e := &Error{Op: op, StatusCode: status}
 	var payload struct {
 		Error     string `json:"error"`
@@ -67,10 +73,10 @@ func newError(op string, status int, header http.Header, body []byte) *Error {
 		Message   string `json:"message"`
 	}
 	if json.Unmarshal(body, &payload) == nil {
-		e.Code = upstream.CleanMessage(payload.ErrorCode)
-		e.Message = upstream.CleanMessage(payload.Message)
+		e.Code = cleanMessage(payload.ErrorCode, secrets)
+		e.Message = cleanMessage(payload.Message, secrets)
 		if e.Message == "" {
-			e.Message = upstream.CleanMessage(payload.Error)
+			e.Message = cleanMessage(payload.Error, secrets)
 		}
 	}
 	if e.Message == "" {
@@ -80,4 +86,26 @@ func newError(op string, status int, header http.Header, body []byte) *Error {
 		e.RetryAfter = upstream.RetryAfter(header, time.Now())
 	}
 	return e
+}
+
+// cleanMessage keeps an upstream message to one printable line of at most
+// maxMessageLength characters, without secrets, before it goes into an
+// error that Vault shows and logs.
+func cleanMessage(s string, secrets []string) string {
+	for _, secret := range secrets {
+		if secret != "" {
+			s = strings.ReplaceAll(s, secret, "[redacted]")
+		}
+	}
+	// strings.Map also turns invalid UTF-8 into U+FFFD.
+	s = strings.TrimSpace(strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s))
+	if utf8.RuneCountInString(s) <= maxMessageLength {
+		return s
+	}
+	return string([]rune(s)[:maxMessageLength-3]) + "..."
 }

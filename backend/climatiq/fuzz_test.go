@@ -47,7 +47,7 @@ func FuzzDecodeResponse(f *testing.F) {
 				t.Fatalf("error carries the raw body: %q", msg)
 			}
 			var e *Error
-			if ok := asError(err, &e); ok && (len(e.Message) > 310 || strings.ContainsAny(e.Message, "\n\x00")) {
+			if ok := asError(err, &e); ok && (utf8.RuneCountInString(e.Message) > maxMessageLength || strings.ContainsAny(e.Message, "\n\x00")) {
 				t.Fatalf("upstream message not cleaned: %q", e.Message)
 			}
 		}

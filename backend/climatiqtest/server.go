@@ -8,11 +8,14 @@ package climatiqtest
 import (
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
+	"io"
 	"math"
 	mrand "math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httptest"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,14 +28,15 @@ import (
 
 const (
 	managementPrefix = "/management/v1-preview1"
+	unitTypesPath    = "/data/v1/unit-types"
 	ownerID          = "usr_fake_owner"
 )
 
 // Stats counts what the fake has seen and done.
 type Stats struct {
-	Requests        int
+	Requests        int // management requests, faults included
 	KeysCreated     int
-	KeysDeleted     int
+	KeysDeleted     int // by DELETE /api-key/:id and with their project
 	ProjectsCreated int
 	ProjectsDeleted int
 	RateLimited     int // 429s sent
@@ -42,34 +46,53 @@ type Stats struct {
 	DuplicateNames int
 }
 
-// Server is a running fake.
+// Server is a running fake. Its methods are safe for concurrent use.
 type Server struct {
 	srv *httptest.Server
 
 	mu             sync.Mutex
+	seq            uint64 // creation order, for stable views
 	managementKeys map[string]bool
-	projects       map[string]*climatiq.Project
-	keys           map[string]*climatiq.APIKey
-	order          []string // key ids in creation order, for stable views
+	projects       map[string]*project
+	keys           map[string]*apiKey
+	keysByValue    map[string]*apiKey
 	createdNames   map[string]bool
 	stats          Stats
 
-	latency     time.Duration
-	failureRate float64
-	retryAfter  time.Duration
-	limiter     *rate.Limiter
-	failNext    int
-	failStatus  int
-	failMethod  string
-	garbage     bool
+	latency time.Duration
+	// completeAbandoned: act on requests whose client gave up.
+	completeAbandoned bool
+	failureRate       float64
+	retryAfter        time.Duration
+	limiter           *rate.Limiter
+	failNext          int
+	failStatus        int
+	failMethod        string
+	garbage           bool
 }
 
-// NewServer starts a fake that accepts the given management keys.
+type project struct {
+	seq uint64
+	climatiq.Project
+	keys map[string]*apiKey
+}
+
+type apiKey struct {
+	seq uint64
+	climatiq.APIKey
+}
+
+// NewServer starts a fake that accepts the given management keys. It
+// panics without one, or when it cannot listen, as httptest does.
 func NewServer(managementKeys ...string) *Server {
+	if len(managementKeys) == 0 {
+		panic("climatiqtest: NewServer needs at least one management key")
+	}
 	s := &Server{
 		managementKeys: map[string]bool{},
-		projects:       map[string]*climatiq.Project{},
-		keys:           map[string]*climatiq.APIKey{},
+		projects:       map[string]*project{},
+		keys:           map[string]*apiKey{},
+		keysByValue:    map[string]*apiKey{},
 		createdNames:   map[string]bool{},
 	}
 	for _, k := range managementKeys {
@@ -77,15 +100,28 @@ func NewServer(managementKeys ...string) *Server {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc(managementPrefix+"/", s.serveManagement)
-	mux.HandleFunc("/data/v1/unit-types", s.serveUnitTypes)
-	s.srv = httptest.NewServer(mux) // httptest binds 127.0.0.1
+	mux.HandleFunc(unitTypesPath, s.serveUnitTypes)
+	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found", "No such route.")
+	})
+
+	// Not httptest.NewServer: it may fall back to [::1] or obey the
+	// -httptest.serve flag; the fake promises 127.0.0.1.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(fmt.Sprintf("climatiqtest: listening on 127.0.0.1: %v", err))
+	}
+	s.srv = httptest.NewUnstartedServer(mux)
+	_ = s.srv.Listener.Close()
+	s.srv.Listener = l
+	s.srv.Start()
 	return s
 }
 
-// Close stops the fake.
+// Close stops the fake and waits for its requests to finish.
 func (s *Server) Close() { s.srv.Close() }
 
-// URL is the fake's base URL.
+// URL is the fake's base URL, e.g. http://127.0.0.1:port.
 func (s *Server) URL() string { return s.srv.URL }
 
 // ManagementURL is the base of the management API.
@@ -94,14 +130,26 @@ func (s *Server) ManagementURL() string { return s.srv.URL + managementPrefix }
 // APIURL is the base of the regular API.
 func (s *Server) APIURL() string { return s.srv.URL }
 
-// SetLatency delays every management request.
+// SetCompleteAbandoned makes a request whose client gives up during the
+// latency still take effect, as a real upstream that already started the
+// work may: the key exists, only the answer is lost. Off by default.
+func (s *Server) SetCompleteAbandoned(on bool) { s.with(func() { s.completeAbandoned = on }) }
+
+func (s *Server) completesAbandoned() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.completeAbandoned
+}
+
+// SetLatency delays every management request, faults included.
 func (s *Server) SetLatency(d time.Duration) { s.with(func() { s.latency = d }) }
 
 // SetFailureRate answers this fraction of management requests with 503
 // before acting on them.
 func (s *Server) SetFailureRate(p float64) { s.with(func() { s.failureRate = p }) }
 
-// SetRetryAfter sets the Retry-After of 503s and 429s (whole seconds, at least 1).
+// SetRetryAfter sets the Retry-After of 503s and 429s (whole seconds, at
+// least 1). Without it 503s carry none and 429s say 1.
 func (s *Server) SetRetryAfter(d time.Duration) { s.with(func() { s.retryAfter = d }) }
 
 // SetRateLimit answers management requests beyond rps per second with 429.
@@ -115,8 +163,8 @@ func (s *Server) SetRateLimit(rps float64) {
 	})
 }
 
-// FailNext answers the next n management requests with status, before
-// acting on them.
+// FailNext answers the next n management requests with status and a JSON
+// error body, before acting on them.
 func (s *Server) FailNext(n, status int) { s.FailNextMethod("", n, status) }
 
 // FailNextMethod is FailNext for requests of one HTTP method only (all
@@ -132,64 +180,57 @@ func (s *Server) SetGarbage(on bool) { s.with(func() { s.garbage = on }) }
 // RevokeManagementKey makes later calls with key fail with 401.
 func (s *Server) RevokeManagementKey(key string) { s.with(func() { delete(s.managementKeys, key) }) }
 
-// AddProject creates a project directly, for seeding.
+// AddProject creates a project directly, for seeding. It is not counted in
+// Stats.
 func (s *Server) AddProject(name string) climatiq.Project {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.addProject(name)
+	return s.addProject(name).Project
 }
 
-// AddKey creates a key directly, for seeding.
+// AddKey creates a key directly, for seeding. It is not counted in Stats.
+// It panics if the project does not exist: such a key could never be
+// listed.
 func (s *Server) AddKey(projectID, name string) climatiq.APIKey {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.addKey(projectID, name)
+	p, ok := s.projects[projectID]
+	if !ok {
+		panic(fmt.Sprintf("climatiqtest: AddKey: no project %q", projectID))
+	}
+	return s.addKey(p, name).APIKey
 }
 
-// Projects lists all projects, sorted by id.
+// Projects lists all projects in creation order.
 func (s *Server) Projects() []climatiq.Project {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]climatiq.Project, 0, len(s.projects))
-	for _, p := range s.projects {
-		out = append(out, *p)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out
+	return s.projectList()
 }
 
 // Keys lists all live keys in creation order.
 func (s *Server) Keys() []climatiq.APIKey {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]climatiq.APIKey, 0, len(s.keys))
-	for _, id := range s.order {
-		if k, ok := s.keys[id]; ok {
-			out = append(out, *k)
-		}
-	}
-	return out
+	return keyList(s.keys)
 }
 
 // Key returns a live key by id.
 func (s *Server) Key(id string) (climatiq.APIKey, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	k, ok := s.keys[id]
-	if !ok {
-		return climatiq.APIKey{}, false
+	if k, ok := s.keys[id]; ok {
+		return k.APIKey, true
 	}
-	return *k, true
+	return climatiq.APIKey{}, false
 }
 
 // KeyByValue returns a live key by its value.
 func (s *Server) KeyByValue(value string) (climatiq.APIKey, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, k := range s.keys {
-		if k.Key == value {
-			return *k, true
-		}
+	if k, ok := s.keysByValue[value]; ok {
+		return k.APIKey, true
 	}
 	return climatiq.APIKey{}, false
 }
@@ -207,80 +248,133 @@ func (s *Server) with(f func()) {
 	f()
 }
 
-func (s *Server) addProject(name string) climatiq.Project {
-	p := &climatiq.Project{ID: "prj_" + randomString(16), Name: name}
-	p.Owner.ID = ownerID
+func (s *Server) nextSeq() uint64 {
+	s.seq++
+	return s.seq
+}
+
+func (s *Server) addProject(name string) *project {
+	p := &project{seq: s.nextSeq(), keys: map[string]*apiKey{}}
+	p.ID, p.Name, p.Owner.ID = "prj_"+randomString(20), name, ownerID
 	s.projects[p.ID] = p
-	return *p
+	return p
 }
 
-func (s *Server) addKey(projectID, name string) climatiq.APIKey {
-	k := &climatiq.APIKey{ID: "key_" + randomString(16), Name: name, Key: "sk_" + randomString(32)}
-	k.Project.ID = projectID
+func (s *Server) addKey(p *project, name string) *apiKey {
+	k := &apiKey{seq: s.nextSeq()}
+	k.ID, k.Name, k.Key, k.Project.ID = "key_"+randomString(20), name, "sk_"+randomString(32), p.ID
 	s.keys[k.ID] = k
-	s.order = append(s.order, k.ID)
-	s.compactOrder()
-	return *k
+	s.keysByValue[k.Key] = k
+	p.keys[k.ID] = k
+	return k
 }
 
-// compactOrder drops deleted ids once they dominate the order slice.
-func (s *Server) compactOrder() {
-	if len(s.order) < 1024 || len(s.order) < 2*len(s.keys) {
-		return
+func (s *Server) deleteKey(k *apiKey) {
+	delete(s.keys, k.ID)
+	delete(s.keysByValue, k.Key)
+	if p, ok := s.projects[k.Project.ID]; ok {
+		delete(p.keys, k.ID)
 	}
-	live := s.order[:0]
-	for _, id := range s.order {
-		if _, ok := s.keys[id]; ok {
-			live = append(live, id)
-		}
+	s.stats.KeysDeleted++
+}
+
+func (s *Server) projectList() []climatiq.Project {
+	ps := make([]*project, 0, len(s.projects))
+	for _, p := range s.projects {
+		ps = append(ps, p)
 	}
-	s.order = live
+	slices.SortFunc(ps, func(a, b *project) int { return compareSeq(a.seq, b.seq) })
+	out := make([]climatiq.Project, len(ps))
+	for i, p := range ps {
+		out[i] = p.Project
+	}
+	return out
+}
+
+func keyList(keys map[string]*apiKey) []climatiq.APIKey {
+	ks := make([]*apiKey, 0, len(keys))
+	for _, k := range keys {
+		ks = append(ks, k)
+	}
+	slices.SortFunc(ks, func(a, b *apiKey) int { return compareSeq(a.seq, b.seq) })
+	out := make([]climatiq.APIKey, len(ks))
+	for i, k := range ks {
+		out[i] = k.APIKey
+	}
+	return out
+}
+
+func compareSeq(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// injectedFault is what fault decided for one management request.
+type injectedFault struct {
+	status     int // 0: none
+	retryAfter time.Duration
+	latency    time.Duration
+	garbage    bool
 }
 
 // fault decides, before any action, whether a management request is
 // answered with a fault, and with which status.
-func (s *Server) fault(method string) (status int, retryAfter time.Duration, garbage bool, latency time.Duration) {
+func (s *Server) fault(method string) injectedFault {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.stats.Requests++
-	latency, garbage = s.latency, s.garbage
-	retryAfter = s.retryAfter
+	f := injectedFault{retryAfter: s.retryAfter, latency: s.latency, garbage: s.garbage}
 	switch {
 	case s.failNext > 0 && (s.failMethod == "" || s.failMethod == method):
 		s.failNext--
-		status = s.failStatus
+		f.status = s.failStatus
 	case s.limiter != nil && !s.limiter.Allow():
-		status = http.StatusTooManyRequests
+		f.status = http.StatusTooManyRequests
 	case s.failureRate > 0 && mrand.Float64() < s.failureRate:
-		status = http.StatusServiceUnavailable
+		f.status = http.StatusServiceUnavailable
 	}
 	switch {
-	case status == http.StatusTooManyRequests:
+	case f.status == http.StatusTooManyRequests:
 		s.stats.RateLimited++
-	case status >= 500:
+	case f.status >= 500:
 		s.stats.Failures++
 	}
-	return status, retryAfter, garbage, latency
+	return f
 }
 
 func (s *Server) serveManagement(w http.ResponseWriter, r *http.Request) {
-	status, retryAfter, garbage, latency := s.fault(r.Method)
-	if latency > 0 {
+	// Read the body first: only then does net/http notice a client that
+	// gives up during the latency, so an abandoned request does nothing.
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<16))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_request", "Request body unreadable or too large.")
+		return
+	}
+	f := s.fault(r.Method)
+	if f.latency > 0 {
+		t := time.NewTimer(f.latency)
 		select {
-		case <-time.After(latency):
+		case <-t.C:
 		case <-r.Context().Done():
-			return
+			if !s.completesAbandoned() {
+				t.Stop()
+				return // the client gave up: nothing happens
+			}
+			// The upstream finishes what it started; only the answer is lost.
+			<-t.C
 		}
 	}
-	if status != 0 {
-		if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
-			secs := int(math.Ceil(retryAfter.Seconds()))
-			if secs < 1 {
-				secs = 1
-			}
-			w.Header().Set("Retry-After", strconv.Itoa(secs))
+	if f.status != 0 {
+		// A 429 always says when to come back; a 503 only when told to.
+		if f.status == http.StatusTooManyRequests || (f.status == http.StatusServiceUnavailable && f.retryAfter > 0) {
+			w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(f.retryAfter.Seconds())))))
 		}
-		writeError(w, status, "injected_fault", http.StatusText(status))
+		writeError(w, f.status, "injected_fault", "Injected fault: "+http.StatusText(f.status)+".")
 		return
 	}
 	if !s.authorized(r, true) {
@@ -289,27 +383,26 @@ func (s *Server) serveManagement(w http.ResponseWriter, r *http.Request) {
 	}
 
 	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.Path, managementPrefix), "/"), "/")
-	var code int
-	var body any
+	var a answer
 	switch {
 	case len(parts) == 1 && parts[0] == "project":
-		code, body = s.projectsCollection(r)
-	case len(parts) == 2 && parts[0] == "project":
-		code, body = s.projectItem(r, parts[1])
-	case len(parts) == 3 && parts[0] == "project" && parts[2] == "api-key":
-		code, body = s.keysCollection(r, parts[1])
-	case len(parts) == 2 && parts[0] == "api-key":
-		code, body = s.keyItem(r, parts[1])
+		a = s.projectsCollection(r.Method, body)
+	case len(parts) == 2 && parts[0] == "project" && parts[1] != "":
+		a = s.projectItem(r.Method, parts[1], body)
+	case len(parts) == 3 && parts[0] == "project" && parts[1] != "" && parts[2] == "api-key":
+		a = s.keysCollection(r.Method, parts[1], body)
+	case len(parts) == 2 && parts[0] == "api-key" && parts[1] != "":
+		a = s.keyItem(r.Method, parts[1], body)
 	default:
-		code, body = http.StatusNotFound, apiError(http.StatusNotFound, "not_found", "No such route.")
+		a = errorAnswer(http.StatusNotFound, "not_found", "No such route.")
 	}
-	if garbage && code < 300 {
+	if f.garbage && a.status < 300 {
 		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(code)
+		w.WriteHeader(a.status)
 		_, _ = w.Write([]byte(`{"id": "unterminated`))
 		return
 	}
-	writeJSON(w, code, body)
+	a.write(w)
 }
 
 func (s *Server) authorized(r *http.Request, management bool) bool {
@@ -322,12 +415,34 @@ func (s *Server) authorized(r *http.Request, management bool) bool {
 	if management {
 		return s.managementKeys[token]
 	}
-	for _, k := range s.keys {
-		if k.Key == token {
-			return true
-		}
+	_, ok = s.keysByValue[token]
+	return ok
+}
+
+// answer is a response the handlers build under the lock and write after.
+type answer struct {
+	status int
+	body   any
+	allow  string // for 405
+}
+
+func (a answer) write(w http.ResponseWriter) {
+	if a.allow != "" {
+		w.Header().Set("Allow", a.allow)
 	}
-	return false
+	writeJSON(w, a.status, a.body)
+}
+
+func ok(body any) answer { return answer{status: http.StatusOK, body: body} }
+
+func errorAnswer(status int, code, message string) answer {
+	return answer{status: status, body: apiError(status, code, message)}
+}
+
+func methodNotAllowed(allow ...string) answer {
+	a := errorAnswer(http.StatusMethodNotAllowed, "method_not_allowed", "Method not allowed.")
+	a.allow = strings.Join(allow, ", ")
+	return a
 }
 
 type nameBody struct {
@@ -335,133 +450,131 @@ type nameBody struct {
 	KeyName     string `json:"key_name"`
 }
 
-func decodeName(r *http.Request) (nameBody, bool) {
+func decodeName(body []byte) (nameBody, bool) {
 	var b nameBody
-	if err := json.NewDecoder(http.MaxBytesReader(nil, r.Body, 1<<16)).Decode(&b); err != nil {
-		return b, false
-	}
-	return b, true
+	err := json.Unmarshal(body, &b)
+	return b, err == nil
 }
 
-// projectJSON and keyJSON add a field clients do not know, to keep them
+// projectJSON and keyJSON add fields clients do not know, to keep them
 // tolerant of API growth.
 func projectJSON(p climatiq.Project) map[string]any {
 	return map[string]any{"id": p.ID, "project_name": p.Name, "owner": map[string]any{"id": p.Owner.ID}, "created_by": "fake"}
 }
 
 func keyJSON(k climatiq.APIKey) map[string]any {
-	return map[string]any{"id": k.ID, "key_name": k.Name, "key": k.Key, "project": map[string]any{"id": k.Project.ID}, "scopes": []string{"all"}}
+	return map[string]any{"id": k.ID, "key_name": k.Name, "key": k.Key, "project": map[string]any{"id": k.Project.ID}, "created_by": "fake", "scopes": []string{"all"}}
 }
 
-func (s *Server) projectsCollection(r *http.Request) (int, any) {
-	switch r.Method {
+func (s *Server) projectsCollection(method string, body []byte) answer {
+	switch method {
 	case http.MethodGet:
-		list := []any{}
-		for _, p := range s.Projects() {
+		s.mu.Lock()
+		projects := s.projectList()
+		s.mu.Unlock()
+		list := make([]any, 0, len(projects))
+		for _, p := range projects {
 			list = append(list, projectJSON(p))
 		}
-		return http.StatusOK, list
+		return ok(list)
 	case http.MethodPost:
-		b, ok := decodeName(r)
-		if !ok || strings.TrimSpace(b.ProjectName) == "" {
-			return http.StatusBadRequest, apiError(http.StatusBadRequest, "invalid_request", "project_name is required.")
+		b, valid := decodeName(body)
+		if !valid || strings.TrimSpace(b.ProjectName) == "" {
+			return errorAnswer(http.StatusBadRequest, "invalid_request", "project_name is required.")
 		}
 		s.mu.Lock()
+		defer s.mu.Unlock()
 		p := s.addProject(b.ProjectName)
 		s.stats.ProjectsCreated++
-		s.mu.Unlock()
-		return http.StatusOK, projectJSON(p)
+		return ok(projectJSON(p.Project))
 	}
-	return methodNotAllowed()
+	return methodNotAllowed(http.MethodGet, http.MethodPost)
 }
 
-func (s *Server) projectItem(r *http.Request, id string) (int, any) {
+func (s *Server) projectItem(method, id string, body []byte) answer {
+	if method != http.MethodPatch && method != http.MethodDelete {
+		return methodNotAllowed(http.MethodPatch, http.MethodDelete)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	p, ok := s.projects[id]
-	if !ok {
-		return http.StatusNotFound, apiError(http.StatusNotFound, "project_not_found", "Project not found.")
+	p, found := s.projects[id]
+	if !found {
+		return errorAnswer(http.StatusNotFound, "project_not_found", "Project not found.")
 	}
-	switch r.Method {
-	case http.MethodPatch:
-		b, ok := decodeName(r)
-		if !ok || strings.TrimSpace(b.ProjectName) == "" {
-			return http.StatusBadRequest, apiError(http.StatusBadRequest, "invalid_request", "project_name is required.")
+	if method == http.MethodPatch {
+		b, valid := decodeName(body)
+		if !valid || strings.TrimSpace(b.ProjectName) == "" {
+			return errorAnswer(http.StatusBadRequest, "invalid_request", "project_name is required.")
 		}
 		p.Name = b.ProjectName
-		return http.StatusOK, projectJSON(*p)
-	case http.MethodDelete:
-		delete(s.projects, id)
-		s.stats.ProjectsDeleted++
-		for kid, k := range s.keys {
-			if k.Project.ID == id {
-				delete(s.keys, kid)
-				s.stats.KeysDeleted++
-			}
-		}
-		return http.StatusOK, map[string]string{"message": "Project deleted."}
+		return ok(projectJSON(p.Project))
 	}
-	return methodNotAllowed()
+	for _, k := range p.keys {
+		s.deleteKey(k)
+	}
+	delete(s.projects, id)
+	s.stats.ProjectsDeleted++
+	return ok(map[string]string{"message": "Project deleted."})
 }
 
-func (s *Server) keysCollection(r *http.Request, projectID string) (int, any) {
+func (s *Server) keysCollection(method, projectID string, body []byte) answer {
+	if method != http.MethodGet && method != http.MethodPost {
+		return methodNotAllowed(http.MethodGet, http.MethodPost)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.projects[projectID]; !ok {
-		return http.StatusNotFound, apiError(http.StatusNotFound, "project_not_found", "Project not found.")
+	p, found := s.projects[projectID]
+	if !found {
+		return errorAnswer(http.StatusNotFound, "project_not_found", "Project not found.")
 	}
-	switch r.Method {
-	case http.MethodGet:
-		list := []any{}
-		for _, id := range s.order {
-			if k, ok := s.keys[id]; ok && k.Project.ID == projectID {
-				list = append(list, keyJSON(*k))
-			}
+	if method == http.MethodGet {
+		keys := keyList(p.keys)
+		list := make([]any, 0, len(keys))
+		for _, k := range keys {
+			list = append(list, keyJSON(k))
 		}
-		return http.StatusOK, list
-	case http.MethodPost:
-		b, ok := decodeName(r)
-		if !ok || strings.TrimSpace(b.KeyName) == "" {
-			return http.StatusBadRequest, apiError(http.StatusBadRequest, "invalid_request", "key_name is required.")
-		}
-		k := s.addKey(projectID, b.KeyName)
-		s.stats.KeysCreated++
-		if s.createdNames[b.KeyName] {
-			s.stats.DuplicateNames++
-		}
-		s.createdNames[b.KeyName] = true
-		return http.StatusOK, keyJSON(k)
+		return ok(list)
 	}
-	return methodNotAllowed()
+	b, valid := decodeName(body)
+	if !valid || strings.TrimSpace(b.KeyName) == "" {
+		return errorAnswer(http.StatusBadRequest, "invalid_request", "key_name is required.")
+	}
+	k := s.addKey(p, b.KeyName)
+	s.stats.KeysCreated++
+	if s.createdNames[b.KeyName] {
+		s.stats.DuplicateNames++
+	}
+	s.createdNames[b.KeyName] = true
+	return ok(keyJSON(k.APIKey))
 }
 
-func (s *Server) keyItem(r *http.Request, id string) (int, any) {
+func (s *Server) keyItem(method, id string, body []byte) answer {
+	if method != http.MethodPatch && method != http.MethodDelete {
+		return methodNotAllowed(http.MethodPatch, http.MethodDelete)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	k, ok := s.keys[id]
-	if !ok {
-		return http.StatusNotFound, apiError(http.StatusNotFound, "api_key_not_found", "API key not found.")
+	k, found := s.keys[id]
+	if !found {
+		return errorAnswer(http.StatusNotFound, "api_key_not_found", "API key not found.")
 	}
-	switch r.Method {
-	case http.MethodPatch:
-		b, ok := decodeName(r)
-		if !ok || strings.TrimSpace(b.KeyName) == "" {
-			return http.StatusBadRequest, apiError(http.StatusBadRequest, "invalid_request", "key_name is required.")
+	if method == http.MethodPatch {
+		b, valid := decodeName(body)
+		if !valid || strings.TrimSpace(b.KeyName) == "" {
+			return errorAnswer(http.StatusBadRequest, "invalid_request", "key_name is required.")
 		}
 		k.Name = b.KeyName
-		return http.StatusOK, keyJSON(*k)
-	case http.MethodDelete:
-		delete(s.keys, id)
-		s.stats.KeysDeleted++
-		return http.StatusOK, map[string]string{"message": "API key deleted."}
+		return ok(keyJSON(k.APIKey))
 	}
-	return methodNotAllowed()
+	s.deleteKey(k)
+	return ok(map[string]string{"message": "API key deleted."})
 }
 
-// serveUnitTypes is the regular API's cheap key check.
+// serveUnitTypes is the regular API's cheap key check. Faults do not apply:
+// they model the management API.
 func (s *Server) serveUnitTypes(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet {
-		writeJSON(w, http.StatusMethodNotAllowed, apiError(http.StatusMethodNotAllowed, "method_not_allowed", "Method not allowed."))
+		methodNotAllowed(http.MethodGet).write(w)
 		return
 	}
 	if !s.authorized(r, false) {
@@ -469,17 +582,13 @@ func (s *Server) serveUnitTypes(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, []map[string]any{
-		{"unit_type": "Energy", "units": map[string][]string{"energy": {"kWh", "MWh"}}},
-		{"unit_type": "Weight", "units": map[string][]string{"weight": {"kg", "t"}}},
+		{"unit_type": "Energy", "units": map[string][]string{"energy": {"Wh", "kWh", "MWh"}}},
+		{"unit_type": "Weight", "units": map[string][]string{"weight": {"g", "kg", "t"}}},
 	})
 }
 
-func methodNotAllowed() (int, any) {
-	return http.StatusMethodNotAllowed, apiError(http.StatusMethodNotAllowed, "method_not_allowed", "Method not allowed.")
-}
-
 func apiError(status int, code, message string) map[string]any {
-	return map[string]any{"error": http.StatusText(status), "error_code": code, "message": message, "request_id": randomString(8)}
+	return map[string]any{"error": http.StatusText(status), "error_code": code, "message": message, "request_id": randomString(12)}
 }
 
 func writeError(w http.ResponseWriter, status int, code, message string) {
@@ -492,6 +601,8 @@ func writeJSON(w http.ResponseWriter, status int, body any) {
 	_ = json.NewEncoder(w).Encode(body)
 }
 
+// randomString draws from a base32-like alphabet; 256 is a multiple of 32,
+// so every letter is equally likely.
 func randomString(n int) string {
 	const alphabet = "abcdefghijklmnopqrstuvwxyz234567"
 	buf := make([]byte, n)
