@@ -1,19 +1,21 @@
 // Package altruistiq exchanges Altruistiq OAuth client credentials for access
-// tokens (RFC 6749 §4.4) and checks tokens against the public API. It knows
-// HTTP and OAuth and nothing of Vault.
+// tokens (RFC 6749 §4.4 client-credentials grant), caches them per scope set,
+// and checks tokens against the public API. It knows HTTP and OAuth and
+// nothing of Vault.
 package altruistiq
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-cleanhttp"
@@ -26,8 +28,10 @@ import (
 )
 
 const (
+	// DefaultTokenURL is Altruistiq's OAuth token endpoint.
 	DefaultTokenURL = "https://app.altruistiq.com/api/public/v1/oauth2/token"
-	DefaultAPIURL   = "https://app.altruistiq.com/api/public/v1"
+	// DefaultAPIURL is the base of Altruistiq's public API.
+	DefaultAPIURL = "https://app.altruistiq.com/api/public/v1"
 
 	// AuthStyleParams sends the client credentials in the form body, as
 	// Altruistiq expects; AuthStyleHeader sends them as HTTP Basic, as
@@ -37,103 +41,94 @@ const (
 
 	defaultTimeout     = 30 * time.Second
 	defaultEarlyExpiry = 30 * time.Second
-	// defaultLifetime applies to tokens that arrive without expires_in:
-	// without it they would be cached, and leased, forever.
+	// defaultLifetime is assumed for tokens that come without expires_in
+	// (or with 0). Such a token might live for ever, but the leases that
+	// carry it must end, and a token cached for ever would never show a
+	// rotated secret failing.
 	defaultLifetime = 5 * time.Minute
+	// rateLimitBudget bounds the time spent waiting out 429s for one
+	// request. Waiting them out (rather than counting them as failures)
+	// keeps a burst of issuance from failing as a whole.
+	rateLimitBudget = 2 * time.Minute
+
+	retryWaitMin = 100 * time.Millisecond
+	retryWaitMax = 10 * time.Second
+	maxErrorBody = 64 << 10
+
+	opToken      = "token"
+	opCheckToken = "check token"
+	userAgent    = "vault-plugin-carbon"
 )
 
 // Options configure a Client.
 type Options struct {
-	TokenURL, APIURL       string
-	ClientID, ClientSecret string
-	AuthStyle              string   // AuthStyleParams (default) or AuthStyleHeader
-	Scopes                 []string // default scopes
-	Timeout                time.Duration
-	MaxRetries             int     // network errors and 5xx
-	RateLimit              float64 // requests per second; 0 = no limit
-	EarlyExpiry            time.Duration
-	Logger                 hclog.Logger
+	TokenURL, APIURL       string        // required
+	ClientID, ClientSecret string        // required
+	AuthStyle              string        // AuthStyleParams (default) or AuthStyleHeader
+	Scopes                 []string      // default scopes
+	Timeout                time.Duration // per attempt; 0 means 30s
+	MaxRetries             int           // retries after network errors and 5xx; 429s do not count
+	RateLimit              float64       // max requests per second, retries included; 0 means no limit
+	EarlyExpiry            time.Duration // a cached token is replaced this long before it expires; 0 means 30s
+	Logger                 hclog.Logger  // optional; never sees secrets or tokens
 	Transport              http.RoundTripper
 }
 
-// Token is an access token.
+// Token is an access token. Expiry is never zero: a token that came without
+// expires_in is given a lifetime of 5 minutes.
 type Token struct {
 	AccessToken string
 	TokenType   string
 	Expiry      time.Time
 }
 
-// Sentinels for errors.Is.
-var (
-	ErrUnauthorized = errors.New("altruistiq: unauthorized")
-	ErrForbidden    = errors.New("altruistiq: forbidden")
-	ErrNotFound     = errors.New("altruistiq: not found")
-	ErrRateLimited  = errors.New("altruistiq: rate limited")
-)
-
-// Error is an upstream answer that was not a success: status and message,
-// never a secret, a token or a raw body.
-type Error struct {
-	Op         string
-	StatusCode int
-	Message    string
-}
-
-func (e *Error) Error() string {
-	if e.StatusCode == 0 {
-		return fmt.Sprintf("altruistiq: %s: %s", e.Op, e.Message)
-	}
-	s := fmt.Sprintf("altruistiq: %s: %d %s", e.Op, e.StatusCode, http.StatusText(e.StatusCode))
-	if e.Message != "" && e.Message != http.StatusText(e.StatusCode) {
-		s += ": " + e.Message
-	}
-	return s
-}
-
-// Is matches the sentinel for the error's status.
-func (e *Error) Is(target error) bool {
-	switch target {
-	case ErrUnauthorized:
-		return e.StatusCode == http.StatusUnauthorized
-	case ErrForbidden:
-		return e.StatusCode == http.StatusForbidden
-	case ErrNotFound:
-		return e.StatusCode == http.StatusNotFound
-	case ErrRateLimited:
-		return e.StatusCode == http.StatusTooManyRequests
-	}
-	return false
-}
-
-// Client holds the token caches of one set of client credentials.
+// Client holds one set of client credentials and the tokens fetched with
+// them, one per scope set. It is safe for concurrent use.
 type Client struct {
-	opts       Options
+	apiURL      string
+	timeout     time.Duration
+	earlyExpiry time.Duration
+	scopes      []string // default, normalised
+	logger      hclog.Logger
+	transport   http.RoundTripper
+	redact      redactor
+	credentials credentials
+
+	// httpClient sends API calls; oauthCtx carries tokenHTTPClient into
+	// oauth2, whose token sources keep the context they were created with.
 	httpClient *http.Client
-	// oauthCtx carries the retrying HTTP client into oauth2, whose token
-	// sources keep the context they were created with.
-	oauthCtx context.Context
-	logger   hclog.Logger
+	oauthCtx   context.Context
 
 	mu      sync.Mutex
-	sources map[string]oauth2.TokenSource // by sorted, space-joined scopes
+	sources map[string]oauth2.TokenSource // by normalised scope set
+
+	warnedShortLifetime atomic.Bool // the warning would repeat on every request
 }
 
-// New returns a Client; it makes no request.
+// New returns a Client. It checks the options but makes no request.
 func New(o Options) (*Client, error) {
 	if o.ClientID == "" || o.ClientSecret == "" {
-		return nil, errors.New("altruistiq: client id and secret are required")
+		return nil, errors.New("altruistiq: client id and client secret are required")
 	}
-	for what, raw := range map[string]string{"token URL": o.TokenURL, "API URL": o.APIURL} {
-		if u, err := url.Parse(raw); err != nil || u.Host == "" {
-			return nil, fmt.Errorf("altruistiq: %s %q is not an absolute URL", what, raw)
-		}
+	if err := checkURL("token URL", o.TokenURL); err != nil {
+		return nil, err
 	}
+	if err := checkURL("API URL", o.APIURL); err != nil {
+		return nil, err
+	}
+	authStyle := oauth2.AuthStyleInParams
 	switch o.AuthStyle {
-	case "":
-		o.AuthStyle = AuthStyleParams
-	case AuthStyleParams, AuthStyleHeader:
+	case "", AuthStyleParams:
+	case AuthStyleHeader:
+		authStyle = oauth2.AuthStyleInHeader
 	default:
 		return nil, fmt.Errorf("altruistiq: auth style %q is not %q or %q", o.AuthStyle, AuthStyleParams, AuthStyleHeader)
+	}
+	if o.MaxRetries < 0 {
+		return nil, fmt.Errorf("altruistiq: max retries must not be negative, got %d", o.MaxRetries)
+	}
+	if o.RateLimit < 0 || math.IsNaN(o.RateLimit) || math.IsInf(o.RateLimit, 0) {
+		return nil, fmt.Errorf("altruistiq: rate limit must be a non-negative number, got %v", o.RateLimit)
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = defaultTimeout
@@ -147,164 +142,277 @@ func New(o Options) (*Client, error) {
 	if o.Transport == nil {
 		o.Transport = cleanhttp.DefaultPooledTransport()
 	}
+
+	logger := o.Logger
+	gate := upstream.NewGate(o.RateLimit)
 	retrying := &retryablehttp.Client{
 		HTTPClient: &http.Client{
-			Transport: &upstream.Transport{Base: o.Transport, Gate: upstream.NewGate(o.RateLimit)},
-			Timeout:   o.Timeout,
+			// No http.Client.Timeout: it would also run while a request
+			// queues at the rate limiter. attemptTransport starts the clock
+			// after it.
+			Transport:     &attemptTransport{base: o.Transport, gate: gate, timeout: o.Timeout},
+			CheckRedirect: noRedirects,
 		},
-		RetryWaitMin: 100 * time.Millisecond,
-		RetryWaitMax: 10 * time.Second,
+		RetryWaitMin: retryWaitMin,
+		RetryWaitMax: retryWaitMax,
 		RetryMax:     o.MaxRetries,
-		CheckRetry:   retryablehttp.DefaultRetryPolicy,
-		Backoff:      retryablehttp.DefaultBackoff,
+		CheckRetry:   retryPolicy,
+		Backoff:      backoff,
 		ErrorHandler: retryablehttp.PassthroughErrorHandler,
+		RequestLogHook: func(_ retryablehttp.Logger, req *http.Request, attempt int) {
+			if attempt > 0 {
+				logger.Debug("retrying request", "method", req.Method, "path", req.URL.Path, "attempt", attempt+1)
+			}
+		},
 	}
-	httpClient := retrying.StandardClient()
+	paced := &rateLimitTransport{
+		next:   &retryablehttp.RoundTripper{Client: retrying},
+		gate:   gate,
+		budget: rateLimitBudget,
+		logger: logger,
+	}
+	tokenHTTPClient := &http.Client{Transport: tokenResponseCheck{next: paced}, CheckRedirect: noRedirects}
+
+	secrets := []string{o.ClientSecret}
+	if len(o.ClientID) >= minRedactedIDLength {
+		secrets = append(secrets, o.ClientID)
+	}
 	return &Client{
-		opts:       o,
-		httpClient: httpClient,
-		oauthCtx:   context.WithValue(context.Background(), oauth2.HTTPClient, httpClient),
-		logger:     o.Logger,
+		apiURL:      strings.TrimRight(o.APIURL, "/"),
+		timeout:     o.Timeout,
+		earlyExpiry: o.EarlyExpiry,
+		scopes:      normaliseScopes(o.Scopes),
+		logger:      logger,
+		transport:   o.Transport,
+		redact:      newRedactor(secrets...),
+		credentials: credentials{
+			clientID:     o.ClientID,
+			clientSecret: o.ClientSecret,
+			tokenURL:     o.TokenURL,
+			authStyle:    authStyle,
+		},
+		httpClient: &http.Client{Transport: paced, CheckRedirect: noRedirects},
+		oauthCtx:   context.WithValue(context.Background(), oauth2.HTTPClient, tokenHTTPClient),
 		sources:    map[string]oauth2.TokenSource{},
 	}, nil
 }
 
-// Close releases idle connections.
+// checkURL checks that raw is an absolute http(s) URL. Whether plain http
+// is acceptable is the caller's policy.
+func checkURL(what, raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") || u.Fragment != "" {
+		return fmt.Errorf("altruistiq: %s %q is not an absolute http(s) URL", what, raw)
+	}
+	return nil
+}
+
+// Close releases idle connections. Requests in flight are left to finish.
 func (c *Client) Close() {
-	if t, ok := c.opts.Transport.(interface{ CloseIdleConnections() }); ok {
+	if t, ok := c.transport.(interface{ CloseIdleConnections() }); ok {
 		t.CloseIdleConnections()
 	}
 }
 
-// Token returns the shared access token for a scope set (empty: the
+// Token returns a shared access token for the scope set (nil or empty: the
 // default scopes). A token is reused until EarlyExpiry before it expires,
-// and concurrent callers wait for one upstream fetch.
+// and concurrent callers share one upstream fetch. When ctx ends first,
+// Token returns its error; the fetch goes on and its token is cached.
 func (c *Client) Token(ctx context.Context, scopes []string) (Token, error) {
-	src := c.source(scopes)
+	return c.await(ctx, c.source(scopes).Token)
+}
+
+// Verify proves the client credentials work: it always fetches a new token
+// for the default scopes (a cached one would prove nothing about the
+// current secret) and caches it.
+func (c *Client) Verify(ctx context.Context) error {
+	key, scopes := c.scopeSet(nil)
+	f := c.newFetcher(scopes)
+	_, err := c.await(ctx, func() (*oauth2.Token, error) {
+		tok, err := f.Token()
+		if err == nil {
+			src := oauth2.ReuseTokenSourceWithExpiry(tok, f, c.earlyExpiry)
+			c.mu.Lock()
+			c.sources[key] = src
+			c.mu.Unlock()
+		}
+		return tok, err
+	})
+	return err
+}
+
+// CheckToken proves an access token works against the public API with one
+// cheap call, GET {APIURL}/organization/.
+func (c *Client) CheckToken(ctx context.Context, accessToken string) error {
+	if accessToken == "" {
+		return fmt.Errorf("altruistiq: %s: empty access token", opCheckToken)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.apiURL+"/organization/", nil)
+	if err != nil {
+		return fmt.Errorf("altruistiq: %s: %w", opCheckToken, err)
+	}
+	req.Header.Set("Authorization", "Bearer "+accessToken)
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.httpClient.Do(req)
+	if err != nil {
+		if ctx.Err() == nil && !errors.Is(err, errLimiterDeadline) && isTimeout(err) {
+			return fmt.Errorf("altruistiq: %s: no answer within the request timeout (%s): %w", opCheckToken, c.timeout, err)
+		}
+		return fmt.Errorf("altruistiq: %s: %w", opCheckToken, err)
+	}
+	defer drain(resp)
+	if resp.StatusCode >= 200 && resp.StatusCode <= 299 {
+		return nil
+	}
+	// A partial body still yields its status.
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	redact := append(redactor{accessToken}, c.redact...)
+	return &Error{Op: opCheckToken, StatusCode: resp.StatusCode, Message: redact.message(body)}
+}
+
+// await runs fetch, which may outlive ctx: oauth2 token sources keep the
+// context they were created with, and a fetch shared with other callers
+// must not fail because one of them gave up.
+func (c *Client) await(ctx context.Context, fetch func() (*oauth2.Token, error)) (Token, error) {
+	if err := ctx.Err(); err != nil {
+		return Token{}, fmt.Errorf("altruistiq: %s: %w", opToken, err)
+	}
 	type result struct {
 		tok *oauth2.Token
 		err error
 	}
 	done := make(chan result, 1)
 	go func() {
-		tok, err := src.Token()
+		tok, err := fetch()
 		done <- result{tok, err}
 	}()
 	select {
 	case <-ctx.Done():
-		return Token{}, fmt.Errorf("altruistiq: token: %w", ctx.Err())
+		return Token{}, fmt.Errorf("altruistiq: %s: %w", opToken, ctx.Err())
 	case r := <-done:
 		if r.err != nil {
-			return Token{}, tokenError(r.err)
+			return Token{}, c.tokenError(r.err)
 		}
-		tokenType := r.tok.TokenType
-		if tokenType == "" || strings.EqualFold(tokenType, "bearer") {
-			tokenType = "Bearer"
-		}
-		return Token{AccessToken: r.tok.AccessToken, TokenType: tokenType, Expiry: r.tok.Expiry}, nil
+		return Token{AccessToken: r.tok.AccessToken, TokenType: r.tok.Type(), Expiry: r.tok.Expiry}, nil
 	}
 }
 
-// Verify proves the client credentials work by fetching a token for the
-// default scopes.
-func (c *Client) Verify(ctx context.Context) error {
-	_, err := c.Token(ctx, nil)
-	return err
-}
-
-// CheckToken proves an access token works against the public API.
-func (c *Client) CheckToken(ctx context.Context, accessToken string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(c.opts.APIURL, "/")+"/organization/", nil)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+accessToken)
-	req.Header.Set("Accept", "application/json")
-	resp, err := c.httpClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("altruistiq: check token: %w", err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return &Error{Op: "check token", StatusCode: resp.StatusCode, Message: messageOf(body, resp.StatusCode)}
-	}
-	return nil
-}
-
+// source returns the cached token source of a scope set.
 func (c *Client) source(scopes []string) oauth2.TokenSource {
-	if len(scopes) == 0 {
-		scopes = c.opts.Scopes
-	}
-	sorted := append([]string(nil), scopes...)
-	sort.Strings(sorted)
-	key := strings.Join(sorted, " ")
-
+	key, normalised := c.scopeSet(scopes)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if src, ok := c.sources[key]; ok {
 		return src
 	}
-	style := oauth2.AuthStyleInParams
-	if c.opts.AuthStyle == AuthStyleHeader {
-		style = oauth2.AuthStyleInHeader
-	}
-	cfg := &clientcredentials.Config{
-		ClientID:     c.opts.ClientID,
-		ClientSecret: c.opts.ClientSecret,
-		TokenURL:     c.opts.TokenURL,
-		Scopes:       sorted,
-		AuthStyle:    style,
-	}
-	src := oauth2.ReuseTokenSourceWithExpiry(nil, boundedLifetime{cfg.TokenSource(c.oauthCtx)}, c.opts.EarlyExpiry)
+	src := oauth2.ReuseTokenSourceWithExpiry(nil, c.newFetcher(normalised), c.earlyExpiry)
 	c.sources[key] = src
 	return src
 }
 
-// boundedLifetime gives tokens without expires_in a finite lifetime.
-type boundedLifetime struct{ src oauth2.TokenSource }
-
-func (b boundedLifetime) Token() (*oauth2.Token, error) {
-	tok, err := b.src.Token()
-	if err == nil && tok.Expiry.IsZero() {
-		tok.Expiry = time.Now().Add(defaultLifetime)
+// scopeSet normalises scopes, falling back to the default ones, and
+// returns the cache key of the set.
+func (c *Client) scopeSet(scopes []string) (string, []string) {
+	normalised := normaliseScopes(scopes)
+	if len(normalised) == 0 {
+		normalised = c.scopes
 	}
-	return tok, err
+	return strings.Join(normalised, " "), normalised
 }
 
-// tokenError maps oauth2's errors to *Error without echoing bodies.
-func tokenError(err error) error {
-	var re *oauth2.RetrieveError
-	if errors.As(err, &re) && re.Response != nil {
-		msg := messageOf(re.Body, re.Response.StatusCode)
-		if re.ErrorDescription != "" {
-			msg = upstream.CleanMessage(re.ErrorDescription)
-		}
-		return &Error{Op: "token", StatusCode: re.Response.StatusCode, Message: msg}
+// normaliseScopes sorts and deduplicates scopes, so that the same set in
+// another order shares a token. A space-separated entry is several scopes,
+// as on the wire.
+func normaliseScopes(scopes []string) []string {
+	var out []string
+	for _, s := range scopes {
+		out = append(out, strings.Fields(s)...)
 	}
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		return fmt.Errorf("altruistiq: token: %w", err)
-	}
-	// oauth2 reports unparsable or incomplete token answers as plain errors.
-	return &Error{Op: "token", Message: "invalid token response from the token endpoint"}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
-// messageOf extracts the message of an error body: Altruistiq answers
-// {"status": "Unauthorized"}, RFC 6749 endpoints {error, error_description}.
-func messageOf(body []byte, status int) string {
-	var payload struct {
-		Status           string `json:"status"`
-		Message          string `json:"message"`
-		Error            string `json:"error"`
-		ErrorDescription string `json:"error_description"`
+// credentials are what every token request of the client sends.
+type credentials struct {
+	clientID, clientSecret, tokenURL string
+	authStyle                        oauth2.AuthStyle
+}
+
+func (c *Client) newFetcher(scopes []string) *fetcher {
+	config := &clientcredentials.Config{
+		ClientID:     c.credentials.clientID,
+		ClientSecret: c.credentials.clientSecret,
+		TokenURL:     c.credentials.tokenURL,
+		Scopes:       scopes,
+		AuthStyle:    c.credentials.authStyle,
 	}
-	if json.Unmarshal(body, &payload) == nil {
-		for _, m := range []string{payload.ErrorDescription, payload.Message, payload.Error, payload.Status} {
-			if m = upstream.CleanMessage(m); m != "" {
-				return m
-			}
+	return &fetcher{config: config, ctx: c.oauthCtx, earlyExpiry: c.earlyExpiry, logger: c.logger, warned: &c.warnedShortLifetime}
+}
+
+// fetcher fetches a new token on every call; the caching is
+// oauth2.ReuseTokenSourceWithExpiry's around it. (clientcredentials'
+// own TokenSource would add a second cache with oauth2's fixed 10s early
+// expiry, handing back tokens the outer cache already considers expired.)
+type fetcher struct {
+	config      *clientcredentials.Config
+	ctx         context.Context
+	earlyExpiry time.Duration
+	logger      hclog.Logger
+	warned      *atomic.Bool
+}
+
+func (f *fetcher) Token() (*oauth2.Token, error) {
+	start := time.Now()
+	tok, err := f.config.Token(f.ctx)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case tok.ExpiresIn > 0:
+		// Counted from the request, not from oauth2's parsing of the
+		// answer, so that the expiry is never later than the upstream's.
+		tok.Expiry = start.Add(time.Duration(tok.ExpiresIn) * time.Second)
+	case tok.Expiry.IsZero():
+		tok.Expiry = start.Add(defaultLifetime)
+	}
+	if !tok.Expiry.After(time.Now()) {
+		return nil, &Error{Op: opToken, StatusCode: http.StatusOK, Message: "invalid token response: the token has already expired"}
+	}
+	lifetime := tok.Expiry.Sub(start).Round(time.Second)
+	if lifetime <= f.earlyExpiry && f.warned.CompareAndSwap(false, true) {
+		f.logger.Warn("token lifetime is not longer than the early expiry; every request will fetch a new token",
+			"lifetime", lifetime, "early_expiry", f.earlyExpiry)
+	}
+	f.logger.Debug("fetched access token", "scopes", strings.Join(f.config.Scopes, " "), "lifetime", lifetime)
+	return tok, nil
+}
+
+// tokenError maps what a token fetch returns to an error that carries the
+// upstream's status and message, and never a body, secret or token.
+func (c *Client) tokenError(err error) error {
+	var aqErr *Error
+	if errors.As(err, &aqErr) {
+		return aqErr
+	}
+	var retrieveErr *oauth2.RetrieveError
+	if errors.As(err, &retrieveErr) && retrieveErr.Response != nil {
+		msg := c.redact.message(retrieveErr.Body)
+		if msg == "" {
+			// Form-encoded error answers are parsed by oauth2 only.
+			msg = c.redact.clean(firstNonEmpty(retrieveErr.ErrorDescription, retrieveErr.ErrorCode))
 		}
+		return &Error{Op: opToken, StatusCode: retrieveErr.Response.StatusCode, Message: msg}
 	}
-	return http.StatusText(status)
+	var urlErr *url.Error
+	if errors.As(err, &urlErr) {
+		// Token fetches run without the caller's deadline, so a timeout
+		// here is the upstream's.
+		if isTimeout(err) {
+			return fmt.Errorf("altruistiq: %s: no answer within the request timeout (%s): %w", opToken, c.timeout, err)
+		}
+		return fmt.Errorf("altruistiq: %s: %w", opToken, err)
+	}
+	// What is left are oauth2's parse errors, which quote the body.
+	c.logger.Debug("unusable token response")
+	return &Error{Op: opToken, StatusCode: http.StatusOK, Message: "invalid token response"}
 }

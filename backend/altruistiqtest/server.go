@@ -1,15 +1,18 @@
 // Package altruistiqtest is an in-process fake of Altruistiq's OAuth token
 // endpoint and public API, in the spirit of net/http/httptest, with switches
-// for latency, 5xx and garbage JSON. It listens on 127.0.0.1 only.
+// for latency, 5xx, 429 and garbage JSON. It listens on 127.0.0.1 only.
 package altruistiqtest
 
 import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	mrand "math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -29,7 +32,7 @@ type Server struct {
 	clientID     string
 	clientSecret string
 	lifetime     time.Duration
-	tokens       map[string]time.Time // access token -> expiry
+	tokens       map[string]time.Time // access token -> expiry; zero: never
 	tokenCalls   int
 	tokensIssued int
 	lastScopes   []string
@@ -41,18 +44,28 @@ type Server struct {
 	garbage     bool
 }
 
-// NewServer starts a fake that accepts one client.
+// NewServer starts a fake that accepts one client. It panics when it cannot
+// listen, as httptest does.
 func NewServer(clientID, clientSecret string) *Server {
 	s := &Server{clientID: clientID, clientSecret: clientSecret, lifetime: time.Hour, tokens: map[string]time.Time{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc(tokenPath, func(w http.ResponseWriter, r *http.Request) { s.serveToken(w, r, false) })
 	mux.HandleFunc(pactTokenPath, func(w http.ResponseWriter, r *http.Request) { s.serveToken(w, r, true) })
 	mux.HandleFunc(apiPrefix+"/organization/", s.serveOrganization)
-	s.srv = httptest.NewServer(mux)
+	// Not httptest.NewServer: it may fall back to [::1] or obey the
+	// -httptest.serve flag; the fake promises 127.0.0.1.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(fmt.Sprintf("altruistiqtest: listening on 127.0.0.1: %v", err))
+	}
+	s.srv = httptest.NewUnstartedServer(mux)
+	_ = s.srv.Listener.Close()
+	s.srv.Listener = l
+	s.srv.Start()
 	return s
 }
 
-// Close stops the fake.
+// Close stops the fake and waits for its requests to finish.
 func (s *Server) Close() { s.srv.Close() }
 
 // URL is the fake's base URL.
@@ -67,8 +80,12 @@ func (s *Server) PACTTokenURL() string { return s.srv.URL + pactTokenPath }
 // APIURL is the base of the public API.
 func (s *Server) APIURL() string { return s.srv.URL + apiPrefix }
 
-// SetTokenLifetime sets expires_in of new tokens.
-func (s *Server) SetTokenLifetime(d time.Duration) { s.with(func() { s.lifetime = d }) }
+// SetTokenLifetime sets the lifetime of new tokens, in whole seconds, as
+// their expires_in. Under a second, tokens never expire and come without
+// expires_in.
+func (s *Server) SetTokenLifetime(d time.Duration) {
+	s.with(func() { s.lifetime = d.Truncate(time.Second) })
+}
 
 // SetLatency delays every token request.
 func (s *Server) SetLatency(d time.Duration) { s.with(func() { s.latency = d }) }
@@ -76,7 +93,8 @@ func (s *Server) SetLatency(d time.Duration) { s.with(func() { s.latency = d }) 
 // SetFailureRate answers this fraction of token requests with 503.
 func (s *Server) SetFailureRate(p float64) { s.with(func() { s.failureRate = p }) }
 
-// FailNext answers the next n token requests with status.
+// FailNext answers the next n token requests with status; a 429 carries
+// Retry-After: 1.
 func (s *Server) FailNext(n, status int) { s.with(func() { s.failNext, s.failStatus = n, status }) }
 
 // SetGarbage makes token answers invalid JSON.
@@ -104,7 +122,7 @@ func (s *Server) ValidToken(token string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	exp, ok := s.tokens[token]
-	return ok && time.Now().Before(exp)
+	return ok && (exp.IsZero() || time.Now().Before(exp))
 }
 
 // LastScopes are the scopes of the last successful token request.
@@ -134,6 +152,9 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, basicOnly bo
 	}
 	s.mu.Unlock()
 
+	// Reading the body first lets the server notice a client that gives up
+	// during the latency below: it watches the connection only after that.
+	formErr := r.ParseForm()
 	if latency > 0 {
 		select {
 		case <-time.After(latency):
@@ -142,6 +163,9 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, basicOnly bo
 		}
 	}
 	if fault != 0 {
+		if fault == http.StatusTooManyRequests {
+			w.Header().Set("Retry-After", "1")
+		}
 		writeJSON(w, fault, map[string]string{"status": http.StatusText(fault)})
 		return
 	}
@@ -149,7 +173,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, basicOnly bo
 		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"status": "Method Not Allowed"})
 		return
 	}
-	if err := r.ParseForm(); err != nil {
+	if formErr != nil {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_request"})
 		return
 	}
@@ -157,16 +181,18 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, basicOnly bo
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "unsupported_grant_type"})
 		return
 	}
-	id, secret, basic := r.BasicAuth()
-	if !basicOnly {
+	var id, secret string
+	if basicOnly {
+		id, secret = basicCredentials(r)
+	} else {
 		// The documented endpoint reads credentials from the body only.
-		id, secret, basic = r.PostForm.Get("client_id"), r.PostForm.Get("client_secret"), false
+		id, secret = r.PostForm.Get("client_id"), r.PostForm.Get("client_secret")
 	}
 	s.mu.Lock()
-	ok := id == s.clientID && secret == s.clientSecret && (basic || !basicOnly)
+	ok := id != "" && id == s.clientID && secret == s.clientSecret
 	lifetime := s.lifetime
 	s.mu.Unlock()
-	if !ok || id == "" {
+	if !ok {
 		writeJSON(w, http.StatusUnauthorized, map[string]string{"status": "Unauthorized"})
 		return
 	}
@@ -179,18 +205,38 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, basicOnly bo
 
 	token := randomToken()
 	scopes := strings.Fields(r.PostForm.Get("scope"))
+	answer := map[string]any{
+		"access_token": token,
+		"token_type":   "Bearer",
+		"scope":        strings.Join(scopes, " "),
+		"issued_at":    time.Now().Unix(), // a field clients do not know
+	}
+	var expiry time.Time
+	if lifetime > 0 {
+		expiry = time.Now().Add(lifetime)
+		answer["expires_in"] = int(lifetime / time.Second)
+	}
 	s.mu.Lock()
-	s.tokens[token] = time.Now().Add(lifetime)
+	s.tokens[token] = expiry
 	s.tokensIssued++
 	s.lastScopes = scopes
 	s.mu.Unlock()
-	writeJSON(w, http.StatusOK, map[string]any{
-		"access_token": token,
-		"token_type":   "Bearer",
-		"expires_in":   int(lifetime.Seconds()),
-		"scope":        strings.Join(scopes, " "),
-		"issued_at":    time.Now().Unix(),
-	})
+	writeJSON(w, http.StatusOK, answer)
+}
+
+// basicCredentials reads HTTP Basic credentials, which RFC 6749 §2.3.1 has
+// clients form-encode before base64.
+func basicCredentials(r *http.Request) (id, secret string) {
+	rawID, rawSecret, ok := r.BasicAuth()
+	if !ok {
+		return "", ""
+	}
+	id, err1 := url.QueryUnescape(rawID)
+	secret, err2 := url.QueryUnescape(rawSecret)
+	if err1 != nil || err2 != nil {
+		return "", ""
+	}
+	return id, secret
 }
 
 func (s *Server) serveOrganization(w http.ResponseWriter, r *http.Request) {
