@@ -63,6 +63,10 @@ type backend struct {
 	mountMax     time.Duration
 	mountMaxRead time.Time
 
+	// clock is the engine's time: key names, expiries, schedules and tidy
+	// ages. Tests replace it to run hours of TTL in milliseconds.
+	clock func() time.Time
+
 	// roles caches dynamic roles for issuance; dropped on write, delete
 	// and Invalidate.
 	rolesLock sync.RWMutex
@@ -99,6 +103,7 @@ func newBackend() *backend {
 		spentWAL:       make(chan spentWALEntry, spentWALQueueSize),
 		stopBackground: make(chan struct{}),
 		roleLocks:      locksutil.CreateLocks(),
+		clock:          time.Now,
 	}
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
@@ -114,7 +119,7 @@ func newBackend() *backend {
 			pathConfig(b),
 			pathRoles(b),
 			pathCreds(b),
-			pathInventory(b),
+			pathKeys(b),
 			pathTidy(b),
 			pathStaticRoles(b),
 			pathRotateRole(b),
@@ -133,6 +138,8 @@ func newBackend() *backend {
 	}
 	return b
 }
+
+func (b *backend) now() time.Time { return b.clock() }
 
 // invalidate drops cached state that another node (or a replicated write)
 // has changed underneath this one.

@@ -13,7 +13,8 @@ import (
 // connection is the live form of a config/:name entry: the parsed
 // configuration and the upstream client built from it. It is cached on the
 // backend so that issuance does not re-read storage or rebuild HTTP clients,
-// rate limiters and token caches on every request.
+// rate limiters and token caches on every request. Exactly one client is set,
+// the one of config.Provider.
 type connection struct {
 	config     *connectionConfig
 	climatiq   *climatiq.Client
@@ -99,6 +100,36 @@ func (b *backend) connection(ctx context.Context, s logical.Storage, name string
 	}
 	b.connections[name] = c
 	return c, nil
+}
+
+// connectionError says why config/:name cannot serve a Climatiq call. Path
+// handlers answer it with a 400 where the caller named the connection.
+type connectionError struct {
+	name    string
+	missing bool
+}
+
+func (e *connectionError) Error() string {
+	if e.missing {
+		return fmt.Sprintf("connection %q does not exist", e.name)
+	}
+	return fmt.Sprintf("connection %q is not a climatiq connection", e.name)
+}
+
+// climatiqClient is the one way to the Climatiq client of config/:name. It
+// fails with a *connectionError when the connection is missing or belongs
+// to another provider.
+func (b *backend) climatiqClient(ctx context.Context, s logical.Storage, name string) (*climatiq.Client, error) {
+	conn, err := b.connection(ctx, s, name)
+	switch {
+	case err != nil:
+		return nil, err
+	case conn == nil:
+		return nil, &connectionError{name: name, missing: true}
+	case conn.climatiq == nil:
+		return nil, &connectionError{name: name}
+	}
+	return conn.climatiq, nil
 }
 
 // resetConnection drops a cached connection, and with it its HTTP

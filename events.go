@@ -34,10 +34,10 @@ type pendingEvent struct {
 	metadata []string
 }
 
-// observe records one lifecycle step: a structured log line, and a Vault
+// logAndEmit records one lifecycle step: a structured log line, and a Vault
 // event sent off the request path (each send is a round trip to Vault).
 // metadata is alternating names and values, all ids and names.
-func (b *backend) observe(_ context.Context, event string, metadata ...string) {
+func (b *backend) logAndEmit(event string, metadata ...string) {
 	args := make([]any, len(metadata))
 	for i, m := range metadata {
 		args[i] = m

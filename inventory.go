@@ -3,7 +3,6 @@ package carbon
 import (
 	"context"
 	"net/url"
-	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
 )
@@ -15,25 +14,7 @@ import (
 // List of a short prefix, and the name, unlike the id, is known before the
 // key is created, so a WAL entry can be checked against the inventory
 // without asking the upstream.
-const (
-	inventoryStoragePrefix = "inventory/"
-
-	keyKindDynamic = "dynamic"
-	keyKindStatic  = "static"
-)
-
-// inventoryEntry describes one owned key; never its value.
-type inventoryEntry struct {
-	KeyID           string    `json:"key_id"`
-	KeyName         string    `json:"key_name"`
-	ProjectID       string    `json:"project_id"`
-	ProjectPerLease bool      `json:"project_per_lease,omitempty"`
-	Config          string    `json:"config"`
-	Role            string    `json:"role"`
-	Kind            string    `json:"kind"`
-	Created         time.Time `json:"created"`
-	Expires         time.Time `json:"expires"`
-}
+const inventoryStoragePrefix = "inventory/"
 
 func inventoryRolePrefix(kind, role string) string {
 	return inventoryStoragePrefix + kind + "/" + role + "/"
@@ -45,16 +26,16 @@ func inventoryPath(kind, role, keyName string) string {
 	return inventoryRolePrefix(kind, role) + url.PathEscape(keyName)
 }
 
-func putInventory(ctx context.Context, s logical.Storage, e *inventoryEntry) error {
-	return putEntry(ctx, s, inventoryPath(e.Kind, e.Role, e.KeyName), e)
+func putInventory(ctx context.Context, s logical.Storage, k *ownedKey) error {
+	return putEntry(ctx, s, inventoryPath(k.kind(), k.Role, k.KeyName), k)
 }
 
-func getInventory(ctx context.Context, s logical.Storage, kind, role, keyName string) (*inventoryEntry, error) {
-	return getEntry[inventoryEntry](ctx, s, inventoryPath(kind, role, keyName))
+func getInventory(ctx context.Context, s logical.Storage, kind, role, keyName string) (*ownedKey, error) {
+	return getEntry[ownedKey](ctx, s, inventoryPath(kind, role, keyName))
 }
 
-func deleteInventory(ctx context.Context, s logical.Storage, kind, role, keyName string) error {
-	return s.Delete(ctx, inventoryPath(kind, role, keyName))
+func deleteInventory(ctx context.Context, s logical.Storage, k *ownedKey) error {
+	return s.Delete(ctx, inventoryPath(k.kind(), k.Role, k.KeyName))
 }
 
 // countInventory returns how many live keys a role owns.
@@ -64,7 +45,7 @@ func countInventory(ctx context.Context, s logical.Storage, kind, role string) (
 }
 
 // walkInventory calls fn for every inventory entry.
-func walkInventory(ctx context.Context, s logical.Storage, fn func(*inventoryEntry) error) error {
+func walkInventory(ctx context.Context, s logical.Storage, fn func(*ownedKey) error) error {
 	kinds, err := s.List(ctx, inventoryStoragePrefix)
 	if err != nil {
 		return err
@@ -75,19 +56,19 @@ func walkInventory(ctx context.Context, s logical.Storage, fn func(*inventoryEnt
 			return err
 		}
 		for _, role := range roles {
-			ids, err := s.List(ctx, inventoryStoragePrefix+kind+role)
+			names, err := s.List(ctx, inventoryStoragePrefix+kind+role)
 			if err != nil {
 				return err
 			}
-			for _, id := range ids {
-				e, err := getEntry[inventoryEntry](ctx, s, inventoryStoragePrefix+kind+role+id)
+			for _, name := range names {
+				k, err := getEntry[ownedKey](ctx, s, inventoryStoragePrefix+kind+role+name)
 				if err != nil {
 					return err
 				}
-				if e == nil {
+				if k == nil {
 					continue
 				}
-				if err := fn(e); err != nil {
+				if err := fn(k); err != nil {
 					return err
 				}
 			}
@@ -100,8 +81,8 @@ func walkInventory(ctx context.Context, s logical.Storage, fn func(*inventoryEnt
 // connection.
 func inventoryCountForConfig(ctx context.Context, s logical.Storage, config string) (int, error) {
 	n := 0
-	err := walkInventory(ctx, s, func(e *inventoryEntry) error {
-		if e.Config == config {
+	err := walkInventory(ctx, s, func(k *ownedKey) error {
+		if k.Config == config {
 			n++
 		}
 		return nil

@@ -304,11 +304,11 @@ func (role *roleEntry) update(d *framework.FieldData, provider string, sys logic
 // checkProjectExists catches a mistyped project_id at write time rather than
 // at the first issuance.
 func (b *backend) checkProjectExists(ctx context.Context, s logical.Storage, role *roleEntry) *logical.Response {
-	conn, err := b.connection(ctx, s, role.Config)
+	client, err := b.climatiqClient(ctx, s, role.Config)
 	if err != nil {
 		return logical.ErrorResponse("config: %s", err)
 	}
-	projects, err := conn.climatiq.ListProjects(ctx)
+	projects, err := client.ListProjects(ctx)
 	if err != nil {
 		return logical.ErrorResponse("project_id: could not confirm project %q: %s", role.ProjectID, err)
 	}

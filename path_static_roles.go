@@ -10,6 +10,8 @@ import (
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/hashicorp/vault/sdk/rotation"
+
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiq"
 )
 
 const (
@@ -221,18 +223,18 @@ func (b *backend) pathStaticRoleWrite(ctx context.Context, req *logical.Request,
 	if create {
 		role = &staticRole{DeleteKeyOnRemove: true}
 	}
-	if err := role.update(d, create); err != nil {
+	if err := role.update(d, create, b.now()); err != nil {
 		return errorResponse(err)
 	}
-	conn, err := b.connection(ctx, req.Storage, role.Config)
+	client, err := b.climatiqClient(ctx, req.Storage, role.Config)
+	if ce, ok := err.(*connectionError); ok {
+		if ce.missing {
+			return logical.ErrorResponse("config: %s; create it first with a write to config/%s", ce, role.Config), nil
+		}
+		return logical.ErrorResponse("config: %s; static roles hold Climatiq keys", ce), nil
+	}
 	if err != nil {
 		return nil, err
-	}
-	if conn == nil {
-		return logical.ErrorResponse("config: connection %q does not exist; create it first with a write to config/%s", role.Config, role.Config), nil
-	}
-	if conn.climatiq == nil {
-		return logical.ErrorResponse("config: connection %q is not a climatiq connection; static roles hold Climatiq keys", role.Config), nil
 	}
 
 	if !create {
@@ -245,10 +247,10 @@ func (b *backend) pathStaticRoleWrite(ctx context.Context, req *logical.Request,
 	}
 
 	if keyID, ok := d.GetOk("key_id"); ok && keyID.(string) != "" {
-		if resp, err := b.adoptKey(ctx, req.Storage, name, role, keyID.(string)); resp != nil || err != nil {
+		if resp, err := b.adoptKey(ctx, req.Storage, name, role, client, keyID.(string)); resp != nil || err != nil {
 			return resp, err
 		}
-	} else if err := b.replaceStaticKey(ctx, req.Storage, name, role, conn); err != nil {
+	} else if err := b.replaceStaticKey(ctx, req.Storage, name, role, client); err != nil {
 		return nil, err
 	}
 	b.scheduleStaticRole(name, role)
@@ -256,7 +258,7 @@ func (b *backend) pathStaticRoleWrite(ctx context.Context, req *logical.Request,
 }
 
 // update applies the request's fields and validates them.
-func (role *staticRole) update(d *framework.FieldData, create bool) error {
+func (role *staticRole) update(d *framework.FieldData, create bool, now time.Time) error {
 	for _, field := range []string{"config", "project_id", "key_id"} {
 		if v, ok := d.GetOk(field); ok && !create {
 			current := map[string]string{"config": role.Config, "project_id": role.ProjectID, "key_id": role.KeyID}[field]
@@ -308,7 +310,7 @@ func (role *staticRole) update(d *framework.FieldData, create bool) error {
 			return invalidField("rotation_window", "%s", err)
 		}
 	}
-	if interval := role.rotationInterval(time.Now()); interval > 0 && role.OverlapPeriod >= interval {
+	if interval := role.rotationInterval(now); interval > 0 && role.OverlapPeriod >= interval {
 		return invalidField("overlap_period", "(%s) must be shorter than the time between rotations (%s)", role.OverlapPeriod, interval)
 	}
 	return nil
@@ -327,12 +329,8 @@ func rotationFieldOf(err error) string {
 
 // adoptKey makes an existing upstream key the role's key. The key's value
 // comes from the project's key list.
-func (b *backend) adoptKey(ctx context.Context, s logical.Storage, name string, role *staticRole, keyID string) (*logical.Response, error) {
-	conn, err := b.connection(ctx, s, role.Config)
-	if err != nil {
-		return nil, err
-	}
-	keys, err := conn.climatiq.ListKeys(ctx, role.ProjectID)
+func (b *backend) adoptKey(ctx context.Context, s logical.Storage, name string, role *staticRole, client *climatiq.Client, keyID string) (*logical.Response, error) {
+	keys, err := client.ListKeys(ctx, role.ProjectID)
 	if err != nil {
 		return logical.ErrorResponse("project_id: could not list the keys of project %q: %s", role.ProjectID, err), nil
 	}
@@ -340,11 +338,11 @@ func (b *backend) adoptKey(ctx context.Context, s logical.Storage, name string, 
 		if k.ID != keyID {
 			continue
 		}
-		now := time.Now()
+		now := b.now()
 		role.KeyID, role.KeyName, role.KeyValue = k.ID, k.Name, k.Key
 		role.LastRotated = now
 		role.NextRotation = role.nextRotationAfter(now)
-		if err := putInventory(ctx, s, role.inventoryEntry(name, k.ID, k.Name, now)); err != nil {
+		if err := putInventory(ctx, s, role.ownedKey(name, k.ID, k.Name, now)); err != nil {
 			return nil, err
 		}
 		return nil, putStaticRole(ctx, s, name, role)
@@ -365,28 +363,24 @@ func (b *backend) pathStaticRoleDelete(ctx context.Context, req *logical.Request
 	if err != nil || role == nil {
 		return nil, err
 	}
+	keys := role.ownedKeys(name)
 	if role.DeleteKeyOnRemove {
-		conn, err := b.connection(ctx, req.Storage, role.Config)
+		client, err := b.climatiqClient(ctx, req.Storage, role.Config)
+		if _, ok := err.(*connectionError); ok {
+			return logical.ErrorResponse("config: connection %q no longer exists, so the key cannot be deleted; recreate it, or set delete_key_on_remove=false", role.Config), nil
+		}
 		if err != nil {
 			return nil, err
 		}
-		if conn == nil || conn.climatiq == nil {
-			return logical.ErrorResponse("config: connection %q no longer exists, so the key cannot be deleted; recreate it, or set delete_key_on_remove=false", role.Config), nil
-		}
-		for _, id := range []string{role.PreviousKeyID, role.KeyID} {
-			if id == "" {
-				continue
-			}
-			if err := ignoreNotFound(conn.climatiq.DeleteKey(ctx, id)); err != nil {
+		for _, k := range keys {
+			if err := deleteUpstream(ctx, client, k); err != nil {
 				return nil, upstreamError("deleting the static role's key", err)
 			}
 		}
 	}
-	for _, keyName := range []string{role.PreviousKeyName, role.KeyName} {
-		if keyName != "" {
-			if err := deleteInventory(ctx, req.Storage, keyKindStatic, name, keyName); err != nil {
-				return nil, err
-			}
+	for _, k := range keys {
+		if err := deleteInventory(ctx, req.Storage, k); err != nil {
+			return nil, err
 		}
 	}
 	if err := req.Storage.Delete(ctx, staticRoleStoragePrefix+name); err != nil {
@@ -409,7 +403,7 @@ func (b *backend) pathStaticCredsRead(ctx context.Context, req *logical.Request,
 	if role == nil {
 		return logical.ErrorResponse("name: no static role %q; create it with a write to static-roles/%s", name, name), nil
 	}
-	now := time.Now()
+	now := b.now()
 	data := map[string]any{
 		"api_key":      role.KeyValue,
 		"key_id":       role.KeyID,
@@ -434,46 +428,21 @@ func (b *backend) pathStaticCredsRead(ctx context.Context, req *logical.Request,
 	return &logical.Response{Data: data}, nil
 }
 
-// nextScheduledRotation is when the key will next be rotated on its own,
-// or zero for manual-only roles.
-func (role *staticRole) nextScheduledRotation() time.Time {
-	if role.DisableAutomatedRotation {
-		return time.Time{}
+// ownedKeys are the role's keys, previous first.
+func (role *staticRole) ownedKeys(name string) []*ownedKey {
+	var keys []*ownedKey
+	if role.PreviousKeyID != "" {
+		keys = append(keys, role.ownedKey(name, role.PreviousKeyID, role.PreviousKeyName, time.Time{}))
 	}
-	return role.NextRotation
+	if role.KeyID != "" {
+		keys = append(keys, role.ownedKey(name, role.KeyID, role.KeyName, role.LastRotated))
+	}
+	return keys
 }
 
-// nextRotationAfter computes the next scheduled rotation after t.
-func (role *staticRole) nextRotationAfter(t time.Time) time.Time {
-	switch {
-	case role.DisableAutomatedRotation:
-		return time.Time{}
-	case role.RotationSchedule != "":
-		sched, err := rotation.DefaultScheduler.Parse(role.RotationSchedule)
-		if err != nil {
-			return time.Time{} // validated on write
-		}
-		return sched.Next(t)
-	default:
-		return t.Add(role.RotationPeriod)
-	}
-}
-
-// rotationInterval is the time between rotations: the period, or for a
-// schedule the gap between its next two times after now.
-func (role *staticRole) rotationInterval(now time.Time) time.Duration {
-	if role.RotationSchedule == "" || role.DisableAutomatedRotation {
-		return role.RotationPeriod
-	}
-	first := role.nextRotationAfter(now)
-	if first.IsZero() {
-		return 0
-	}
-	return role.nextRotationAfter(first).Sub(first)
-}
-
-func (role *staticRole) inventoryEntry(name, keyID, keyName string, created time.Time) *inventoryEntry {
-	return &inventoryEntry{
+// ownedKey describes one of the role's keys as the mount records it.
+func (role *staticRole) ownedKey(name, keyID, keyName string, created time.Time) *ownedKey {
+	return &ownedKey{
 		KeyID:     keyID,
 		KeyName:   keyName,
 		ProjectID: role.ProjectID,

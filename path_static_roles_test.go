@@ -213,7 +213,7 @@ func TestStaticRotationOrderUnderFailures(t *testing.T) {
 
 			// Whatever failed is finished by the scheduler once due.
 			if now.PreviousKeyID != "" {
-				if err := e.b.doDueWork(context.Background(), e.storage, "app", now, time.Now()); err != nil {
+				if err := e.b.endOverlapOrRotate(context.Background(), e.storage, "app", now, time.Now()); err != nil {
 					t.Fatalf("due work: %v", err)
 				}
 				if e.upstreamHas(old.KeyID) || len(e.climatiq.Keys()) != 1 {
@@ -244,13 +244,13 @@ func TestStaticOverlap(t *testing.T) {
 	}
 
 	// Before the overlap ends nothing happens; after, the old key goes.
-	if err := e.b.doDueWork(context.Background(), e.storage, "app", role, time.Now().Add(4*time.Minute)); err != nil {
+	if err := e.b.endOverlapOrRotate(context.Background(), e.storage, "app", role, time.Now().Add(4*time.Minute)); err != nil {
 		t.Fatal(err)
 	}
 	if !e.upstreamHas(old.KeyID) {
 		t.Fatal("old key deleted before the overlap ended")
 	}
-	if err := e.b.doDueWork(context.Background(), e.storage, "app", role, role.PreviousExpires.Add(time.Second)); err != nil {
+	if err := e.b.endOverlapOrRotate(context.Background(), e.storage, "app", role, role.PreviousExpires.Add(time.Second)); err != nil {
 		t.Fatal(err)
 	}
 	if e.upstreamHas(old.KeyID) || e.staticRole("app").PreviousKeyID != "" {

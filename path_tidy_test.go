@@ -57,7 +57,7 @@ func newTidyFixture(t *testing.T) *tidyFixture {
 	stranded := e.climatiq.AddKey(e.projectID, name(marker, time.Now().Unix(), "aaaaa5"))
 	f.walStranded = stranded.ID
 	if _, err := framework.PutWAL(context.Background(), e.storage, walKindClimatiqKey,
-		&climatiqKeyWAL{Config: "cq", Role: "ci", ProjectID: e.projectID, KeyName: stranded.Name}); err != nil {
+		&ownedKey{Config: "cq", Role: "ci", ProjectID: e.projectID, KeyName: stranded.Name}); err != nil {
 		t.Fatal(err)
 	}
 	// The issuances' spent WAL entries are deleted off the request path;

@@ -3,57 +3,40 @@ package carbon
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
-
-	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiq"
 )
 
 // walKindClimatiqKey covers the creation of a Climatiq key (and, for
-// project_per_lease roles, its project). It is written before the upstream
-// create and deleted once the key is in the inventory.
+// project_per_lease roles, its project). Its data is the ownedKey about to
+// be created. It is written before the upstream create and deleted once the
+// key is in the mount's records.
 const walKindClimatiqKey = "climatiq_key"
 
 // rollbackTimeout bounds an in-request rollback after a failed issuance.
 const rollbackTimeout = 2 * time.Minute
 
-type climatiqKeyWAL struct {
-	// Kind is keyKindDynamic (a lease's key; empty in entries of older
-	// versions) or keyKindStatic (a static role's key).
-	Kind            string `json:"kind,omitempty"`
-	Config          string `json:"config"`
-	Role            string `json:"role"`
-	ProjectID       string `json:"project_id"`
-	ProjectPerLease bool   `json:"project_per_lease"`
-	// KeyName is unique (see keyname.go), so the key can be found when the
-	// create's answer was lost.
-	KeyName string `json:"key_name"`
-	// KeyID is known only to an in-request rollback, after the create
-	// answered but a later step failed.
-	KeyID string `json:"key_id,omitempty"`
-}
-
 // walRollback dispatches the framework's WAL rollback by entry kind.
 func (b *backend) walRollback(ctx context.Context, req *logical.Request, kind string, data any) error {
 	switch kind {
 	case walKindClimatiqKey:
-		var w climatiqKeyWAL
-		if err := decodeWAL(data, &w); err != nil {
+		var key ownedKey
+		if err := decodeInto(data, &key); err != nil {
 			return err
 		}
-		return b.rollbackClimatiqKey(ctx, req.Storage, &w)
+		return b.rollbackClimatiqKey(ctx, req.Storage, &key)
 	default:
 		b.Logger().Warn("dropping WAL entry of unknown kind", "kind", kind)
 		return nil
 	}
 }
 
-// decodeWAL converts the framework's generic WAL data into its typed form.
-func decodeWAL(data any, out any) error {
+// decodeInto converts generic data (a WAL entry's, a lease's internal data)
+// into its typed form.
+func decodeInto(data any, out any) error {
 	raw, err := json.Marshal(data)
 	if err != nil {
 		return err
@@ -63,84 +46,78 @@ func decodeWAL(data any, out any) error {
 
 // rollbackClimatiqKey deletes whatever the covered issuance or rotation
 // created upstream, unless the key made it into the mount's records.
-func (b *backend) rollbackClimatiqKey(ctx context.Context, s logical.Storage, w *climatiqKeyWAL) error {
-	conn, err := b.connection(ctx, s, w.Config)
+func (b *backend) rollbackClimatiqKey(ctx context.Context, s logical.Storage, key *ownedKey) error {
+	client, err := b.climatiqClient(ctx, s, key.Config)
 	if err != nil {
+		if _, gone := err.(*connectionError); gone {
+			// Nothing can reach the upstream any more; keeping the entry
+			// would only retry forever.
+			b.Logger().Warn("cannot roll back key creation: connection no longer exists", "config", key.Config, "key_name", key.KeyName)
+			return nil
+		}
 		return err
 	}
-	if conn == nil || conn.climatiq == nil {
-		// Nothing can reach the upstream any more; keeping the entry would
-		// only retry forever.
-		b.Logger().Warn("cannot roll back key creation: connection no longer exists", "config", w.Config, "key_name", w.KeyName)
-		return nil
-	}
-	client := conn.climatiq
 
-	if w.ProjectPerLease && w.ProjectID == "" {
+	if key.ProjectPerLease && key.ProjectID == "" {
 		projects, err := client.ListProjects(ctx)
 		if err != nil {
 			return err
 		}
 		for _, p := range projects {
-			if p.Name == w.KeyName {
-				w.ProjectID = p.ID
+			if p.Name == key.KeyName {
+				key.ProjectID = p.ID
 			}
 		}
-		if w.ProjectID == "" {
+		if key.ProjectID == "" {
 			return nil // the project was never created
 		}
 	}
 
 	// Most entries are spent issuances: the inventory already holds the
 	// key, and no upstream call is needed to tell.
-	if tracked, err := keyTracked(ctx, s, w); err != nil || tracked {
+	if tracked, err := keyTracked(ctx, s, key); err != nil || tracked {
 		return err
 	}
-	if w.KeyID == "" {
-		keys, err := client.ListKeys(ctx, w.ProjectID)
-		if err != nil && !errors.Is(err, climatiq.ErrNotFound) {
+	if key.KeyID == "" && !key.ProjectPerLease {
+		keys, err := client.ListKeys(ctx, key.ProjectID)
+		if ignoreNotFound(err) != nil {
 			return err
 		}
 		for _, k := range keys {
-			if k.Name == w.KeyName {
-				w.KeyID = k.ID
+			if k.Name == key.KeyName {
+				key.KeyID = k.ID
 			}
 		}
+		if key.KeyID == "" {
+			return nil // the key was never created
+		}
 	}
-	switch {
-	case w.ProjectPerLease:
-		err = ignoreNotFound(client.DeleteProject(ctx, w.ProjectID))
-	case w.KeyID != "":
-		err = ignoreNotFound(client.DeleteKey(ctx, w.KeyID))
-	default:
-		return nil // the key was never created
+	if err := deleteUpstream(ctx, client, key); err != nil {
+		return fmt.Errorf("rolling back key %q: %w", key.KeyName, err)
 	}
-	if err != nil {
-		return fmt.Errorf("rolling back key %q: %w", w.KeyName, err)
-	}
-	if w.Kind == keyKindStatic {
+	if key.kind() == keyKindStatic {
 		// A static key is recorded in the inventory before the role.
-		if err := deleteInventory(ctx, s, keyKindStatic, w.Role, w.KeyName); err != nil {
+		if err := deleteInventory(ctx, s, key); err != nil {
 			return err
 		}
 	}
-	b.observe(ctx, eventKeyRollback, "config", w.Config, "role", w.Role,
-		"key_id", w.KeyID, "key_name", w.KeyName, "project_id", w.ProjectID)
+	b.logAndEmit(eventKeyRollback, "config", key.Config, "role", key.Role,
+		"key_id", key.KeyID, "key_name", key.KeyName, "project_id", key.ProjectID)
 	return nil
 }
 
 // keyTracked reports whether the key covered by the WAL entry made it into
 // the mount's records: a lease's inventory entry, or a static role that names
 // it as its current or previous key.
-func keyTracked(ctx context.Context, s logical.Storage, w *climatiqKeyWAL) (bool, error) {
-	if w.Kind == keyKindStatic {
-		role, err := getStaticRole(ctx, s, w.Role)
+func keyTracked(ctx context.Context, s logical.Storage, key *ownedKey) (bool, error) {
+	if key.kind() == keyKindStatic {
+		role, err := getStaticRole(ctx, s, key.Role)
 		if err != nil || role == nil {
 			return false, err
 		}
-		return role.KeyName == w.KeyName || role.PreviousKeyName == w.KeyName, nil
+		return role.KeyName == key.KeyName || role.PreviousKeyName == key.KeyName, nil
 	}
-	entry, err := getInventory(ctx, s, keyKindDynamic, w.Role, w.KeyName)
+	entry, err := getInventory(ctx, s, keyKindDynamic, key.Role, key.KeyName)
 	return entry != nil, err
 }
 
@@ -148,25 +125,16 @@ func keyTracked(ctx context.Context, s logical.Storage, w *climatiqKeyWAL) (bool
 // rollback manager, and removes the WAL entry when that worked. It runs
 // detached from the request's cancellation: a client that gave up must not
 // stop the cleanup.
-func (b *backend) rollbackNow(ctx context.Context, s logical.Storage, walID string, w *climatiqKeyWAL) {
+func (b *backend) rollbackNow(ctx context.Context, s logical.Storage, walID string, key *ownedKey) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
 	defer cancel()
-	if err := b.rollbackClimatiqKey(ctx, s, w); err != nil {
-		b.Logger().Warn("rollback after failed issuance failed; the rollback manager will retry", "key_name", w.KeyName, "error", err)
+	if err := b.rollbackClimatiqKey(ctx, s, key); err != nil {
+		b.Logger().Warn("rollback after failed issuance failed; the rollback manager will retry", "key_name", key.KeyName, "error", err)
 		return
 	}
 	if err := framework.DeleteWAL(ctx, s, walID); err != nil {
-		b.Logger().Warn("deleting WAL entry after rollback failed", "key_name", w.KeyName, "error", err)
+		b.Logger().Warn("deleting WAL entry after rollback failed", "key_name", key.KeyName, "error", err)
 	}
-}
-
-// ignoreNotFound treats "already gone" upstream as success: deleting is
-// idempotent from Vault's point of view.
-func ignoreNotFound(err error) error {
-	if errors.Is(err, climatiq.ErrNotFound) {
-		return nil
-	}
-	return err
 }
 
 // spentWALQueueSize bounds the spent WAL entries waiting for deletion; when

@@ -66,54 +66,54 @@ func TestWALRollback(t *testing.T) {
 		name string
 		// setup creates upstream state as a crash would leave it and
 		// returns the WAL entry covering it.
-		setup       func(e *testEnv) *climatiqKeyWAL
+		setup       func(e *testEnv) *ownedKey
 		wantKeys    int
 		wantProject bool
 	}{
 		{
 			name: "key id lost: found by name and deleted",
-			setup: func(e *testEnv) *climatiqKeyWAL {
+			setup: func(e *testEnv) *ownedKey {
 				e.climatiq.AddKey(e.projectID, "vault-abcdefgh-1700000000-nonce1-ci")
-				return &climatiqKeyWAL{Config: "cq", Role: "ci", ProjectID: e.projectID, KeyName: "vault-abcdefgh-1700000000-nonce1-ci"}
+				return &ownedKey{Config: "cq", Role: "ci", ProjectID: e.projectID, KeyName: "vault-abcdefgh-1700000000-nonce1-ci"}
 			},
 		},
 		{
 			name: "key id known: deleted",
-			setup: func(e *testEnv) *climatiqKeyWAL {
+			setup: func(e *testEnv) *ownedKey {
 				k := e.climatiq.AddKey(e.projectID, "vault-abcdefgh-1700000000-nonce2-ci")
-				return &climatiqKeyWAL{Config: "cq", Role: "ci", ProjectID: e.projectID, KeyName: k.Name, KeyID: k.ID}
+				return &ownedKey{Config: "cq", Role: "ci", ProjectID: e.projectID, KeyName: k.Name, KeyID: k.ID}
 			},
 		},
 		{
 			name: "create never happened: nothing to do",
-			setup: func(e *testEnv) *climatiqKeyWAL {
-				return &climatiqKeyWAL{Config: "cq", Role: "ci", ProjectID: e.projectID, KeyName: "vault-abcdefgh-1700000000-nonce3-ci"}
+			setup: func(e *testEnv) *ownedKey {
+				return &ownedKey{Config: "cq", Role: "ci", ProjectID: e.projectID, KeyName: "vault-abcdefgh-1700000000-nonce3-ci"}
 			},
 		},
 		{
 			name: "tracked key is kept",
-			setup: func(e *testEnv) *climatiqKeyWAL {
+			setup: func(e *testEnv) *ownedKey {
 				k := e.climatiq.AddKey(e.projectID, "vault-abcdefgh-1700000000-nonce4-ci")
-				if err := putInventory(context.Background(), e.storage, &inventoryEntry{KeyID: k.ID, KeyName: k.Name, Role: "ci", Kind: keyKindDynamic, Config: "cq"}); err != nil {
+				if err := putInventory(context.Background(), e.storage, &ownedKey{KeyID: k.ID, KeyName: k.Name, Role: "ci", Kind: keyKindDynamic, Config: "cq"}); err != nil {
 					e.t.Fatal(err)
 				}
-				return &climatiqKeyWAL{Config: "cq", Role: "ci", ProjectID: e.projectID, KeyName: k.Name}
+				return &ownedKey{Config: "cq", Role: "ci", ProjectID: e.projectID, KeyName: k.Name}
 			},
 			wantKeys: 1,
 		},
 		{
 			name: "per-lease project found by name and deleted",
-			setup: func(e *testEnv) *climatiqKeyWAL {
+			setup: func(e *testEnv) *ownedKey {
 				p := e.climatiq.AddProject("vault-abcdefgh-1700000000-nonce5-x")
 				e.climatiq.AddKey(p.ID, p.Name)
-				return &climatiqKeyWAL{Config: "cq", Role: "x", ProjectPerLease: true, KeyName: p.Name}
+				return &ownedKey{Config: "cq", Role: "x", ProjectPerLease: true, KeyName: p.Name}
 			},
 		},
 		{
 			name: "per-lease project without key deleted",
-			setup: func(e *testEnv) *climatiqKeyWAL {
+			setup: func(e *testEnv) *ownedKey {
 				p := e.climatiq.AddProject("vault-abcdefgh-1700000000-nonce6-x")
-				return &climatiqKeyWAL{Config: "cq", Role: "x", ProjectPerLease: true, KeyName: p.Name}
+				return &ownedKey{Config: "cq", Role: "x", ProjectPerLease: true, KeyName: p.Name}
 			},
 		},
 	}
@@ -152,7 +152,7 @@ func TestWALRollbackRunsFromRollbackManager(t *testing.T) {
 	e.writeClimatiqConfig("cq", nil)
 	k := e.climatiq.AddKey(e.projectID, "vault-abcdefgh-1700000000-nonce7-ci")
 	if _, err := framework.PutWAL(context.Background(), e.storage, walKindClimatiqKey,
-		&climatiqKeyWAL{Config: "cq", Role: "ci", ProjectID: e.projectID, KeyName: k.Name}); err != nil {
+		&ownedKey{Config: "cq", Role: "ci", ProjectID: e.projectID, KeyName: k.Name}); err != nil {
 		t.Fatal(err)
 	}
 	runRollbackManager(t, e)

@@ -1,0 +1,224 @@
+package carbon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+func pathCreds(b *backend) []*framework.Path {
+	return []*framework.Path{
+		{
+			Pattern: "creds/?$",
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ReadOperation: requireNameOperation("role", "creds/<role>"),
+			},
+			HelpSynopsis:    "Issue credentials: read creds/<role>.",
+			HelpDescription: "Read creds/<role> to issue credentials from a dynamic role.",
+		},
+		{
+			Pattern: "creds/" + framework.MatchAllRegex("role"),
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefixCarbon,
+				OperationVerb:   "generate",
+				OperationSuffix: "credentials",
+			},
+			Fields: map[string]*framework.FieldSchema{
+				"role": {
+					Type:        framework.TypeString,
+					Description: "Name of the dynamic role (roles/<name>) to issue from.",
+					Required:    true,
+				},
+			},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ReadOperation: &framework.PathOperation{
+					Callback: b.pathCredsRead,
+					// Issuance writes storage (WAL, inventory), which only
+					// the active node may do.
+					ForwardPerformanceStandby: true,
+					Summary:                   "Issue a Climatiq API key or an Altruistiq access token.",
+				},
+			},
+			HelpSynopsis:    "Issue credentials from a dynamic role.",
+			HelpDescription: strings.TrimSpace(pathCredsHelp),
+		},
+	}
+}
+
+func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	roleName := d.Get("role").(string)
+	if err := validateName("role", roleName); err != nil {
+		return errorResponse(err)
+	}
+	role, err := b.cachedRole(ctx, req.Storage, roleName)
+	if err != nil {
+		return nil, err
+	}
+	if role == nil {
+		return logical.ErrorResponse("role: no role %q; create it with a write to roles/%s", roleName, roleName), nil
+	}
+	conn, err := b.connection(ctx, req.Storage, role.Config)
+	if err != nil {
+		return nil, err
+	}
+	if conn == nil {
+		return logical.ErrorResponse("config: connection %q of role %q does not exist; recreate it or re-point the role", role.Config, roleName), nil
+	}
+	if conn.climatiq != nil {
+		return b.issueClimatiqKey(ctx, req, roleName, role, conn)
+	}
+	return b.issueAltruistiqToken(ctx, roleName, role, conn)
+}
+
+// issueClimatiqKey creates a key upstream under a WAL entry, records it in
+// the inventory and returns it leased. The request makes two storage writes:
+// the WAL entry and the inventory entry. Once the inventory holds the key
+// the WAL entry is spent; it is deleted off the request path.
+func (b *backend) issueClimatiqKey(ctx context.Context, req *logical.Request, roleName string, role *roleEntry, conn *connection) (*logical.Response, error) {
+	if role.MaxKeys > 0 {
+		// Only capped roles pay for serialising issuance: the count and
+		// the create must not interleave with another issuance.
+		lock := locksutil.LockForKey(b.roleLocks, roleName)
+		lock.Lock()
+		defer lock.Unlock()
+		live, err := countInventory(ctx, req.Storage, keyKindDynamic, roleName)
+		if err != nil {
+			return nil, err
+		}
+		if live >= role.MaxKeys {
+			return logical.ErrorResponse("max_keys: role %q already has %d live keys (max_keys=%d); revoke a lease or raise max_keys", roleName, live, role.MaxKeys), nil
+		}
+	}
+
+	marker, err := b.mountMarker(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	rendered, err := renderKeyName(role.keyNameTemplate(), keyNameData{RoleName: roleName, DisplayName: req.DisplayName})
+	if err != nil {
+		return logical.ErrorResponse("key_name_template: %s; fix the role's template", err), nil
+	}
+	now := b.now()
+	keyName, err := newKeyName(marker, now, rendered)
+	if err != nil {
+		return nil, err
+	}
+
+	key := &ownedKey{
+		Kind:            keyKindDynamic,
+		Config:          role.Config,
+		Role:            roleName,
+		ProjectID:       role.ProjectID,
+		ProjectPerLease: role.ProjectPerLease,
+		KeyName:         keyName,
+	}
+	walID, err := framework.PutWAL(ctx, req.Storage, walKindClimatiqKey, key)
+	if err != nil {
+		return nil, fmt.Errorf("writing WAL entry before creating key: %w", err)
+	}
+
+	client := conn.climatiq
+	if role.ProjectPerLease {
+		project, err := client.CreateProject(ctx, keyName)
+		if err != nil {
+			b.rollbackNow(ctx, req.Storage, walID, key)
+			return nil, upstreamError("creating project", err)
+		}
+		key.ProjectID = project.ID
+	}
+	created, err := client.CreateKey(ctx, key.ProjectID, keyName)
+	if err != nil {
+		b.rollbackNow(ctx, req.Storage, walID, key)
+		return nil, upstreamError("creating key", err)
+	}
+	key.KeyID = created.ID
+
+	maxTTL := role.MaxTTL
+	if mountMax := b.mountMaxTTL(); maxTTL == 0 || maxTTL > mountMax {
+		maxTTL = mountMax
+	}
+	key.Created, key.Expires = now.UTC(), now.Add(maxTTL).UTC()
+	if err := putInventory(ctx, req.Storage, key); err != nil {
+		b.rollbackNow(ctx, req.Storage, walID, key)
+		return nil, fmt.Errorf("recording key in inventory: %w", err)
+	}
+	b.retireWAL(ctx, req.Storage, walID)
+	b.logAndEmit(eventKeyIssue, "role", roleName, "config", role.Config, "key_id", key.KeyID, "key_name", keyName, "project_id", key.ProjectID)
+	resp := b.Secret(secretTypeClimatiqKey).Response(map[string]any{
+		"api_key":    created.Key,
+		"key_id":     key.KeyID,
+		"key_name":   keyName,
+		"project_id": key.ProjectID,
+	}, key.leaseData())
+	resp.Secret.TTL = role.TTL
+	resp.Secret.MaxTTL = role.MaxTTL
+	return resp, nil
+}
+
+func (b *backend) issueAltruistiqToken(ctx context.Context, roleName string, role *roleEntry, conn *connection) (*logical.Response, error) {
+	token, err := conn.altruistiq.Token(ctx, role.Scopes)
+	if err != nil {
+		return nil, upstreamError("fetching access token", err)
+	}
+	// The lease must never outlive the token it carries.
+	ttl := time.Until(token.Expiry).Truncate(time.Second)
+	if ttl < time.Second {
+		return nil, errors.New("fetching access token: the upstream returned a token that expires in under a second")
+	}
+	for _, limit := range []time.Duration{role.TTL, role.MaxTTL} {
+		if limit > 0 && limit < ttl {
+			ttl = limit
+		}
+	}
+	resp := b.Secret(secretTypeAltruistiqToken).Response(map[string]any{
+		"access_token": token.AccessToken,
+		"token_type":   token.TokenType,
+		"expires_at":   token.Expiry.UTC().Format(time.RFC3339),
+	}, map[string]any{
+		"config": role.Config,
+		"role":   roleName,
+	})
+	resp.Secret.TTL = ttl
+	resp.Secret.MaxTTL = ttl
+	return resp, nil
+}
+
+// mountMaxTTL is the mount's max lease TTL, for the inventory's expiry
+// estimate. For an external plugin every SystemView call is a round trip to
+// Vault, so issuance reuses the value for a minute; a mount tuned meanwhile
+// only moves tidy's expiry estimate, never a lease.
+func (b *backend) mountMaxTTL() time.Duration {
+	b.mountMaxLock.Lock()
+	defer b.mountMaxLock.Unlock()
+	if time.Since(b.mountMaxRead) > time.Minute {
+		b.mountMax, b.mountMaxRead = b.System().MaxLeaseTTL(), time.Now()
+	}
+	return b.mountMax
+}
+
+// upstreamError reports an upstream failure with the upstream's status and
+// message (the upstream clients' errors carry no secrets). Vault answers it
+// with a 500: the caller did nothing wrong, and Vault's expiration manager
+// retries a revocation that fails this way.
+func upstreamError(op string, err error) error {
+	return fmt.Errorf("%s: %w", op, err)
+}
+
+const pathCredsHelp = `
+Reading creds/<role> issues credentials from a dynamic role.
+
+Climatiq roles return a new API key (api_key, key_id, key_name, project_id)
+with a renewable lease capped by the role's max_ttl. When the lease is
+revoked or expires, the key is deleted upstream; a key already deleted
+upstream counts as revoked.
+
+Altruistiq roles return an OAuth access token (access_token, token_type,
+expires_at). Tokens are shared between reads until shortly before they
+expire; the lease ends no later than the token and is not renewable.
+`

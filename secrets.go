@@ -1,0 +1,96 @@
+package carbon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// The leased secret types that creds/<role> returns, with what Vault's
+// expiration manager calls on them: renew and revoke.
+const (
+	secretTypeClimatiqKey     = "climatiq_key"
+	secretTypeAltruistiqToken = "altruistiq_token"
+)
+
+func secretClimatiqKey(b *backend) *framework.Secret {
+	return &framework.Secret{
+		Type: secretTypeClimatiqKey,
+		Fields: map[string]*framework.FieldSchema{
+			"api_key":    {Type: framework.TypeString, Description: "The Climatiq API key."},
+			"key_id":     {Type: framework.TypeString, Description: "Upstream id of the key."},
+			"key_name":   {Type: framework.TypeString, Description: "Upstream name of the key."},
+			"project_id": {Type: framework.TypeString, Description: "Project the key belongs to."},
+		},
+		Renew:  b.renewClimatiqKey,
+		Revoke: b.revokeClimatiqKey,
+	}
+}
+
+func (b *backend) renewClimatiqKey(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	roleName, _ := req.Secret.InternalData["role"].(string)
+	role, err := getRole(ctx, req.Storage, roleName)
+	if err != nil {
+		return nil, err
+	}
+	if role == nil {
+		return logical.ErrorResponse("role: %q no longer exists, so its leases cannot be renewed; read new credentials from another role", roleName), nil
+	}
+	ttl, warnings, err := framework.CalculateTTL(b.System(), req.Secret.Increment, role.TTL, 0, role.MaxTTL, 0, req.Secret.IssueTime)
+	if err != nil {
+		return nil, err
+	}
+	b.logAndEmit(eventKeyRenew, "role", roleName, "key_id", fmt.Sprint(req.Secret.InternalData["key_id"]), "ttl", ttl.String())
+	resp := &logical.Response{Secret: req.Secret}
+	resp.Secret.TTL = ttl
+	resp.Secret.MaxTTL = role.MaxTTL
+	for _, w := range warnings {
+		resp.AddWarning(w)
+	}
+	return resp, nil
+}
+
+// revokeClimatiqKey deletes the key upstream (with its project for
+// project_per_lease roles). A key that is already gone counts as revoked.
+// Any other failure is returned so Vault's expiration manager retries.
+func (b *backend) revokeClimatiqKey(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	var key ownedKey
+	if err := decodeInto(req.Secret.InternalData, &key); err != nil {
+		return nil, err
+	}
+	if key.KeyID == "" {
+		return nil, errors.New("lease carries no key_id")
+	}
+	key.Kind = keyKindDynamic
+	client, err := b.climatiqClient(ctx, req.Storage, key.Config)
+	if err != nil {
+		return nil, fmt.Errorf("%w: recreate it so the key can be deleted upstream, or revoke the lease with -force and delete key %q by hand", err, key.KeyID)
+	}
+	if err := deleteUpstream(ctx, client, &key); err != nil {
+		return nil, upstreamError("deleting key", err)
+	}
+	if err := deleteInventory(ctx, req.Storage, &key); err != nil {
+		return nil, err
+	}
+	b.logAndEmit(eventKeyRevoke, "role", key.Role, "config", key.Config, "key_id", key.KeyID, "project_id", key.ProjectID)
+	return nil, nil
+}
+
+func secretAltruistiqToken(b *backend) *framework.Secret {
+	return &framework.Secret{
+		Type: secretTypeAltruistiqToken,
+		Fields: map[string]*framework.FieldSchema{
+			"access_token": {Type: framework.TypeString, Description: "The OAuth access token."},
+			"token_type":   {Type: framework.TypeString, Description: "Token type, Bearer."},
+			"expires_at":   {Type: framework.TypeString, Description: "When the token expires (RFC 3339)."},
+		},
+		// Altruistiq has no revocation endpoint: the token expires on its
+		// own, and the lease never outlives it.
+		Revoke: func(context.Context, *logical.Request, *framework.FieldData) (*logical.Response, error) {
+			return nil, nil
+		},
+	}
+}

@@ -1,0 +1,350 @@
+package carbon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiq"
+)
+
+const (
+	defaultTidyMinAge = 15 * time.Minute
+	// expiredGrace is how long past its max_ttl an inventory entry may
+	// outlive its lease before tidy deletes the key: Vault revokes expired
+	// leases within seconds and retries failed revocations for a while.
+	expiredGrace = time.Hour
+)
+
+// tidyOptions are what a caller asks of one tidy run.
+type tidyOptions struct {
+	only   string // one connection, or "" for all
+	minAge time.Duration
+	dryRun bool
+}
+
+// tidyReport is what one tidy run found and did.
+type tidyReport struct {
+	Orphans        []string // upstream key ids with this mount's marker that nothing tracks
+	OrphanProjects []string // per-lease projects nothing tracks
+	Expired        []string // tracked dynamic keys whose lease must have ended
+	Deleted        int
+	WALRolledBack  int // stale WAL entries resolved: spent ones dropped, stranded keys deleted
+	Errors         []string
+}
+
+func (r *tidyReport) data(dryRun bool) map[string]any {
+	return map[string]any{
+		"dry_run":         dryRun,
+		"orphans":         nonNil(r.Orphans),
+		"orphan_projects": nonNil(r.OrphanProjects),
+		"expired":         nonNil(r.Expired),
+		"deleted":         r.Deleted,
+		"wal_rolled_back": r.WALRolledBack,
+		"errors":          nonNil(r.Errors),
+	}
+}
+
+// tidyRun is the state of one tidy: what the mount tracks, and what the run
+// found and did.
+type tidyRun struct {
+	b       *backend
+	storage logical.Storage
+	tidyOptions
+	now    time.Time
+	cutoff time.Time // keys and WAL entries created after it are left alone
+	marker string
+
+	tracked         map[string]bool            // key ids the mount owns
+	trackedProjects map[string]bool            // per-lease projects the mount owns
+	projects        map[string]map[string]bool // config -> projects to scan
+	expired         []*ownedKey
+	report          tidyReport
+}
+
+// tidy rolls back stale WAL entries, deletes tracked keys whose lease must
+// have ended, and deletes upstream keys (and per-lease projects) that carry
+// this mount's marker but that nothing tracks. Keys without the marker are
+// never touched.
+func (b *backend) tidy(ctx context.Context, s logical.Storage, opts tidyOptions) (*tidyReport, error) {
+	now := b.now()
+	run := &tidyRun{
+		b: b, storage: s, tidyOptions: opts,
+		now: now, cutoff: now.Add(-opts.minAge),
+		tracked:         map[string]bool{},
+		trackedProjects: map[string]bool{},
+		projects:        map[string]map[string]bool{},
+	}
+	if err := run.rollBackStaleWAL(ctx); err != nil {
+		return nil, err
+	}
+	if err := run.collectInventory(ctx); err != nil {
+		return nil, err
+	}
+	if err := run.collectRoles(ctx); err != nil {
+		return nil, err
+	}
+	run.deleteExpired(ctx)
+
+	marker, err := b.mountMarker(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	run.marker = marker
+	for _, config := range run.configs() {
+		client, err := b.climatiqClient(ctx, s, config)
+		if err != nil {
+			run.fail(fmt.Errorf("config %q: not a usable climatiq connection", config))
+			continue
+		}
+		run.scanConnection(ctx, client, config)
+	}
+
+	r := &run.report
+	b.logAndEmit(eventTidy, "dry_run", strconv.FormatBool(opts.dryRun),
+		"orphans", strconv.Itoa(len(r.Orphans)), "orphan_projects", strconv.Itoa(len(r.OrphanProjects)),
+		"expired", strconv.Itoa(len(r.Expired)), "deleted", strconv.Itoa(r.Deleted),
+		"wal_rolled_back", strconv.Itoa(r.WALRolledBack), "errors", strconv.Itoa(len(r.Errors)))
+	return r, nil
+}
+
+func (run *tidyRun) fail(err error) {
+	run.report.Errors = append(run.report.Errors, err.Error())
+}
+
+// scanProject adds a project of a connection to the projects to scan.
+func (run *tidyRun) scanProject(config, project string) {
+	if run.projects[config] == nil {
+		run.projects[config] = map[string]bool{}
+	}
+	if project != "" {
+		run.projects[config][project] = true
+	}
+}
+
+// configs are the connections to scan, in a stable order.
+func (run *tidyRun) configs() []string {
+	var configs []string
+	for config := range run.projects {
+		if run.only == "" || config == run.only {
+			configs = append(configs, config)
+		}
+	}
+	if run.only != "" && run.projects[run.only] == nil {
+		configs = append(configs, run.only)
+	}
+	sort.Strings(configs)
+	return configs
+}
+
+// rollBackStaleWAL rolls back WAL entries older than the cutoff now,
+// instead of waiting for the rollback manager.
+func (run *tidyRun) rollBackStaleWAL(ctx context.Context) error {
+	ids, err := framework.ListWAL(ctx, run.storage)
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		entry, err := framework.GetWAL(ctx, run.storage, id)
+		if err != nil {
+			return err
+		}
+		if entry == nil || time.Unix(entry.CreatedAt, 0).After(run.cutoff) || run.dryRun {
+			continue
+		}
+		if err := run.b.walRollback(ctx, &logical.Request{Storage: run.storage}, entry.Kind, entry.Data); err != nil {
+			run.fail(fmt.Errorf("WAL entry %s: %w", id, err))
+			continue
+		}
+		if err := framework.DeleteWAL(ctx, run.storage, id); err != nil {
+			return err
+		}
+		run.report.WALRolledBack++
+	}
+	return nil
+}
+
+// collectInventory records the keys the inventory tracks, and those whose
+// lease must have ended.
+func (run *tidyRun) collectInventory(ctx context.Context) error {
+	return walkInventory(ctx, run.storage, func(k *ownedKey) error {
+		run.tracked[k.KeyID] = true
+		if k.ProjectPerLease {
+			run.trackedProjects[k.ProjectID] = true
+		}
+		run.scanProject(k.Config, k.ProjectID)
+		if k.kind() == keyKindDynamic && !k.Expires.IsZero() && run.now.After(k.Expires.Add(expiredGrace)) {
+			run.expired = append(run.expired, k)
+		}
+		return nil
+	})
+}
+
+// collectRoles adds the projects of dynamic and static roles to the
+// projects to scan, and static roles' keys to the tracked set.
+func (run *tidyRun) collectRoles(ctx context.Context) error {
+	names, err := run.storage.List(ctx, roleStoragePrefix)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		role, err := getRole(ctx, run.storage, name)
+		if err != nil {
+			return err
+		}
+		if role != nil {
+			run.scanProject(role.Config, role.ProjectID)
+		}
+	}
+	names, err = run.storage.List(ctx, staticRoleStoragePrefix)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		role, err := getStaticRole(ctx, run.storage, name)
+		if err != nil {
+			return err
+		}
+		if role != nil {
+			run.scanProject(role.Config, role.ProjectID)
+			run.tracked[role.KeyID] = true
+			if role.PreviousKeyID != "" {
+				run.tracked[role.PreviousKeyID] = true
+			}
+		}
+	}
+	return nil
+}
+
+// deleteExpired deletes keys whose lease must have ended without Vault
+// revoking it (Vault died between the plugin's answer and storing the lease).
+func (run *tidyRun) deleteExpired(ctx context.Context) {
+	for _, k := range run.expired {
+		if run.only != "" && k.Config != run.only {
+			continue
+		}
+		run.report.Expired = append(run.report.Expired, k.KeyID)
+		if run.dryRun {
+			continue
+		}
+		client, err := run.b.climatiqClient(ctx, run.storage, k.Config)
+		if err == nil {
+			err = deleteUpstream(ctx, client, k)
+		}
+		if err == nil {
+			err = deleteInventory(ctx, run.storage, k)
+		}
+		if err != nil {
+			run.fail(fmt.Errorf("deleting expired key %s: %w", k.KeyID, err))
+			continue
+		}
+		run.report.Deleted++
+	}
+}
+
+// ours reports whether an upstream name is this mount's and old enough.
+func (run *tidyRun) ours(name string) bool {
+	m, created, ok := parseKeyName(name)
+	return ok && m == run.marker && created.Before(run.cutoff)
+}
+
+// scanConnection scans one connection's projects for marked keys that
+// nothing tracks, and for marked per-lease projects that nothing tracks.
+func (run *tidyRun) scanConnection(ctx context.Context, client *climatiq.Client, config string) {
+	all, err := client.ListProjects(ctx)
+	if err != nil {
+		run.fail(err)
+		return
+	}
+	scan := map[string]bool{}
+	for id := range run.projects[config] {
+		scan[id] = true
+	}
+	for _, p := range all {
+		if !run.ours(p.Name) {
+			continue
+		}
+		if run.trackedProjects[p.ID] {
+			scan[p.ID] = true
+			continue
+		}
+		// An orphan project's keys go with it; they are not listed apart.
+		run.report.OrphanProjects = append(run.report.OrphanProjects, p.ID)
+		delete(scan, p.ID)
+		if !run.dryRun {
+			if err := ignoreNotFound(client.DeleteProject(ctx, p.ID)); err != nil {
+				run.fail(err)
+			} else {
+				run.report.Deleted++
+			}
+		}
+	}
+	ids := make([]string, 0, len(scan))
+	for id := range scan {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, projectID := range ids {
+		keys, err := client.ListKeys(ctx, projectID)
+		if errors.Is(err, climatiq.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			run.fail(err)
+			continue
+		}
+		for _, k := range keys {
+			if run.tracked[k.ID] || !run.ours(k.Name) {
+				continue
+			}
+			run.report.Orphans = append(run.report.Orphans, k.ID)
+			if run.dryRun {
+				continue
+			}
+			if err := ignoreNotFound(client.DeleteKey(ctx, k.ID)); err != nil {
+				run.fail(err)
+				continue
+			}
+			run.report.Deleted++
+		}
+	}
+}
+
+// periodicTidy runs tidy for connections with a tidy_interval, from the
+// rollback manager's periodic call (about once a minute), on the node that
+// may write.
+func (b *backend) periodicTidy(ctx context.Context, req *logical.Request) error {
+	if !b.WriteSafeReplicationState() {
+		return nil
+	}
+	names, err := req.Storage.List(ctx, configStoragePrefix)
+	if err != nil {
+		return err
+	}
+	now := b.now()
+	for _, name := range names {
+		cfg, err := getConnectionConfig(ctx, req.Storage, name)
+		if err != nil || cfg == nil || cfg.TidyInterval == 0 {
+			continue
+		}
+		b.tidyLock.Lock()
+		due := now.Sub(b.lastTidy[name]) >= cfg.TidyInterval
+		if due {
+			b.lastTidy[name] = now
+		}
+		b.tidyLock.Unlock()
+		if !due {
+			continue
+		}
+		if _, err := b.tidy(ctx, req.Storage, tidyOptions{only: name, minAge: defaultTidyMinAge}); err != nil {
+			b.Logger().Warn("periodic tidy failed", "config", name, "error", err)
+		}
+	}
+	return nil
+}
