@@ -47,12 +47,18 @@ type backend struct {
 	// keys, and all changes to one static role's key.
 	roleLocks []*locksutil.LockEntry
 
-	// The rotation scheduler of static roles; rotationQueue is nil where
-	// this node does not rotate (standbys, DR secondaries).
-	schedulerLock sync.Mutex
-	rotationQueue *queue.PriorityQueue
-	stopScheduler context.CancelFunc
-	schedulerDone chan struct{}
+	// The rotation scheduler of static roles (rotation.go); rotationQueue
+	// is nil where this node does not rotate (standbys, DR secondaries).
+	// schedulerTick 0 starts no ticker: tests run ticks themselves.
+	schedulerTick      time.Duration
+	schedulerLock      sync.Mutex
+	rotationQueue      *queue.PriorityQueue
+	schedulerCtx       context.Context
+	stopScheduler      context.CancelFunc
+	schedulerDone      chan struct{}
+	rotationsRunning   int
+	rotationsPerConfig map[string]int
+	rotations          sync.WaitGroup
 
 	// lastTidy is when periodic tidy last ran per connection, on this node.
 	tidyLock sync.Mutex
@@ -104,6 +110,7 @@ func newBackend() *backend {
 		stopBackground: make(chan struct{}),
 		roleLocks:      locksutil.CreateLocks(),
 		clock:          time.Now,
+		schedulerTick:  schedulerTick,
 	}
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),

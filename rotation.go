@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -27,9 +26,11 @@ const (
 	// schedulerTick is how often due rotations are popped; lateness is
 	// bounded by it. Idle ticks pop nothing and scan nothing.
 	schedulerTick = time.Second
-	// rotationWorkers rotate due roles in parallel, so a burst of due
-	// roles waits on the upstream's latency once rather than once each.
-	rotationWorkers = 8
+	// Due roles are worked on in parallel, so a burst of due roles waits
+	// on the upstream's latency once rather than once each; a connection
+	// gets only a few workers, so a hanging one delays only its own roles.
+	maxRotationsRunning    = 32
+	rotationsPerConnection = 4
 
 	rotationBackoffMin = 5 * time.Second
 	rotationBackoffMax = 5 * time.Minute
@@ -174,6 +175,17 @@ func (role *staticRole) dueAt() time.Time {
 	return due
 }
 
+// queueItem is the role's place in the rotation queue, or nil when nothing
+// is ever due. The item carries the role's connection, for the
+// per-connection limit on work in flight.
+func (role *staticRole) queueItem(name string) *queue.Item {
+	due := role.dueAt()
+	if due.IsZero() {
+		return nil
+	}
+	return &queue.Item{Key: name, Value: role.Config, Priority: due.UnixMilli()}
+}
+
 // scheduleStaticRole (re)places the role in the rotation queue.
 func (b *backend) scheduleStaticRole(name string, role *staticRole) {
 	b.schedulerLock.Lock()
@@ -182,8 +194,8 @@ func (b *backend) scheduleStaticRole(name string, role *staticRole) {
 		return // not the node that rotates
 	}
 	_, _ = b.rotationQueue.PopByKey(name)
-	if due := role.dueAt(); !due.IsZero() {
-		_ = b.rotationQueue.Push(&queue.Item{Key: name, Priority: due.UnixMilli()})
+	if item := role.queueItem(name); item != nil {
+		_ = b.rotationQueue.Push(item)
 	}
 }
 
@@ -216,8 +228,8 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 		if role == nil {
 			continue
 		}
-		if due := role.dueAt(); !due.IsZero() {
-			if err := q.Push(&queue.Item{Key: name, Priority: due.UnixMilli()}); err != nil {
+		if item := role.queueItem(name); item != nil {
+			if err := q.Push(item); err != nil {
 				return err
 			}
 		}
@@ -225,57 +237,83 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 	schedCtx, cancel := context.WithCancel(context.Background())
 	b.schedulerLock.Lock()
 	b.rotationQueue = q
-	b.stopScheduler = cancel
-	b.schedulerDone = make(chan struct{})
-	done := b.schedulerDone
+	b.schedulerCtx, b.stopScheduler = schedCtx, cancel
+	b.rotationsRunning, b.rotationsPerConfig = 0, map[string]int{}
+	if b.schedulerTick > 0 {
+		b.schedulerDone = make(chan struct{})
+		go b.runScheduler(schedCtx, req.Storage, b.schedulerDone)
+	}
 	b.schedulerLock.Unlock()
-	go b.runScheduler(schedCtx, req.Storage, done)
 	b.Logger().Debug("rotation scheduler started", "static_roles", len(names))
 	return nil
 }
 
+// runScheduler starts what is due once per tick. A tick never waits for the
+// work it started, so a slow upstream delays only its own roles.
 func (b *backend) runScheduler(ctx context.Context, s logical.Storage, done chan struct{}) {
 	defer close(done)
-	ticker := time.NewTicker(schedulerTick)
+	ticker := time.NewTicker(b.schedulerTick)
 	defer ticker.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-ticker.C:
-			due := b.popDue(b.now())
-			sem := make(chan struct{}, rotationWorkers)
-			var wg sync.WaitGroup
-			for _, name := range due {
-				sem <- struct{}{}
-				wg.Add(1)
-				go func(name string) {
-					defer func() { <-sem; wg.Done() }()
-					b.processStaticRole(ctx, s, name)
-				}(name)
-			}
-			wg.Wait()
+			b.startDueRotations(s)
 		}
 	}
 }
 
-// popDue removes and returns the roles due at now, in due order.
-func (b *backend) popDue(now time.Time) []string {
+// startDueRotations pops the roles due now and works on each in its own
+// goroutine, at most maxRotationsRunning at once and rotationsPerConfig per
+// connection, so one hanging connection cannot hold every worker. Roles
+// left over stay queued for the next tick.
+func (b *backend) startDueRotations(s logical.Storage) {
+	now := b.now().UnixMilli()
 	b.schedulerLock.Lock()
 	defer b.schedulerLock.Unlock()
-	var due []string
-	for b.rotationQueue.Len() > 0 {
+	if b.rotationQueue == nil || b.schedulerCtx.Err() != nil {
+		return
+	}
+	var deferred []*queue.Item
+	for b.rotationQueue.Len() > 0 && b.rotationsRunning < maxRotationsRunning {
 		item, err := b.rotationQueue.Pop()
 		if err != nil {
 			break
 		}
-		if item.Priority > now.UnixMilli() {
-			_ = b.rotationQueue.Push(item)
+		if item.Priority > now {
+			deferred = append(deferred, item)
 			break
 		}
-		due = append(due, item.Key)
+		config, _ := item.Value.(string)
+		if b.rotationsPerConfig[config] >= rotationsPerConnection {
+			deferred = append(deferred, item)
+			continue
+		}
+		b.rotationsPerConfig[config]++
+		b.rotationsRunning++
+		b.rotations.Add(1)
+		go func(name, config string) {
+			defer func() {
+				b.schedulerLock.Lock()
+				b.rotationsPerConfig[config]--
+				b.rotationsRunning--
+				b.schedulerLock.Unlock()
+				b.rotations.Done()
+			}()
+			b.processStaticRole(b.schedulerCtx, s, name)
+		}(item.Key, config)
 	}
-	return due
+	for _, item := range deferred {
+		_ = b.rotationQueue.Push(item)
+	}
+}
+
+// runDueRotations starts what is due and waits for it: the scheduler's
+// tick, run synchronously by tests that drive the clock themselves.
+func (b *backend) runDueRotations(s logical.Storage) {
+	b.startDueRotations(s)
+	b.rotations.Wait()
 }
 
 // processStaticRole does whatever is due for one role: end an overlap,
@@ -343,20 +381,29 @@ func (b *backend) requeueLater(name string) {
 	b.schedulerLock.Lock()
 	defer b.schedulerLock.Unlock()
 	if b.rotationQueue != nil {
+		_, _ = b.rotationQueue.PopByKey(name)
 		_ = b.rotationQueue.Push(&queue.Item{Key: name, Priority: b.now().Add(rotationBackoffMin).UnixMilli()})
 	}
 }
 
-// stopRotationScheduler stops the ticker and waits for work in flight.
+// stopRotationScheduler stops the ticker, waits for work in flight, and
+// only then drops the queue that the work puts roles back into.
 func (b *backend) stopRotationScheduler() {
 	b.schedulerLock.Lock()
 	stop, done := b.stopScheduler, b.schedulerDone
-	b.stopScheduler, b.rotationQueue = nil, nil
+	b.stopScheduler, b.schedulerDone = nil, nil
 	b.schedulerLock.Unlock()
-	if stop != nil {
-		stop()
+	if stop == nil {
+		return
+	}
+	stop()
+	if done != nil {
 		<-done
 	}
+	b.rotations.Wait()
+	b.schedulerLock.Lock()
+	b.rotationQueue = nil
+	b.schedulerLock.Unlock()
 }
 
 // sanitizeName keeps a role name usable inside a key name.
