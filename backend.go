@@ -75,8 +75,11 @@ type backend struct {
 
 	// roles caches dynamic roles for issuance; dropped on write, delete
 	// and Invalidate.
-	rolesLock sync.RWMutex
-	roles     map[string]*roleEntry
+	// rolesGeneration counts forgetRole calls, so a read that raced a
+	// write is not cached.
+	rolesLock       sync.RWMutex
+	roles           map[string]*roleEntry
+	rolesGeneration uint64
 
 	// Work taken off the request path: events to send and spent WAL
 	// entries to delete. stopBackground ends both workers in Clean.

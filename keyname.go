@@ -7,11 +7,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/vault/sdk/helper/template"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -46,28 +43,10 @@ type keyNameData struct {
 	DisplayName string
 }
 
-// parsedTemplates caches parsed key name templates by their text: parsing
-// on every issuance is wasted work. It holds at most maxParsedTemplates.
-var (
-	parsedTemplates      sync.Map // string -> template.StringTemplate
-	parsedTemplatesCount atomic.Int64
-)
-
-const maxParsedTemplates = 1024
-
 func renderKeyName(tmpl string, data keyNameData) (string, error) {
-	var t template.StringTemplate
-	if cached, ok := parsedTemplates.Load(tmpl); ok {
-		t = cached.(template.StringTemplate)
-	} else {
-		parsed, err := template.NewTemplate(template.Template(tmpl))
-		if err != nil {
-			return "", err
-		}
-		if parsedTemplatesCount.Add(1) <= maxParsedTemplates {
-			parsedTemplates.Store(tmpl, parsed)
-		}
-		t = parsed
+	t, err := parseKeyNameTemplate(tmpl)
+	if err != nil {
+		return "", err
 	}
 	name, err := t.Generate(data)
 	if err != nil {

@@ -116,6 +116,7 @@ func getRole(ctx context.Context, s logical.Storage, name string) (*roleEntry, e
 func (b *backend) cachedRole(ctx context.Context, s logical.Storage, name string) (*roleEntry, error) {
 	b.rolesLock.RLock()
 	role, ok := b.roles[name]
+	generation := b.rolesGeneration
 	b.rolesLock.RUnlock()
 	if ok {
 		return role, nil
@@ -125,7 +126,11 @@ func (b *backend) cachedRole(ctx context.Context, s logical.Storage, name string
 		return role, err
 	}
 	b.rolesLock.Lock()
-	b.roles[name] = role
+	// A write or delete that forgot roles while this read was under way
+	// may have changed what it read: serve it this once, never cache it.
+	if generation == b.rolesGeneration {
+		b.roles[name] = role
+	}
 	b.rolesLock.Unlock()
 	return role, nil
 }
@@ -133,6 +138,7 @@ func (b *backend) cachedRole(ctx context.Context, s logical.Storage, name string
 func (b *backend) forgetRole(name string) {
 	b.rolesLock.Lock()
 	delete(b.roles, name)
+	b.rolesGeneration++
 	b.rolesLock.Unlock()
 }
 
@@ -295,7 +301,9 @@ func (role *roleEntry) update(d *framework.FieldData, provider string, sys logic
 	if len(role.KeyNameTemplate) > maxTemplateLength {
 		return invalidField("key_name_template", "is %d characters long; use at most %d", len(role.KeyNameTemplate), maxTemplateLength)
 	}
-	if _, err := renderKeyName(role.keyNameTemplate(), keyNameData{RoleName: "example-role", DisplayName: "token-example"}); err != nil {
+	// Rendered with the longest names issuance can bring, so a template
+	// that passes here cannot exceed the bounds on a later issuance.
+	if _, err := renderKeyName(role.keyNameTemplate(), longestKeyNameData); err != nil {
 		return invalidField("key_name_template", "%s; fix the template (see `vault path-help` for the fields)", err)
 	}
 	return nil

@@ -40,6 +40,10 @@ func validateName(field, name string) error {
 		return invalidField(field, "is %d characters long; use at most %d", len(name), maxNameLength)
 	case !nameRegex.MatchString(name):
 		return invalidField(field, "%s is not valid; use letters, digits, '.', '_' or '-', starting and ending with a letter or digit", quoteForMessage(name))
+	case strings.Contains(name, ".."):
+		// Vault's storage refuses keys with "..": caught here as a 400
+		// instead of a storage error's 500.
+		return invalidField(field, "%s must not contain \"..\"; use single dots", quoteForMessage(name))
 	}
 	return nil
 }
