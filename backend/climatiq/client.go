@@ -7,15 +7,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
 
-	"github.com/hashicorp/go-cleanhttp"
 	hclog "github.com/hashicorp/go-hclog"
-	"github.com/hashicorp/go-retryablehttp"
 
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/internal/upstream"
 )
@@ -28,18 +25,12 @@ const (
 	// DefaultAPIURL is the base of the regular API.
 	DefaultAPIURL = "https://api.climatiq.io"
 
-	defaultTimeout     = 30 * time.Second
-	defaultRetryBudget = 2 * time.Minute
-	retryWaitMin       = 100 * time.Millisecond
-	retryWaitMax       = 10 * time.Second
+	platform = "climatiq"
 
 	// Response bodies are bounded: key lists carry every key of a project,
 	// everything else is small.
 	maxListBody  = 8 << 20
 	maxOtherBody = 1 << 20
-	maxErrorBody = 64 << 10
-
-	userAgent = "vault-plugin-carbon"
 )
 
 // Options configure a Client.
@@ -83,16 +74,7 @@ type Client struct {
 	managementURL string
 	apiURL        string
 	managementKey string
-	timeout       time.Duration
-	retryBudget   time.Duration
-	logger        hclog.Logger
-	gate          *upstream.Gate
-	transport     http.RoundTripper
-
-	// idempotent retries network errors and 5xx; create retries only what
-	// proves the upstream did not act on the request (see retryCreate).
-	idempotent *retryablehttp.Client
-	create     *retryablehttp.Client
+	wire          *upstream.Wire
 }
 
 // New returns a Client. It checks the options but makes no request.
@@ -100,94 +82,34 @@ func New(o Options) (*Client, error) {
 	if o.ManagementKey == "" {
 		return nil, errors.New("climatiq: management key is required")
 	}
-	mgmt, err := baseURL("management URL", o.ManagementURL)
-	if err != nil {
+	if err := upstream.CheckURL(platform, "management URL", o.ManagementURL, true); err != nil {
 		return nil, err
 	}
-	api, err := baseURL("API URL", o.APIURL)
-	if err != nil {
+	if err := upstream.CheckURL(platform, "API URL", o.APIURL, true); err != nil {
 		return nil, err
 	}
-	if o.MaxRetries < 0 {
-		return nil, fmt.Errorf("climatiq: max retries must not be negative, got %d", o.MaxRetries)
-	}
-	if o.RateLimit < 0 || math.IsNaN(o.RateLimit) || math.IsInf(o.RateLimit, 0) {
-		return nil, fmt.Errorf("climatiq: rate limit must be a non-negative number, got %v", o.RateLimit)
-	}
-	if o.Timeout <= 0 {
-		o.Timeout = defaultTimeout
-	}
-	if o.RetryBudget <= 0 {
-		o.RetryBudget = defaultRetryBudget
-	}
-	if o.Logger == nil {
-		o.Logger = hclog.NewNullLogger()
-	}
-	if o.Transport == nil {
-		o.Transport = cleanhttp.DefaultPooledTransport()
-	}
-
-	gate := upstream.NewGate(o.RateLimit)
-	httpClient := &http.Client{
-		// No http.Client.Timeout: it would also run while a request queues
-		// at the rate limiter. attemptTransport starts the clock after it.
-		Transport: &attemptTransport{base: o.Transport, gate: gate, timeout: o.Timeout},
-		// Climatiq does not redirect; following one would turn a create
-		// into a GET (or send the key elsewhere), so a 3xx is an error.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
-	logger := o.Logger
-	newRetryClient := func(policy retryablehttp.CheckRetry) *retryablehttp.Client {
-		return &retryablehttp.Client{
-			HTTPClient:   httpClient,
-			RetryWaitMin: retryWaitMin,
-			RetryWaitMax: retryWaitMax,
-			RetryMax:     o.MaxRetries,
-			CheckRetry:   policy,
-			Backoff:      backoff,
-			ErrorHandler: retryablehttp.PassthroughErrorHandler,
-			RequestLogHook: func(_ retryablehttp.Logger, req *http.Request, attempt int) {
-				if attempt > 0 {
-					logger.Debug("retrying request", "method", req.Method, "path", req.URL.Path, "attempt", attempt+1)
-				}
-			},
-			ResponseLogHook: func(_ retryablehttp.Logger, resp *http.Response) {
-				if resp.Request != nil { // a test transport may leave it out
-					logger.Trace("response", "method", resp.Request.Method, "path", resp.Request.URL.Path, "status", resp.StatusCode)
-				}
-			},
-		}
+	wire, err := upstream.NewWire(upstream.Options{
+		Platform:    platform,
+		Timeout:     o.Timeout,
+		MaxRetries:  o.MaxRetries,
+		RateLimit:   o.RateLimit,
+		RetryBudget: o.RetryBudget,
+		Logger:      o.Logger,
+		Transport:   o.Transport,
+	})
+	if err != nil {
+		return nil, err
 	}
 	return &Client{
-		managementURL: mgmt,
-		apiURL:        api,
+		managementURL: strings.TrimRight(o.ManagementURL, "/"),
+		apiURL:        strings.TrimRight(o.APIURL, "/"),
 		managementKey: o.ManagementKey,
-		timeout:       o.Timeout,
-		retryBudget:   o.RetryBudget,
-		logger:        logger,
-		gate:          gate,
-		transport:     o.Transport,
-		idempotent:    newRetryClient(retryIdempotent),
-		create:        newRetryClient(retryCreate),
+		wire:          wire,
 	}, nil
 }
 
-// baseURL checks that raw is an absolute http(s) URL that paths can be
-// appended to. Whether plain http is acceptable is the caller's policy.
-func baseURL(what, raw string) (string, error) {
-	u, err := url.Parse(raw)
-	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") || u.RawQuery != "" || u.Fragment != "" {
-		return "", fmt.Errorf("climatiq: %s %q is not an absolute http(s) base URL", what, raw)
-	}
-	return strings.TrimRight(raw, "/"), nil
-}
-
 // Close releases idle connections.
-func (c *Client) Close() {
-	if t, ok := c.transport.(interface{ CloseIdleConnections() }); ok {
-		t.CloseIdleConnections()
-	}
-}
+func (c *Client) Close() { c.wire.Close() }
 
 // ListProjects lists the projects visible to the management key.
 func (c *Client) ListProjects(ctx context.Context) ([]Project, error) {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiq"
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiqtest"
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/internal/testutil"
 )
 
 const mgmtKey = "mgmt-s3cr3t-do-not-leak"
@@ -35,25 +36,13 @@ func newFake(t *testing.T) *climatiqtest.Server {
 func newClient(t *testing.T, fake *climatiqtest.Server, mutate func(*climatiq.Options)) *climatiq.Client {
 	t.Helper()
 	o := climatiq.Options{ManagementURL: fake.ManagementURL(), APIURL: fake.APIURL(), ManagementKey: mgmtKey, MaxRetries: 2}
-	if mutate != nil {
-		mutate(&o)
-	}
-	c, err := climatiq.New(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	return c
+	return testutil.NewClient(t, climatiq.New, o, mutate)
 }
 
 // assertNoSecrets fails if an error (or log) text carries a secret.
 func assertNoSecrets(t *testing.T, text string, secrets ...string) {
 	t.Helper()
-	for _, s := range append(secrets, mgmtKey) {
-		if s != "" && strings.Contains(text, s) {
-			t.Fatalf("text carries a secret: %q", text)
-		}
-	}
+	testutil.NoSecrets(t, text, append(secrets, mgmtKey)...)
 }
 
 func TestNewValidates(t *testing.T) {

@@ -12,7 +12,6 @@ import (
 	"io"
 	"math"
 	mrand "math/rand/v2"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -24,6 +23,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiq"
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/internal/loopback"
 )
 
 const (
@@ -105,16 +105,7 @@ func NewServer(managementKeys ...string) *Server {
 		writeError(w, http.StatusNotFound, "not_found", "No such route.")
 	})
 
-	// Not httptest.NewServer: it may fall back to [::1] or obey the
-	// -httptest.serve flag; the fake promises 127.0.0.1.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(fmt.Sprintf("climatiqtest: listening on 127.0.0.1: %v", err))
-	}
-	s.srv = httptest.NewUnstartedServer(mux)
-	_ = s.srv.Listener.Close()
-	s.srv.Listener = l
-	s.srv.Start()
+	s.srv = loopback.NewServer("climatiqtest", mux)
 	return s
 }
 
