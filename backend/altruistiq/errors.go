@@ -50,7 +50,8 @@ func (e *Error) Error() string {
 func (e *Error) Is(target error) bool { return sentinels.Is(e.StatusCode, target) }
 
 // errorMessage extracts what an error body says. Altruistiq answers
-// {"status": "Unauthorized"}; RFC 6749 endpoints {error, error_description}.
+// {"message": ...} or {"status": "Unauthorized"}; RFC 6749 endpoints
+// {error, error_description}.
 // A body that is not JSON yields no message: it may be an HTML page, or
 // echo the request.
 func errorMessage(body []byte, redact upstream.Redactor) string {
@@ -66,9 +67,10 @@ func errorMessage(body []byte, redact upstream.Redactor) string {
 		return s
 	}
 	code := text("error")
-	// The most specific wins; an RFC 6749 code is kept next to its
-	// description because it names the cause (invalid_client, invalid_scope).
-	msg := firstNonEmpty(text("error_description"), text("message"), text("status"))
+	// Altruistiq's own fields first (its errors carry message or status),
+	// then RFC 6749's. An RFC 6749 code is kept next to the message
+	// because it names the cause (invalid_client, invalid_scope).
+	msg := firstNonEmpty(text("message"), text("status"), text("error_description"))
 	switch {
 	case msg == "":
 		msg = code

@@ -126,9 +126,19 @@ func (c *Client) ListProjects(ctx context.Context) ([]Project, error) {
 	return out, nil
 }
 
-// CreateProject creates a project. Like CreateKey it is retried only when
-// the upstream provably did not act on it.
+// CreateProject creates a project whose name is unique; a create that
+// fails ambiguously is resolved by name (see createUnique).
 func (c *Client) CreateProject(ctx context.Context, name string) (Project, error) {
+	return createUnique(ctx, c, uniqueCreate[Project]{
+		name:   name,
+		post:   func(ctx context.Context) (Project, error) { return c.postProject(ctx, name) },
+		list:   c.ListProjects,
+		nameOf: func(p Project) string { return p.Name },
+		remove: func(ctx context.Context, p Project) error { return c.DeleteProject(ctx, p.ID) },
+	})
+}
+
+func (c *Client) postProject(ctx context.Context, name string) (Project, error) {
 	const op = "create project"
 	var out Project
 	if err := c.management(ctx, op, http.MethodPost, "/project", map[string]string{"project_name": name}, &out, maxOtherBody); err != nil {
@@ -154,13 +164,21 @@ func (c *Client) RenameProject(ctx context.Context, id, name string) (Project, e
 	return out, nil
 }
 
-// DeleteProject deletes a project and, upstream, all of its keys.
+// DeleteProject deletes a project and, upstream, all of its keys. A
+// project that is gone gives an error matching ErrNotFound: also when the
+// delete is answered 400 or 403, if the project list confirms it gone.
 func (c *Client) DeleteProject(ctx context.Context, id string) error {
 	const op = "delete project"
 	if id == "" {
 		return missingID(op, "project")
 	}
-	return c.management(ctx, op, http.MethodDelete, "/project/"+url.PathEscape(id), nil, nil, maxOtherBody)
+	err := c.management(ctx, op, http.MethodDelete, "/project/"+url.PathEscape(id), nil, nil, maxOtherBody)
+	e, ok := mayMeanAbsent(err, http.StatusBadRequest, http.StatusForbidden)
+	if !ok {
+		return err
+	}
+	listed, listErr := c.projectListed(ctx, id)
+	return confirmAbsence(e, listed, listErr)
 }
 
 // ListKeys lists a project's API keys, values included.
@@ -181,15 +199,24 @@ func (c *Client) ListKeys(ctx context.Context, projectID string) ([]APIKey, erro
 	return out, nil
 }
 
-// CreateKey creates an API key in a project. The create is not idempotent
-// upstream, so it is retried only when the request provably was not acted
-// on; callers give keys unique names so a lost answer can be resolved by a
-// lookup.
+// CreateKey creates an API key in a project. Its name must be unique (the
+// caller puts a nonce in it): a create that fails ambiguously is resolved
+// by looking the key up by name (see createUnique).
 func (c *Client) CreateKey(ctx context.Context, projectID, name string) (APIKey, error) {
-	const op = "create key"
 	if projectID == "" {
-		return APIKey{}, missingID(op, "project")
+		return APIKey{}, missingID("create key", "project")
 	}
+	return createUnique(ctx, c, uniqueCreate[APIKey]{
+		name:   name,
+		post:   func(ctx context.Context) (APIKey, error) { return c.postKey(ctx, projectID, name) },
+		list:   func(ctx context.Context) ([]APIKey, error) { return c.ListKeys(ctx, projectID) },
+		nameOf: func(k APIKey) string { return k.Name },
+		remove: func(ctx context.Context, k APIKey) error { return c.DeleteKey(ctx, k.ID) },
+	})
+}
+
+func (c *Client) postKey(ctx context.Context, projectID, name string) (APIKey, error) {
+	const op = "create key"
 	var out APIKey
 	err := c.management(ctx, op, http.MethodPost, "/project/"+url.PathEscape(projectID)+"/api-key", map[string]string{"key_name": name}, &out, maxOtherBody)
 	if err != nil {

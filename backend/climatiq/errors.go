@@ -30,7 +30,19 @@ type Error struct {
 	Code       string // the upstream's error_code, if any
 	Message    string
 	RetryAfter time.Duration // for 429 and 503: how long the upstream asked to wait
+
+	// absence is what a listing showed after an answer that may mean a
+	// missing id (see confirmAbsence).
+	absence absence
 }
+
+type absence int8
+
+const (
+	absenceUnknown absence = iota
+	confirmedAbsent
+	confirmedPresent
+)
 
 func (e *Error) Error() string {
 	var b strings.Builder
@@ -41,11 +53,28 @@ func (e *Error) Error() string {
 	if e.Code != "" {
 		b.WriteString(" (" + e.Code + ")")
 	}
+	switch e.absence {
+	case confirmedAbsent:
+		b.WriteString("; it is gone: not listed upstream")
+	case confirmedPresent:
+		b.WriteString("; it is still listed upstream")
+	}
 	return b.String()
 }
 
 // Is matches the sentinel for the error's status.
-func (e *Error) Is(target error) bool { return sentinels.Is(e.StatusCode, target) }
+// A listing that confirmed the resource absent (or present) overrides the
+// status as to ErrNotFound: a 400 or 403 for a missing id means not found,
+// and a 404 for a listed one does not.
+func (e *Error) Is(target error) bool {
+	switch {
+	case e.absence == confirmedAbsent:
+		return target == ErrNotFound
+	case e.absence == confirmedPresent && target == ErrNotFound:
+		return false
+	}
+	return sentinels.Is(e.StatusCode, target)
+}
 
 // newError builds an *Error from an error answer. Climatiq answers
 // {error, error_code, message}; anything else yields the status text.

@@ -35,18 +35,42 @@ func retryIdempotent(ctx context.Context, resp *http.Response, err error) (bool,
 }
 
 // retryCreate retries a POST only when the upstream provably did not act on
-// it: the connection was never made, or the answer was 503 Service
-// Unavailable. A timeout or another 5xx may follow a create that happened;
-// retrying it could create the resource twice. 429s go back to Wire.Send.
+// it: the request never left (NeverSent). Any answer or failure after it
+// was sent, 503 and timeouts included, may follow a create that happened:
+// retrying it blindly could create the resource twice, so the client
+// resolves those by looking the resource up. 429s go back to Wire.Send.
 func retryCreate(ctx context.Context, resp *http.Response, err error) (bool, error) {
 	if ctx.Err() != nil {
 		return false, ctx.Err()
 	}
-	if err != nil {
-		var opErr *net.OpError
-		return errors.As(err, &opErr) && opErr.Op == "dial", nil
+	// Not after errLimiterDeadline: the deadline would hold again.
+	return err != nil && dialFailed(err), nil
+}
+
+// NeverSent reports whether a request failed before the upstream could
+// have seen it: the connection was never made, or the client's own rate
+// limit held it back.
+func NeverSent(err error) bool {
+	return errors.Is(err, errLimiterDeadline) || dialFailed(err)
+}
+
+func dialFailed(err error) bool {
+	var opErr *net.OpError
+	return errors.As(err, &opErr) && opErr.Op == "dial"
+}
+
+// Pause waits before the next try of a request that the client retries by
+// itself, outside retryablehttp (attempt counts from 0), with the same
+// jittered exponential backoff. It returns early with ctx's error.
+func (w *Wire) Pause(ctx context.Context, attempt int) error {
+	timer := time.NewTimer(backoff(retryWaitMin, retryWaitMax, attempt, nil))
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-timer.C:
+		return nil
 	}
-	return resp.StatusCode == http.StatusServiceUnavailable, nil
 }
 
 // backoff waits a 503's Retry-After (capped like a 429's), else backs off

@@ -56,19 +56,20 @@ func TestRetryPolicies(t *testing.T) {
 		err            error
 		wantIdempotent bool
 		wantCreate     bool
+		wantNeverSent  bool
 	}{
-		{"200", status(200), nil, false, false},
-		{"404", status(404), nil, false, false},
-		{"429 goes to the outer loop", status(429), nil, false, false},
-		{"500", status(500), nil, true, false},
-		{"501", status(501), nil, false, false},
-		{"502", status(502), nil, true, false},
-		{"503", status(503), nil, true, true},
-		{"dial error", nil, dial, true, true},
-		{"reset after sending", nil, reset, true, false},
-		{"attempt timeout", nil, timeout, true, false},
-		{"limiter deadline", nil, limiter, false, false},
-		{"EOF", nil, io.ErrUnexpectedEOF, true, false},
+		{"200", status(200), nil, false, false, false},
+		{"404", status(404), nil, false, false, false},
+		{"429 goes to the outer loop", status(429), nil, false, false, false},
+		{"500", status(500), nil, true, false, false},
+		{"501", status(501), nil, false, false, false},
+		{"502", status(502), nil, true, false, false},
+		{"503 may follow a create that happened", status(503), nil, true, false, false},
+		{"dial error", nil, dial, true, true, true},
+		{"reset after sending", nil, reset, true, false, false},
+		{"attempt timeout", nil, timeout, true, false, false},
+		{"limiter deadline", nil, limiter, false, false, true},
+		{"EOF", nil, io.ErrUnexpectedEOF, true, false, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -78,6 +79,11 @@ func TestRetryPolicies(t *testing.T) {
 			if got, _ := retryCreate(context.Background(), tc.resp, tc.err); got != tc.wantCreate {
 				t.Errorf("retryCreate = %v", got)
 			}
+			if tc.err != nil {
+				if got := NeverSent(tc.err); got != tc.wantNeverSent {
+					t.Errorf("NeverSent = %v", got)
+				}
+			}
 		})
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -86,5 +92,37 @@ func TestRetryPolicies(t *testing.T) {
 		if retry, err := policy(ctx, nil, dial); retry || !errors.Is(err, context.Canceled) {
 			t.Errorf("%s retries after ctx is done: %v, %v", name, retry, err)
 		}
+	}
+}
+
+func TestPause(t *testing.T) {
+	w, err := NewWire(Options{Platform: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		attempt  int
+		cancel   bool
+		min, max time.Duration
+		wantErr  error
+	}{
+		{"first retry", 0, false, retryWaitMin / 2, retryWaitMin + 50*time.Millisecond, nil},
+		{"second retry waits longer", 1, false, retryWaitMin, 2*retryWaitMin + 50*time.Millisecond, nil},
+		{"ctx done", 30, true, 0, 50 * time.Millisecond, context.Canceled},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			if tc.cancel {
+				cancel()
+			}
+			defer cancel()
+			start := time.Now()
+			err := w.Pause(ctx, tc.attempt)
+			if d := time.Since(start); d < tc.min || d > tc.max || !errors.Is(err, tc.wantErr) {
+				t.Fatalf("Pause took %s (want %s..%s), err %v (want %v)", d, tc.min, tc.max, err, tc.wantErr)
+			}
+		})
 	}
 }

@@ -41,12 +41,13 @@ type Options struct {
 //	attemptTransport  paces each attempt at the gate, then times it out
 //	Options.Transport
 type Wire struct {
-	platform string
-	timeout  time.Duration
-	budget   time.Duration
-	logger   hclog.Logger
-	gate     *Gate
-	base     http.RoundTripper
+	platform   string
+	maxRetries int
+	timeout    time.Duration
+	budget     time.Duration
+	logger     hclog.Logger
+	gate       *Gate
+	base       http.RoundTripper
 
 	// Idempotent retries network errors and 5xx; Create retries only what
 	// proves the upstream did not act on the request.
@@ -75,12 +76,13 @@ func NewWire(o Options) (*Wire, error) {
 		o.Transport = cleanhttp.DefaultPooledTransport()
 	}
 	w := &Wire{
-		platform: o.Platform,
-		timeout:  o.Timeout,
-		budget:   o.RetryBudget,
-		logger:   o.Logger,
-		gate:     NewGate(o.RateLimit),
-		base:     o.Transport,
+		platform:   o.Platform,
+		maxRetries: o.MaxRetries,
+		timeout:    o.Timeout,
+		budget:     o.RetryBudget,
+		logger:     o.Logger,
+		gate:       NewGate(o.RateLimit),
+		base:       o.Transport,
 	}
 	httpClient := &http.Client{
 		// No http.Client.Timeout: it would also run while a request queues
@@ -130,6 +132,9 @@ func (w *Wire) Close() {
 
 // Logger is the client's logger.
 func (w *Wire) Logger() hclog.Logger { return w.logger }
+
+// MaxRetries is how often a failed request may be tried again.
+func (w *Wire) MaxRetries() int { return w.maxRetries }
 
 // Budget is the overall time a request may spend waiting out 429s.
 func (w *Wire) Budget() time.Duration { return w.budget }
