@@ -69,6 +69,10 @@ type backend struct {
 	mountMax     time.Duration
 	mountMaxRead time.Time
 
+	// startedAt is when this instance was made: WAL entries older than it
+	// belong to no issuance in flight here.
+	startedAt time.Time
+
 	// clock is the engine's time: key names, expiries, schedules and tidy
 	// ages. Tests replace it to run hours of TTL in milliseconds.
 	clock func() time.Time
@@ -113,6 +117,7 @@ func newBackend() *backend {
 		stopBackground: make(chan struct{}),
 		roleLocks:      locksutil.CreateLocks(),
 		clock:          time.Now,
+		startedAt:      time.Now().Truncate(time.Second),
 		schedulerTick:  schedulerTick,
 	}
 	b.Backend = &framework.Backend{

@@ -142,3 +142,19 @@ func (b *backend) resetConnection(name string) {
 		delete(b.connections, name)
 	}
 }
+
+// checkProjectVisible catches a mistyped project_id at write time rather
+// than at the first issuance or rotation: a 400 naming the field when the
+// connection cannot see the project, nil when it can.
+func checkProjectVisible(ctx context.Context, client *climatiq.Client, config, projectID string) *logical.Response {
+	projects, err := client.ListProjects(ctx)
+	if err != nil {
+		return logical.ErrorResponse("project_id: could not confirm project %q through connection %q: %s", projectID, config, err)
+	}
+	for _, p := range projects {
+		if p.ID == projectID {
+			return nil
+		}
+	}
+	return logical.ErrorResponse("project_id: no project %q is visible to connection %q; check the id or use project_per_lease=true", projectID, config)
+}

@@ -2,6 +2,7 @@ package carbon
 
 import (
 	"context"
+	"errors"
 	"net/url"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -88,4 +89,22 @@ func inventoryCountForConfig(ctx context.Context, s logical.Storage, config stri
 		return nil
 	})
 	return n, err
+}
+
+// findInventoryByID returns the inventory entry of a key id, or nil. It
+// walks the inventory: adoption checks are rare administrative writes.
+func findInventoryByID(ctx context.Context, s logical.Storage, keyID string) (*ownedKey, error) {
+	var found *ownedKey
+	errFound := errors.New("found")
+	err := walkInventory(ctx, s, func(k *ownedKey) error {
+		if k.KeyID == keyID {
+			found = k
+			return errFound
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errFound) {
+		return nil, err
+	}
+	return found, nil
 }

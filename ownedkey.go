@@ -58,13 +58,15 @@ func (k *ownedKey) leaseData() map[string]any {
 
 // deleteUpstream deletes the key upstream; for a per-lease project, the
 // project, which takes its key with it. A key that is already gone counts
-// as deleted: revocation must be idempotent.
+// as deleted: revocation must be idempotent. The client confirms "gone"
+// against the project's key list, since a missing id may be answered 403
+// or 400 rather than 404.
 func deleteUpstream(ctx context.Context, client *climatiq.Client, k *ownedKey) error {
 	var err error
 	if k.ProjectPerLease {
 		err = client.DeleteProject(ctx, k.ProjectID)
 	} else {
-		err = client.DeleteKey(ctx, k.KeyID)
+		err = client.DeleteProjectKey(ctx, k.ProjectID, k.KeyID)
 	}
 	if errors.Is(err, climatiq.ErrNotFound) {
 		return nil

@@ -3,6 +3,8 @@ package carbon
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -207,16 +209,27 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if err != nil {
 		return nil, err
 	}
+	var before *connectionConfig
 	if cfg == nil {
 		cfg, err = newConnectionConfig(d)
 	} else {
+		stored := *cfg
+		before = &stored
 		err = checkProviderUnchanged(cfg, d)
 	}
 	if err == nil {
 		err = cfg.update(d)
 	}
+	if err == nil && before != nil {
+		err = checkSecretFollowsURL(before, cfg, d)
+	}
 	if err != nil {
 		return errorResponse(err)
+	}
+	if before != nil && cfg.Provider == providerClimatiq && cfg.upstreamAccountMayChange(before) {
+		if resp, err := b.checkKeysStayReachable(ctx, req.Storage, name, cfg); resp != nil || err != nil {
+			return resp, err
+		}
 	}
 
 	if d.Get("verify_connection").(bool) {
@@ -232,6 +245,104 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	// tokens fetched with them.
 	b.resetConnection(name)
 	return nil, nil
+}
+
+// checkSecretFollowsURL refuses a write that points an upstream URL
+// elsewhere without writing the secret again: the stored secret must never
+// follow a URL to a host it was not written for.
+func checkSecretFollowsURL(before, after *connectionConfig, d *framework.FieldData) error {
+	secret := "management_key"
+	if after.Provider == providerAltruistiq {
+		secret = "client_secret"
+	}
+	if _, written := d.Raw[secret]; written {
+		return nil
+	}
+	for _, u := range []struct{ field, before, after string }{
+		{"management_url", before.ManagementURL, after.ManagementURL},
+		{"token_url", before.TokenURL, after.TokenURL},
+		{"api_url", before.APIURL, after.APIURL},
+	} {
+		if u.before != u.after {
+			return invalidField(secret, "must be written again in the same request when %s changes, so the stored secret is never sent to a host it was not written for", u.field)
+		}
+	}
+	return nil
+}
+
+// upstreamAccountMayChange reports whether a rewrite could point the
+// connection at another Climatiq account.
+func (cfg *connectionConfig) upstreamAccountMayChange(before *connectionConfig) bool {
+	return cfg.ManagementKey != before.ManagementKey || cfg.ManagementURL != before.ManagementURL
+}
+
+// checkKeysStayReachable refuses to re-point a connection whose keys,
+// roles or static roles live in projects the new credentials cannot see:
+// revocations would answer 404 and strand the keys in the old account. A
+// new management key of the same account (the usual rotation in the
+// dashboard) sees the same projects and passes.
+func (b *backend) checkKeysStayReachable(ctx context.Context, s logical.Storage, name string, cfg *connectionConfig) (*logical.Response, error) {
+	projects, err := projectsInUse(ctx, s, name)
+	if err != nil || len(projects) == 0 {
+		return nil, err
+	}
+	conn, err := newConnection(b, name, cfg)
+	if err != nil {
+		return logical.ErrorResponse("management_key: %s", err), nil
+	}
+	defer conn.close()
+	visible, err := conn.climatiq.ListProjects(ctx)
+	if err != nil {
+		return logical.ErrorResponse("management_key: could not confirm that the new credentials reach the projects this connection's keys live in: %s", err), nil
+	}
+	for _, p := range visible {
+		delete(projects, p.ID)
+	}
+	if len(projects) > 0 {
+		missing := slices.Sorted(maps.Keys(projects))
+		return logical.ErrorResponse("management_key: the new credentials cannot see project(s) %s, which hold this connection's keys or roles; "+
+			"a connection must stay on the account its keys live in: revoke the keys and remove the roles first, or create a new connection for the other account",
+			strings.Join(missing, ", ")), nil
+	}
+	return nil, nil
+}
+
+// projectsInUse are the projects that hold the connection's live keys or
+// that its roles and static roles name.
+func projectsInUse(ctx context.Context, s logical.Storage, config string) (map[string]bool, error) {
+	projects := map[string]bool{}
+	err := walkInventory(ctx, s, func(k *ownedKey) error {
+		if k.Config == config && k.ProjectID != "" {
+			projects[k.ProjectID] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, prefix := range []string{roleStoragePrefix, staticRoleStoragePrefix} {
+		names, err := s.List(ctx, prefix)
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range names {
+			var role struct {
+				Config    string `json:"config"`
+				ProjectID string `json:"project_id"`
+			}
+			entry, err := s.Get(ctx, prefix+n)
+			if err != nil || entry == nil {
+				return nil, err
+			}
+			if err := entry.DecodeJSON(&role); err != nil {
+				return nil, err
+			}
+			if role.Config == config && role.ProjectID != "" {
+				projects[role.ProjectID] = true
+			}
+		}
+	}
+	return projects, nil
 }
 
 // verifyConnection returns a 400 carrying the upstream's status and message
@@ -379,18 +490,78 @@ func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, d 
 	if len(roles) > 0 {
 		return logical.ErrorResponse("name: connection %q is used by roles %s; delete or re-point them first", name, strings.Join(roles, ", ")), nil
 	}
+	static, err := staticRolesUsingConfig(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if len(static) > 0 {
+		return logical.ErrorResponse("name: connection %q holds the keys of static roles %s; delete them first (vault delete %sstatic-roles/%s), which deletes their keys unless delete_key_on_remove=false",
+			name, strings.Join(static, ", "), req.MountPoint, static[0]), nil
+	}
 	live, err := inventoryCountForConfig(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
 	}
 	if live > 0 {
-		return logical.ErrorResponse("name: connection %q still owns %d live keys; revoke their leases first (vault lease revoke -prefix)", name, live), nil
+		return logical.ErrorResponse("name: connection %q still owns %d live keys; revoke their leases first (vault lease revoke -prefix %screds/)", name, live, req.MountPoint), nil
+	}
+	// A pending WAL entry's rollback needs the connection to delete what
+	// the interrupted issuance may have created.
+	b.deleteQueuedSpentWAL(ctx)
+	pending, err := pendingWALForConfig(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if pending > 0 {
+		return logical.ErrorResponse("name: connection %q has %d key creations awaiting rollback; Vault resolves them within %s (or run tidy after a restart of the mount); delete the connection after that",
+			name, pending, walRollbackMinAge+time.Minute), nil
 	}
 	if err := req.Storage.Delete(ctx, configStoragePrefix+name); err != nil {
 		return nil, err
 	}
 	b.resetConnection(name)
 	return nil, nil
+}
+
+// staticRolesUsingConfig names the static roles whose keys live through
+// the given connection.
+func staticRolesUsingConfig(ctx context.Context, s logical.Storage, config string) ([]string, error) {
+	names, err := s.List(ctx, staticRoleStoragePrefix)
+	if err != nil {
+		return nil, err
+	}
+	var using []string
+	for _, name := range names {
+		role, err := getStaticRole(ctx, s, name)
+		if err != nil {
+			return nil, err
+		}
+		if role != nil && role.Config == config {
+			using = append(using, name)
+		}
+	}
+	return using, nil
+}
+
+// pendingWALForConfig counts the WAL entries whose rollback would go
+// through the given connection.
+func pendingWALForConfig(ctx context.Context, s logical.Storage, config string) (int, error) {
+	ids, err := framework.ListWAL(ctx, s)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, id := range ids {
+		entry, err := framework.GetWAL(ctx, s, id)
+		if err != nil {
+			return 0, err
+		}
+		var key ownedKey
+		if entry != nil && entry.Kind == walKindClimatiqKey && decodeInto(entry.Data, &key) == nil && key.Config == config {
+			n++
+		}
+	}
+	return n, nil
 }
 
 func cleanScopes(in []string) []string {

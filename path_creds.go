@@ -10,6 +10,8 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiq"
 )
 
 func pathCreds(b *backend) []*framework.Path {
@@ -135,10 +137,17 @@ func (b *backend) issueClimatiqKey(ctx context.Context, req *logical.Request, ro
 	created, err := client.CreateKey(ctx, key.ProjectID, keyName)
 	if err != nil {
 		b.rollbackNow(ctx, req.Storage, walID, key)
+		if errors.Is(err, climatiq.ErrNotFound) && !role.ProjectPerLease {
+			return logical.ErrorResponse("project_id: project %q of role %q no longer exists upstream; point the role at an existing project (vault write %s roles/%s project_id=...)",
+				key.ProjectID, roleName, req.MountPoint, roleName), nil
+		}
 		return nil, upstreamError("creating key", err)
 	}
 	key.KeyID = created.ID
 
+	// The lease is capped at the expiry the inventory records, so tidy
+	// can never take a live lease's key for an expired one. Renewals
+	// move both together (secrets.go).
 	maxTTL := role.MaxTTL
 	if mountMax := b.mountMaxTTL(); maxTTL == 0 || maxTTL > mountMax {
 		maxTTL = mountMax
@@ -157,7 +166,7 @@ func (b *backend) issueClimatiqKey(ctx context.Context, req *logical.Request, ro
 		"project_id": key.ProjectID,
 	}, key.leaseData())
 	resp.Secret.TTL = role.TTL
-	resp.Secret.MaxTTL = role.MaxTTL
+	resp.Secret.MaxTTL = maxTTL
 	return resp, nil
 }
 
@@ -200,14 +209,6 @@ func (b *backend) mountMaxTTL() time.Duration {
 		b.mountMax, b.mountMaxRead = b.System().MaxLeaseTTL(), time.Now()
 	}
 	return b.mountMax
-}
-
-// upstreamError reports an upstream failure with the upstream's status and
-// message (the upstream clients' errors carry no secrets). Vault answers it
-// with a 500: the caller did nothing wrong, and Vault's expiration manager
-// retries a revocation that fails this way.
-func upstreamError(op string, err error) error {
-	return fmt.Errorf("%s: %w", op, err)
 }
 
 const pathCredsHelp = `

@@ -2,7 +2,6 @@ package carbon
 
 import (
 	"context"
-	"errors"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -78,20 +77,9 @@ func (b *backend) pathKeysList(ctx context.Context, req *logical.Request, _ *fra
 	return logical.ListResponseWithInfo(ids, info), nil
 }
 
-// pathKeyRead walks the inventory: it is keyed by role and name, and reads
-// by id are rare administrative look-ups.
 func (b *backend) pathKeyRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	id := d.Get("key_id").(string)
-	var found *ownedKey
-	errFound := errors.New("found")
-	err := walkInventory(ctx, req.Storage, func(k *ownedKey) error {
-		if k.KeyID == id {
-			found = k
-			return errFound
-		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, errFound) {
+	found, err := findInventoryByID(ctx, req.Storage, d.Get("key_id").(string))
+	if err != nil {
 		return nil, err
 	}
 	if found == nil {

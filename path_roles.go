@@ -236,7 +236,11 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 		return errorResponse(err)
 	}
 	if cfg.Provider == providerClimatiq && role.ProjectID != "" && d.Raw["project_id"] != nil {
-		if resp := b.checkProjectExists(ctx, req.Storage, role); resp != nil {
+		client, err := b.climatiqClient(ctx, req.Storage, role.Config)
+		if err != nil {
+			return nil, err
+		}
+		if resp := checkProjectVisible(ctx, client, role.Config, role.ProjectID); resp != nil {
 			return resp, nil
 		}
 	}
@@ -307,25 +311,6 @@ func (role *roleEntry) update(d *framework.FieldData, provider string, sys logic
 		return invalidField("key_name_template", "%s; fix the template (see `vault path-help` for the fields)", err)
 	}
 	return nil
-}
-
-// checkProjectExists catches a mistyped project_id at write time rather than
-// at the first issuance.
-func (b *backend) checkProjectExists(ctx context.Context, s logical.Storage, role *roleEntry) *logical.Response {
-	client, err := b.climatiqClient(ctx, s, role.Config)
-	if err != nil {
-		return logical.ErrorResponse("config: %s", err)
-	}
-	projects, err := client.ListProjects(ctx)
-	if err != nil {
-		return logical.ErrorResponse("project_id: could not confirm project %q: %s", role.ProjectID, err)
-	}
-	for _, p := range projects {
-		if p.ID == role.ProjectID {
-			return nil
-		}
-	}
-	return logical.ErrorResponse("project_id: no project %q is visible to connection %q; check the id or use project_per_lease=true", role.ProjectID, role.Config)
 }
 
 func roleWarnings(role *roleEntry, sys logical.SystemView) *logical.Response {

@@ -2,6 +2,7 @@ package carbon
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"time"
 
@@ -39,16 +40,60 @@ type staticRole struct {
 	LastRotated  time.Time `json:"last_rotated"`
 	NextRotation time.Time `json:"next_rotation"`
 
-	// The key replaced by the last rotation, valid until PreviousExpires.
-	PreviousKeyID   string    `json:"previous_key_id,omitempty"`
-	PreviousKeyName string    `json:"previous_key_name,omitempty"`
-	PreviousExpires time.Time `json:"previous_expires,omitempty"`
+	// PreviousKeys are replaced keys still in their overlap, or whose
+	// delete failed and is retried; each is deleted at its own time.
+	PreviousKeys []previousKey `json:"previous_keys,omitempty"`
+	// The single previous key of storage written by v0.1. Read into
+	// PreviousKeys on load; written as the newest previous key so that a
+	// downgraded plugin still sees (and deletes on time) the latest one.
+	LegacyPreviousKeyID   string    `json:"previous_key_id,omitempty"`
+	LegacyPreviousKeyName string    `json:"previous_key_name,omitempty"`
+	LegacyPreviousExpires time.Time `json:"previous_expires,omitzero"`
 
-	// Failure state of scheduled work; RetryAt backs off retries.
+	// Failure state of rotations; RetryAt backs off scheduled retries.
 	LastError      string    `json:"last_error,omitempty"`
 	LastErrorTime  time.Time `json:"last_error_time,omitempty"`
 	FailedAttempts int       `json:"failed_attempts,omitempty"`
 	RetryAt        time.Time `json:"retry_at,omitempty"`
+}
+
+// previousKey is a replaced key that stays valid until Expires.
+type previousKey struct {
+	KeyID   string    `json:"key_id"`
+	KeyName string    `json:"key_name"`
+	Expires time.Time `json:"expires"`
+	// A failed delete is retried from DeleteRetryAt.
+	DeleteAttempts  int       `json:"delete_attempts,omitempty"`
+	DeleteRetryAt   time.Time `json:"delete_retry_at,omitzero"`
+	LastDeleteError string    `json:"last_delete_error,omitempty"`
+}
+
+// deleteDue is when the key is next to be deleted.
+func (pk previousKey) deleteDue() time.Time {
+	if pk.DeleteRetryAt.After(pk.Expires) {
+		return pk.DeleteRetryAt
+	}
+	return pk.Expires
+}
+
+// clone copies the role, its previous keys included.
+func (role *staticRole) clone() *staticRole {
+	c := *role
+	c.PreviousKeys = append([]previousKey(nil), role.PreviousKeys...)
+	return &c
+}
+
+// isOwnKey reports whether keyID is the role's current or a previous key.
+func (role *staticRole) isOwnKey(keyName string) bool {
+	if role.KeyName == keyName {
+		return true
+	}
+	for _, pk := range role.PreviousKeys {
+		if pk.KeyName == keyName {
+			return true
+		}
+	}
+	return false
 }
 
 func pathStaticRoles(b *backend) []*framework.Path {
@@ -75,20 +120,21 @@ func pathStaticRoles(b *backend) []*framework.Path {
 					Description: "Climatiq project that holds the key. Required on create; cannot change.",
 				},
 				"key_id": {
-					Type:        framework.TypeString,
-					Description: "Adopt this existing key of the project instead of creating one. Only on create.",
+					Type: framework.TypeString,
+					Description: "Adopt this existing key of the project instead of creating one. Only on create, and only a key " +
+						"this mount does not already own (a leased key or another static role's key is refused).",
 				},
 				"rotation_period": {
 					Type:        framework.TypeDurationSecond,
-					Description: "Rotate the key this long after the last rotation (at least 5s). Mutually exclusive with rotation_schedule.",
+					Description: "Rotate the key this long after the last rotation (at least 5s). Mutually exclusive with rotation_schedule: to switch a role from a schedule to a period, set rotation_schedule=\"\" in the same write.",
 				},
 				"rotation_schedule": {
 					Type:        framework.TypeString,
-					Description: "Cron schedule (UTC, 5 fields) on which to rotate the key. Mutually exclusive with rotation_period.",
+					Description: "Cron schedule (UTC, 5 fields) on which to rotate the key. Mutually exclusive with rotation_period: to switch a role from a period to a schedule, set rotation_period=0 in the same write.",
 				},
 				"rotation_window": {
 					Type:        framework.TypeDurationSecond,
-					Description: "With rotation_schedule: how long after a scheduled time the rotation may still run (at least 1h). A rotation missed by more waits for the next scheduled time.",
+					Description: "With rotation_schedule: how long after a scheduled time the rotation, and its retries after failures, may still run (at least 1h; 0, the default, means no limit). A rotation missed by more waits for the next scheduled time.",
 				},
 				"disable_automated_rotation": {
 					Type:        framework.TypeBool,
@@ -96,12 +142,12 @@ func pathStaticRoles(b *backend) []*framework.Path {
 				},
 				"overlap_period": {
 					Type:        framework.TypeDurationSecond,
-					Description: "How long the previous key stays valid after a rotation, so running applications can switch over. 0 (default) deletes it at once.",
+					Description: "How long a replaced key stays valid after a rotation, so running applications can switch over. 0 (default) deletes it at once. A later rotation never cuts it short (unless rotate-role is called with delete_previous_keys=true).",
 				},
 				"delete_key_on_remove": {
 					Type:        framework.TypeBool,
 					Default:     true,
-					Description: "Delete the key upstream when the role is deleted.",
+					Description: "Delete the key upstream when the role is deleted. With false, the key (and any key still in its overlap) is released: left upstream, and never deleted by this mount again, tidy included.",
 				},
 			},
 			ExistenceCheck:  b.pathStaticRoleExists,
@@ -144,11 +190,24 @@ func pathStaticRoles(b *backend) []*framework.Path {
 }
 
 func getStaticRole(ctx context.Context, s logical.Storage, name string) (*staticRole, error) {
-	return getEntry[staticRole](ctx, s, staticRoleStoragePrefix+name)
+	role, err := getEntry[staticRole](ctx, s, staticRoleStoragePrefix+name)
+	if err != nil || role == nil {
+		return role, err
+	}
+	if id := role.LegacyPreviousKeyID; id != "" && !slices.ContainsFunc(role.PreviousKeys, func(pk previousKey) bool { return pk.KeyID == id }) {
+		role.PreviousKeys = append(role.PreviousKeys, previousKey{KeyID: id, KeyName: role.LegacyPreviousKeyName, Expires: role.LegacyPreviousExpires})
+	}
+	role.LegacyPreviousKeyID, role.LegacyPreviousKeyName, role.LegacyPreviousExpires = "", "", time.Time{}
+	return role, nil
 }
 
 func putStaticRole(ctx context.Context, s logical.Storage, name string, role *staticRole) error {
-	return putEntry(ctx, s, staticRoleStoragePrefix+name, role)
+	stored := *role
+	if n := len(role.PreviousKeys); n > 0 {
+		newest := role.PreviousKeys[n-1]
+		stored.LegacyPreviousKeyID, stored.LegacyPreviousKeyName, stored.LegacyPreviousExpires = newest.KeyID, newest.KeyName, newest.Expires
+	}
+	return putEntry(ctx, s, staticRoleStoragePrefix+name, &stored)
 }
 
 // staticRoleLock serialises everything that changes one static role's key:
@@ -185,7 +244,7 @@ func (b *backend) pathStaticRoleRead(ctx context.Context, req *logical.Request, 
 		"overlap_period":       int64(role.OverlapPeriod.Seconds()),
 		"delete_key_on_remove": role.DeleteKeyOnRemove,
 		"last_rotated":         formatTime(role.LastRotated),
-		"next_rotation":        formatTime(role.nextScheduledRotation()),
+		"next_rotation":        formatTime(role.nextRotationAttempt()),
 	}
 	role.PopulateSetAutomatedRotationData(data)
 	delete(data, "rotation_policy")
@@ -195,9 +254,20 @@ func (b *backend) pathStaticRoleRead(ctx context.Context, req *logical.Request, 
 	if role.RotationSchedule != "" {
 		data["rotation_window"] = int64(role.RotationWindow.Seconds())
 	}
-	if role.PreviousKeyID != "" {
-		data["previous_key_id"] = role.PreviousKeyID
-		data["previous_key_expires"] = formatTime(role.PreviousExpires)
+	if n := len(role.PreviousKeys); n > 0 {
+		newest := role.PreviousKeys[n-1]
+		data["previous_key_id"] = newest.KeyID
+		data["previous_key_expires"] = formatTime(newest.Expires)
+		previous := make([]map[string]any, 0, n)
+		for _, pk := range role.PreviousKeys {
+			entry := map[string]any{"key_id": pk.KeyID, "expires": formatTime(pk.Expires)}
+			if pk.LastDeleteError != "" {
+				entry["last_delete_error"] = pk.LastDeleteError
+				entry["delete_retry_at"] = formatTime(pk.DeleteRetryAt)
+			}
+			previous = append(previous, entry)
+		}
+		data["previous_keys"] = previous
 	}
 	if role.LastError != "" {
 		data["last_rotation_error"] = role.LastError
@@ -250,8 +320,13 @@ func (b *backend) pathStaticRoleWrite(ctx context.Context, req *logical.Request,
 		if resp, err := b.adoptKey(ctx, req.Storage, name, role, client, keyID.(string)); resp != nil || err != nil {
 			return resp, err
 		}
-	} else if err := b.replaceStaticKey(ctx, req.Storage, name, role, client); err != nil {
-		return nil, err
+	} else {
+		if resp := checkProjectVisible(ctx, client, role.Config, role.ProjectID); resp != nil {
+			return resp, nil
+		}
+		if err := b.replaceStaticKey(ctx, req.Storage, name, role, client); err != nil {
+			return nil, err
+		}
 	}
 	b.scheduleStaticRole(name, role)
 	return nil, nil
@@ -281,11 +356,9 @@ func (role *staticRole) update(d *framework.FieldData, create bool, now time.Tim
 		}
 	}
 
-	params := role.AutomatedRotationParams
-	if err := params.ParseAutomatedRotationFields(d); err != nil {
-		return invalidField(rotationFieldOf(err), "%s", err)
+	if err := role.applyRotationFields(d); err != nil {
+		return err
 	}
-	role.AutomatedRotationParams = params
 	if v, ok := d.GetOk("overlap_period"); ok {
 		role.OverlapPeriod = time.Duration(v.(int)) * time.Second
 	}
@@ -310,29 +383,75 @@ func (role *staticRole) update(d *framework.FieldData, create bool, now time.Tim
 			return invalidField("rotation_window", "%s", err)
 		}
 	}
-	if interval := role.rotationInterval(now); interval > 0 && role.OverlapPeriod >= interval {
-		return invalidField("overlap_period", "(%s) must be shorter than the time between rotations (%s)", role.OverlapPeriod, interval)
+	if gap := role.shortestRotationGap(now); gap > 0 && role.OverlapPeriod >= gap {
+		return invalidField("overlap_period", "(%s) must be shorter than the shortest time between rotations (%s)", role.OverlapPeriod, gap)
+	}
+	if role.DisableAutomatedRotation {
+		// A manual-only role never retries by itself.
+		role.FailedAttempts, role.RetryAt = 0, time.Time{}
 	}
 	return nil
 }
 
-// rotationFieldOf names the field a rotation-parameter error is about.
-func rotationFieldOf(err error) string {
-	msg := err.Error()
-	for _, field := range []string{"rotation_window", "rotation_schedule", "rotation_period"} {
-		if strings.Contains(msg, field) {
-			return field
+// applyRotationFields merges the request's rotation fields into the stored
+// policy and checks the result, not only the request: a period and a
+// schedule never both stand, and a window needs a schedule.
+func (role *staticRole) applyRotationFields(d *framework.FieldData) error {
+	period, periodSet := d.GetOk("rotation_period")
+	schedule, scheduleSet := d.GetOk("rotation_schedule")
+	if periodSet {
+		role.RotationPeriod = time.Duration(period.(int)) * time.Second
+	}
+	if scheduleSet {
+		role.RotationSchedule = strings.TrimSpace(schedule.(string))
+		if role.RotationSchedule != "" {
+			if _, err := rotation.DefaultScheduler.Parse(role.RotationSchedule); err != nil {
+				return invalidField("rotation_schedule", "%s is not a valid cron schedule (5 fields, UTC): %s", quoteForMessage(role.RotationSchedule), err)
+			}
 		}
 	}
-	return "rotation_schedule"
+	if v, ok := d.GetOk("rotation_window"); ok {
+		role.RotationWindow = time.Duration(v.(int)) * time.Second
+	}
+	if v, ok := d.GetOk("disable_automated_rotation"); ok {
+		role.DisableAutomatedRotation = v.(bool)
+	}
+	if role.RotationPeriod != 0 && role.RotationSchedule != "" {
+		if periodSet && !scheduleSet {
+			return invalidField("rotation_period", "cannot be set while the role rotates on rotation_schedule %s; to switch, set rotation_schedule=\"\" in the same write", quoteForMessage(role.RotationSchedule))
+		}
+		if scheduleSet && !periodSet {
+			return invalidField("rotation_schedule", "cannot be set while the role rotates every rotation_period (%s); to switch, set rotation_period=0 in the same write", role.RotationPeriod)
+		}
+		return invalidField("rotation_period", "and rotation_schedule are mutually exclusive; set one of them")
+	}
+	if role.RotationWindow != 0 && role.RotationSchedule == "" {
+		return invalidField("rotation_window", "applies only with rotation_schedule; set rotation_schedule or rotation_window=0")
+	}
+	return nil
 }
 
 // adoptKey makes an existing upstream key the role's key. The key's value
 // comes from the project's key list.
+//
+// A key the mount already owns (a lease's, or another static role's) is
+// refused: this role's next rotation would delete it under its holder. A
+// released key may be adopted again; it is then no longer released.
 func (b *backend) adoptKey(ctx context.Context, s logical.Storage, name string, role *staticRole, client *climatiq.Client, keyID string) (*logical.Response, error) {
+	owner, err := findInventoryByID(ctx, s, keyID)
+	if err != nil {
+		return nil, err
+	}
+	if owner != nil {
+		return logical.ErrorResponse("key_id: key %q is already owned by this mount (%s role %q); adopt only a key this mount does not hold, or omit key_id to create a new key",
+			keyID, owner.kind(), owner.Role), nil
+	}
+	if resp := checkProjectVisible(ctx, client, role.Config, role.ProjectID); resp != nil {
+		return resp, nil
+	}
 	keys, err := client.ListKeys(ctx, role.ProjectID)
 	if err != nil {
-		return logical.ErrorResponse("project_id: could not list the keys of project %q: %s", role.ProjectID, err), nil
+		return nil, upstreamError("listing the project's keys", err)
 	}
 	for _, k := range keys {
 		if k.ID != keyID {
@@ -343,6 +462,9 @@ func (b *backend) adoptKey(ctx context.Context, s logical.Storage, name string, 
 		role.LastRotated = now
 		role.NextRotation = role.nextRotationAfter(now)
 		if err := putInventory(ctx, s, role.ownedKey(name, k.ID, k.Name, now)); err != nil {
+			return nil, err
+		}
+		if err := unreleaseKey(ctx, s, k.ID); err != nil {
 			return nil, err
 		}
 		return nil, putStaticRole(ctx, s, name, role)
@@ -377,6 +499,14 @@ func (b *backend) pathStaticRoleDelete(ctx context.Context, req *logical.Request
 				return nil, upstreamError("deleting the static role's key", err)
 			}
 		}
+	} else {
+		// Recorded before the role and inventory entries go, so there is
+		// no moment in which tidy could take the keys for orphans.
+		for _, k := range keys {
+			if err := releaseKey(ctx, req.Storage, k, b.now()); err != nil {
+				return nil, err
+			}
+		}
 	}
 	for _, k := range keys {
 		if err := deleteInventory(ctx, req.Storage, k); err != nil {
@@ -387,7 +517,7 @@ func (b *backend) pathStaticRoleDelete(ctx context.Context, req *logical.Request
 		return nil, err
 	}
 	b.unscheduleStaticRole(name)
-	b.Logger().Info("deleted static role", "role", name, "key_id", role.KeyID, "key_deleted", role.DeleteKeyOnRemove)
+	b.Logger().Info("deleted static role", "role", name, "key_id", role.KeyID, "keys_deleted", role.DeleteKeyOnRemove)
 	return nil, nil
 }
 
@@ -412,27 +542,26 @@ func (b *backend) pathStaticCredsRead(ctx context.Context, req *logical.Request,
 		"last_rotated": formatTime(role.LastRotated),
 	}
 	// Vault Agent re-reads a lease-less secret after ttl+1s only when the
-	// data has rotation_period and an integer ttl.
-	if next := role.nextScheduledRotation(); !next.IsZero() {
-		ttl := int64(next.Sub(now).Seconds())
-		if ttl < 0 {
-			ttl = 0
-		}
+	// data has rotation_period and an integer ttl. While a failed rotation
+	// backs off, ttl counts down to the retry, so Agent does not re-read
+	// every second in between.
+	if next := role.nextRotationAttempt(); !next.IsZero() {
+		ttl := max(int64(next.Sub(now).Seconds()), 0)
 		data["next_rotation"] = formatTime(next)
 		data["ttl"] = ttl
 		data["rotation_period"] = int64(role.rotationInterval(now).Seconds())
 	}
-	if role.PreviousKeyID != "" {
-		data["previous_key_id"] = role.PreviousKeyID
+	if n := len(role.PreviousKeys); n > 0 {
+		data["previous_key_id"] = role.PreviousKeys[n-1].KeyID
 	}
 	return &logical.Response{Data: data}, nil
 }
 
-// ownedKeys are the role's keys, previous first.
+// ownedKeys are the role's keys, previous ones first.
 func (role *staticRole) ownedKeys(name string) []*ownedKey {
 	var keys []*ownedKey
-	if role.PreviousKeyID != "" {
-		keys = append(keys, role.ownedKey(name, role.PreviousKeyID, role.PreviousKeyName, time.Time{}))
+	for _, pk := range role.PreviousKeys {
+		keys = append(keys, role.ownedKey(name, pk.KeyID, pk.KeyName, time.Time{}))
 	}
 	if role.KeyID != "" {
 		keys = append(keys, role.ownedKey(name, role.KeyID, role.KeyName, role.LastRotated))

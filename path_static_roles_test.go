@@ -205,15 +205,18 @@ func TestStaticRotationOrderUnderFailures(t *testing.T) {
 			}
 			// Every upstream key is named by the role: none is left without a record.
 			for _, k := range e.climatiq.Keys() {
-				if k.ID != now.KeyID && k.ID != now.PreviousKeyID {
+				if !now.isOwnKey(k.Name) {
 					t.Fatalf("upstream key %s is not recorded by the role", k.ID)
 				}
 			}
 			assertNoWAL(t, e)
 
 			// Whatever failed is finished by the scheduler once due.
-			if now.PreviousKeyID != "" {
-				if err := e.b.endOverlapOrRotate(context.Background(), e.storage, "app", now, time.Now()); err != nil {
+			if len(now.PreviousKeys) > 0 {
+				if now.LastError != "" || !now.RetryAt.IsZero() {
+					t.Fatalf("a failed delete of the replaced key was recorded as a rotation failure: %q", now.LastError)
+				}
+				if err := e.b.endOverlapOrRotate(context.Background(), e.storage, "app", now, now.PreviousKeys[0].deleteDue()); err != nil {
 					t.Fatalf("due work: %v", err)
 				}
 				if e.upstreamHas(old.KeyID) || len(e.climatiq.Keys()) != 1 {
@@ -233,14 +236,15 @@ func TestStaticOverlap(t *testing.T) {
 	old := e.staticRole("app")
 	e.mustOK(logical.UpdateOperation, "rotate-role/app", nil)
 	role := e.staticRole("app")
-	if role.PreviousKeyID != old.KeyID || !e.upstreamHas(old.KeyID) {
+	if len(role.PreviousKeys) != 1 || role.PreviousKeys[0].KeyID != old.KeyID || !e.upstreamHas(old.KeyID) {
 		t.Fatal("the previous key did not survive into the overlap")
 	}
 	if creds := e.mustOK(logical.ReadOperation, "static-creds/app", nil); creds.Data["previous_key_id"] != old.KeyID {
 		t.Fatalf("static-creds lacks previous_key_id during the overlap: %v", creds.Data)
 	}
-	if due := role.dueAt(); !due.Equal(role.PreviousExpires) {
-		t.Fatalf("role due at %s, want the overlap's end %s", due, role.PreviousExpires)
+	overlapEnd := role.PreviousKeys[0].Expires
+	if due := role.dueAt(); !due.Equal(overlapEnd) {
+		t.Fatalf("role due at %s, want the overlap's end %s", due, overlapEnd)
 	}
 
 	// Before the overlap ends nothing happens; after, the old key goes.
@@ -250,10 +254,10 @@ func TestStaticOverlap(t *testing.T) {
 	if !e.upstreamHas(old.KeyID) {
 		t.Fatal("old key deleted before the overlap ended")
 	}
-	if err := e.b.endOverlapOrRotate(context.Background(), e.storage, "app", role, role.PreviousExpires.Add(time.Second)); err != nil {
+	if err := e.b.endOverlapOrRotate(context.Background(), e.storage, "app", role, overlapEnd.Add(time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	if e.upstreamHas(old.KeyID) || e.staticRole("app").PreviousKeyID != "" {
+	if e.upstreamHas(old.KeyID) || len(e.staticRole("app").PreviousKeys) != 0 {
 		t.Fatal("old key not deleted when the overlap ended")
 	}
 	if !e.upstreamHas(role.KeyID) {

@@ -81,6 +81,7 @@ func TestTidy(t *testing.T) {
 		wantKept       func(f *tidyFixture) []string
 		wantDeleted    int
 		wantRolledBack int
+		restarted      bool
 	}{
 		{
 			name:        "dry run reports and deletes nothing",
@@ -101,8 +102,22 @@ func TestTidy(t *testing.T) {
 			wantDeleted: 3, // orphanOld, the expired key, the orphan project
 		},
 		{
-			name:        "min_age 0 also rolls back the WAL and takes young orphans",
+			// A young WAL entry may cover an issuance in flight: its key is
+			// spared whatever min_age, until walRollbackMinAge has passed.
+			name:        "min_age 0 takes young orphans but not keys of issuances in flight",
 			data:        map[string]any{"min_age": 0},
+			wantOrphans: func(f *tidyFixture) []string { return []string{f.orphanOld, f.orphanYoung} },
+			wantGone: func(f *tidyFixture) []string {
+				return []string{f.orphanOld, f.orphanYoung, f.expired}
+			},
+			wantKept:    func(f *tidyFixture) []string { return []string{f.issued, f.static, f.foreign, f.otherMount, f.walStranded} },
+			wantDeleted: 4,
+		},
+		{
+			// No issuance of an earlier plugin instance is in flight.
+			name:        "after a restart, min_age 0 also rolls back the WAL",
+			data:        map[string]any{"min_age": 0},
+			restarted:   true,
 			wantOrphans: func(f *tidyFixture) []string { return []string{f.orphanOld, f.orphanYoung} },
 			wantGone: func(f *tidyFixture) []string {
 				return []string{f.orphanOld, f.orphanYoung, f.expired, f.walStranded}
@@ -115,6 +130,9 @@ func TestTidy(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newTidyFixture(t)
+			if tc.restarted {
+				f.e.b.startedAt = time.Now().Add(2 * time.Second)
+			}
 			resp := f.e.mustOK(logical.UpdateOperation, "tidy", tc.data)
 			orphans := resp.Data["orphans"].([]string)
 			sort.Strings(orphans)

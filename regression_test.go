@@ -114,3 +114,63 @@ func TestRegressionKeyNameTemplateIsBounded(t *testing.T) {
 		t.Fatalf("key name %q lacks the rendered role", name)
 	}
 }
+
+// fakeClock is the engine's clock in tests that run hours in milliseconds.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{now: time.Now()} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+func TestRegressionTidyKeepsRenewedLeaseKey(t *testing.T) {
+	e := newTestEnv(t)
+	clock := newFakeClock()
+	e.b.clock = clock.Now
+	e.writeClimatiqConfig("cq", nil)
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID, "ttl": "30m", "max_ttl": "1h"})
+	resp := e.mustOK(logical.ReadOperation, "creds/ci", nil)
+	if resp.Secret.MaxTTL != time.Hour {
+		t.Fatalf("lease max_ttl %s, want the recorded 1h", resp.Secret.MaxTTL)
+	}
+	keyID := resp.Data["key_id"].(string)
+
+	// The operator raises max_ttl; the application renews for 5h.
+	e.mustOK(logical.UpdateOperation, "roles/ci", map[string]any{"max_ttl": "10h"})
+	resp.Secret.IssueTime = time.Now()
+	renewed, err := e.renew(resp.Secret, 5*time.Hour)
+	if err != nil || renewed.IsError() {
+		t.Fatalf("renew: %v %v", renewed, err)
+	}
+	if renewed.Secret.TTL != 5*time.Hour {
+		t.Fatalf("renewed ttl %s, want 5h", renewed.Secret.TTL)
+	}
+
+	// Past the first max_ttl and tidy's grace, the lease is still valid.
+	clock.Advance(time.Hour + expiredGrace + time.Minute)
+	report := e.mustOK(logical.UpdateOperation, "tidy", nil)
+	if expired := report.Data["expired"].([]string); len(expired) != 0 {
+		t.Fatalf("tidy took the renewed lease's key for expired: %v", expired)
+	}
+	if !e.upstreamHas(keyID) {
+		t.Fatal("tidy deleted the key of a live, renewed lease")
+	}
+	// Past the renewed end and the grace, tidy does clean it up.
+	clock.Advance(4*time.Hour + time.Minute)
+	e.mustOK(logical.UpdateOperation, "tidy", nil)
+	if e.upstreamHas(keyID) {
+		t.Fatal("tidy kept a key whose lease must have ended")
+	}
+}

@@ -38,45 +38,45 @@ const (
 )
 
 // rotateStaticRole replaces the role's key. Order: WAL, create the new key,
-// record it (inventory, then the role, now naming the old key as previous),
-// drop the WAL, then delete the old key now or when the overlap ends. A
-// crash before the role is stored leaves the old key in charge and the WAL
-// deletes the new one; after, the new key is in charge and the old one is
-// deleted by the schedule.
+// record it (inventory, then the role, now listing the old key among its
+// previous keys), drop the WAL, then delete the old key now or when its
+// overlap ends. A crash before the role is stored leaves the old key in
+// charge and the WAL deletes the new one; after, the new key is in charge
+// and the old one is deleted on time by the scheduler.
+//
+// A rotation never cuts a promised overlap short: keys still in their
+// overlap stay until their own time, unless the operator asked for them to
+// go at once (deletePrevious, rotate-role's delete_previous_keys).
 //
 // due is when the scheduler wanted the rotation (zero for a manual one); the
 // event reports how late it ran.
-func (b *backend) rotateStaticRole(ctx context.Context, s logical.Storage, name string, role *staticRole, client *climatiq.Client, due time.Time) error {
+func (b *backend) rotateStaticRole(ctx context.Context, s logical.Storage, name string, role *staticRole, client *climatiq.Client, due time.Time, deletePrevious bool) error {
 	started := b.now()
-	// A rotation during an overlap ends that overlap first: a role never
-	// has more than two keys.
-	if role.PreviousKeyID != "" {
-		if err := b.deletePreviousKey(ctx, s, name, role, client); err != nil {
-			return err
-		}
-	}
 	oldKeyID := role.KeyID
 	if err := b.replaceStaticKey(ctx, s, name, role, client); err != nil {
 		return err
 	}
-	if oldKeyID != "" && role.OverlapPeriod == 0 {
-		// Best effort now; on failure the schedule retries.
-		if err := b.deletePreviousKey(ctx, s, name, role, client); err != nil {
-			b.Logger().Warn("deleting the replaced key failed; will retry", "role", name, "key_id", oldKeyID, "error", err)
+	now := b.now()
+	if deletePrevious {
+		for i := range role.PreviousKeys {
+			role.PreviousKeys[i].Expires = now
 		}
 	}
-	trigger, lateness := "manual", ""
+	// Best effort now: a key that cannot be deleted stays listed with its
+	// own retry time, which never causes another rotation.
+	b.deleteEndedPreviousKeys(ctx, s, name, role, client, now)
+
+	args := []string{"role", name, "key_id", role.KeyID, "previous_key_id", oldKeyID, "trigger", "manual"}
 	if !due.IsZero() {
-		trigger, lateness = "schedule", strconv.FormatInt(started.Sub(due).Milliseconds(), 10)
+		args = append(args[:len(args)-1], "schedule", "lateness_ms", strconv.FormatInt(started.Sub(due).Milliseconds(), 10))
 	}
-	b.logAndEmit(eventStaticRotate, "role", name, "key_id", role.KeyID, "previous_key_id", oldKeyID,
-		"trigger", trigger, "lateness_ms", lateness)
+	b.logAndEmit(eventStaticRotate, args...)
 	return nil
 }
 
 // replaceStaticKey creates a new key under a WAL entry and stores it as the
-// role's current key, in the same write that records the key it replaces
-// (if any) as the previous key, so no key is ever held by the inventory
+// role's current key, in the same write that lists the key it replaces (if
+// any) among the previous keys, so no key is ever held by the inventory
 // alone.
 func (b *backend) replaceStaticKey(ctx context.Context, s logical.Storage, name string, role *staticRole, client *climatiq.Client) error {
 	marker, err := b.mountMarker(ctx, s)
@@ -100,20 +100,22 @@ func (b *backend) replaceStaticKey(ctx context.Context, s logical.Storage, name 
 	}
 	key.KeyID = created.ID
 
-	previous := *role
+	previous := role.clone()
 	if role.KeyID != "" {
-		role.PreviousKeyID, role.PreviousKeyName, role.PreviousExpires = role.KeyID, role.KeyName, now.Add(role.OverlapPeriod)
+		role.PreviousKeys = append(role.PreviousKeys, previousKey{
+			KeyID: role.KeyID, KeyName: role.KeyName, Expires: now.Add(role.OverlapPeriod).UTC(),
+		})
 	}
 	role.KeyID, role.KeyName, role.KeyValue = created.ID, keyName, created.Key
 	role.LastRotated = now
 	role.NextRotation = role.nextRotationAfter(now)
-	role.clearFailure()
+	role.clearRotationFailure()
 	err = putInventory(ctx, s, key)
 	if err == nil {
 		err = putStaticRole(ctx, s, name, role)
 	}
 	if err != nil {
-		*role = previous
+		*role = *previous
 		b.rollbackNow(ctx, s, walID, key)
 		return fmt.Errorf("recording the new key: %w", err)
 	}
@@ -123,54 +125,94 @@ func (b *backend) replaceStaticKey(ctx context.Context, s logical.Storage, name 
 	return nil
 }
 
-// deletePreviousKey ends an overlap: the replaced key is deleted upstream
-// (already gone counts) and forgotten.
-func (b *backend) deletePreviousKey(ctx context.Context, s logical.Storage, name string, role *staticRole, client *climatiq.Client) error {
-	id := role.PreviousKeyID
-	previous := role.ownedKey(name, id, role.PreviousKeyName, time.Time{})
-	if err := deleteUpstream(ctx, client, previous); err != nil {
-		return upstreamError("deleting the replaced key", err)
+// deleteEndedPreviousKeys deletes the previous keys whose overlap has ended
+// by now (already gone counts) and forgets them. A key whose delete fails
+// stays listed with its own back-off; that failure is the key's, not a
+// rotation's, so it never brings a rotation forward.
+func (b *backend) deleteEndedPreviousKeys(ctx context.Context, s logical.Storage, name string, role *staticRole, client *climatiq.Client, now time.Time) {
+	kept := role.PreviousKeys[:0:0]
+	changed := false
+	for _, pk := range role.PreviousKeys {
+		if now.Before(pk.deleteDue()) {
+			kept = append(kept, pk)
+			continue
+		}
+		changed = true
+		key := role.ownedKey(name, pk.KeyID, pk.KeyName, time.Time{})
+		err := deleteUpstream(ctx, client, key)
+		if err == nil {
+			err = deleteInventory(ctx, s, key)
+		}
+		if err != nil {
+			pk.DeleteAttempts++
+			pk.DeleteRetryAt = now.Add(backoff(pk.DeleteAttempts)).UTC()
+			pk.LastDeleteError = err.Error()
+			b.Logger().Warn("deleting a replaced static key failed; will retry", "role", name, "key_id", pk.KeyID,
+				"attempt", pk.DeleteAttempts, "retry_at", pk.DeleteRetryAt, "error", err)
+			kept = append(kept, pk)
+			continue
+		}
+		b.logAndEmit(eventStaticDelete, "role", name, "key_id", pk.KeyID)
 	}
-	if err := deleteInventory(ctx, s, previous); err != nil {
-		return err
+	if !changed {
+		return
 	}
-	role.PreviousKeyID, role.PreviousKeyName, role.PreviousExpires = "", "", time.Time{}
+	role.PreviousKeys = kept
 	if err := putStaticRole(ctx, s, name, role); err != nil {
-		return err
+		// The keys stay listed in storage and are deleted again later;
+		// deleting an already deleted key succeeds.
+		b.Logger().Error("storing the static role after deleting replaced keys", "role", name, "error", err)
 	}
-	b.logAndEmit(eventStaticDelete, "role", name, "key_id", id)
-	return nil
 }
 
-func (role *staticRole) clearFailure() {
+// backoff is the wait before attempt n+1 after n failures.
+func backoff(failures int) time.Duration {
+	return min(rotationBackoffMin<<min(failures-1, 10), rotationBackoffMax)
+}
+
+func (role *staticRole) clearRotationFailure() {
 	role.LastError, role.LastErrorTime, role.FailedAttempts, role.RetryAt = "", time.Time{}, 0, time.Time{}
 }
 
-// recordRotationFailure stores the error and when to retry, with
-// exponential back-off.
-func (b *backend) recordRotationFailure(ctx context.Context, s logical.Storage, name string, role *staticRole, cause error) {
+// recordRotationFailure stores the error of a rotation. A scheduled
+// rotation is retried with exponential back-off; a manual one is not: its
+// caller got the error, and a manual-only role must never rotate by itself.
+func (b *backend) recordRotationFailure(ctx context.Context, s logical.Storage, name string, role *staticRole, cause error, scheduled bool) {
 	now := b.now()
-	role.FailedAttempts++
-	backoff := rotationBackoffMin << min(role.FailedAttempts-1, 10)
-	if backoff > rotationBackoffMax {
-		backoff = rotationBackoffMax
+	role.LastError, role.LastErrorTime = cause.Error(), now
+	if scheduled {
+		role.FailedAttempts++
+		role.RetryAt = now.Add(backoff(role.FailedAttempts))
+		b.Logger().Warn("static role rotation failed; will retry", "role", name, "attempt", role.FailedAttempts, "retry_at", role.RetryAt, "error", cause)
+	} else {
+		b.Logger().Warn("static role rotation on request failed", "role", name, "error", cause)
 	}
-	role.LastError, role.LastErrorTime, role.RetryAt = cause.Error(), now, now.Add(backoff)
-	b.Logger().Warn("static role rotation failed; will retry", "role", name, "attempt", role.FailedAttempts, "retry_in", backoff, "error", cause)
 	if err := putStaticRole(ctx, s, name, role); err != nil {
 		b.Logger().Error("storing rotation failure", "role", name, "error", err)
 	}
 }
 
-// dueAt is when the scheduler must next look at the role: the end of an
-// overlap, a retry after a failure, or the next rotation.
-func (role *staticRole) dueAt() time.Time {
-	due := role.nextScheduledRotation()
-	if !role.RetryAt.IsZero() {
-		due = role.RetryAt
+// nextRotationAttempt is when the role will next be rotated on its own: a
+// retry after a failed scheduled rotation, else the next scheduled time;
+// zero for manual-only roles.
+func (role *staticRole) nextRotationAttempt() time.Time {
+	switch {
+	case role.DisableAutomatedRotation:
+		return time.Time{}
+	case !role.RetryAt.IsZero():
+		return role.RetryAt
 	}
-	if role.PreviousKeyID != "" && (due.IsZero() || role.PreviousExpires.Before(due)) {
-		due = role.PreviousExpires
+	return role.NextRotation
+}
+
+// dueAt is when the scheduler must next look at the role: the end of an
+// overlap (or the retry of a failed delete), or the next rotation attempt.
+func (role *staticRole) dueAt() time.Time {
+	due := role.nextRotationAttempt()
+	for _, pk := range role.PreviousKeys {
+		if d := pk.deleteDue(); due.IsZero() || d.Before(due) {
+			due = d
+		}
 	}
 	return due
 }
@@ -338,42 +380,40 @@ func (b *backend) processStaticRole(ctx context.Context, s logical.Storage, name
 		if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 			return // shutting down; the queue is rebuilt on the next start
 		}
-		b.recordRotationFailure(ctx, s, name, role, err)
+		b.recordRotationFailure(ctx, s, name, role, err, true)
 	}
 	b.scheduleStaticRole(name, role)
 }
 
 // endOverlapOrRotate does what is due for the role at now: delete the
-// previous key when its overlap has ended, then rotate (or retry a failed
-// rotation) when that is due.
+// previous keys whose overlap has ended, then rotate (or retry a failed
+// scheduled rotation) when that is due. It returns only rotation errors.
 func (b *backend) endOverlapOrRotate(ctx context.Context, s logical.Storage, name string, role *staticRole, now time.Time) error {
 	client, err := b.climatiqClient(ctx, s, role.Config)
 	if err != nil {
 		return err
 	}
-	if role.PreviousKeyID != "" && !now.Before(role.PreviousExpires) {
-		if err := b.deletePreviousKey(ctx, s, name, role, client); err != nil {
-			return err
-		}
+	b.deleteEndedPreviousKeys(ctx, s, name, role, client, now)
+
+	attempt := role.nextRotationAttempt()
+	if attempt.IsZero() || now.Before(attempt) {
+		return nil
 	}
-	next := role.nextScheduledRotation()
-	retrying := !role.RetryAt.IsZero()
-	switch {
-	case retrying && now.Before(role.RetryAt):
-		return nil
-	case !retrying && (next.IsZero() || now.Before(next)):
-		return nil
-	case !retrying && role.RotationSchedule != "" && role.RotationWindow > 0 && now.After(next.Add(role.RotationWindow)):
-		// Missed the window (Vault was down): wait for the next slot.
+	// A scheduled rotation, first try or retry, runs only within its
+	// window; past it, the rotation waits for the next scheduled time.
+	if role.RotationSchedule != "" && role.RotationWindow > 0 && now.After(role.NextRotation.Add(role.RotationWindow)) {
+		missed := role.NextRotation
 		role.NextRotation = role.nextRotationAfter(now)
-		b.Logger().Warn("static role missed its rotation window; waiting for the next scheduled time", "role", name, "next_rotation", role.NextRotation)
+		if !role.RetryAt.IsZero() {
+			role.LastError = fmt.Sprintf("%s; gave up retrying at the end of the rotation window (%s after %s)",
+				role.LastError, role.RotationWindow, formatTime(missed))
+			role.FailedAttempts, role.RetryAt = 0, time.Time{}
+		}
+		b.Logger().Warn("static role missed its rotation window; waiting for the next scheduled time",
+			"role", name, "missed", missed, "next_rotation", role.NextRotation)
 		return putStaticRole(ctx, s, name, role)
 	}
-	due := next
-	if retrying {
-		due = role.RetryAt
-	}
-	return b.rotateStaticRole(ctx, s, name, role, client, due)
+	return b.rotateStaticRole(ctx, s, name, role, client, attempt, false)
 }
 
 // requeueLater puts a role back after a storage error, a little later.
@@ -411,15 +451,6 @@ func sanitizeName(name string) string {
 	return strings.Trim(unsafeNameChars.ReplaceAllString(name, "-"), "-")
 }
 
-// nextScheduledRotation is when the key will next be rotated on its own,
-// or zero for manual-only roles.
-func (role *staticRole) nextScheduledRotation() time.Time {
-	if role.DisableAutomatedRotation {
-		return time.Time{}
-	}
-	return role.NextRotation
-}
-
 // nextRotationAfter computes the next scheduled rotation after t.
 func (role *staticRole) nextRotationAfter(t time.Time) time.Time {
 	switch {
@@ -434,6 +465,26 @@ func (role *staticRole) nextRotationAfter(t time.Time) time.Time {
 	default:
 		return t.Add(role.RotationPeriod)
 	}
+}
+
+// shortestRotationGap is the shortest time between two rotations: the
+// period, or for a schedule the shortest gap among its next occurrences
+// (uneven schedules such as "0 0,1 * * *" have short and long gaps).
+func (role *staticRole) shortestRotationGap(now time.Time) time.Duration {
+	if role.RotationSchedule == "" || role.DisableAutomatedRotation {
+		return role.RotationPeriod
+	}
+	const occurrences = 32
+	var shortest time.Duration
+	prev := role.nextRotationAfter(now)
+	for i := 0; i < occurrences && !prev.IsZero(); i++ {
+		next := role.nextRotationAfter(prev)
+		if gap := next.Sub(prev); !next.IsZero() && (shortest == 0 || gap < shortest) {
+			shortest = gap
+		}
+		prev = next
+	}
+	return shortest
 }
 
 // rotationInterval is the time between rotations: the period, or for a

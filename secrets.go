@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -43,6 +45,9 @@ func (b *backend) renewClimatiqKey(ctx context.Context, req *logical.Request, _ 
 	if err != nil {
 		return nil, err
 	}
+	if err := b.extendRecordedExpiry(ctx, req.Storage, req.Secret.InternalData, ttl); err != nil {
+		return nil, err
+	}
 	b.logAndEmit(eventKeyRenew, "role", roleName, "key_id", fmt.Sprint(req.Secret.InternalData["key_id"]), "ttl", ttl.String())
 	resp := &logical.Response{Secret: req.Secret}
 	resp.Secret.TTL = ttl
@@ -51,6 +56,36 @@ func (b *backend) renewClimatiqKey(ctx context.Context, req *logical.Request, _ 
 		resp.AddWarning(w)
 	}
 	return resp, nil
+}
+
+// extendRecordedExpiry moves the inventory's expiry of a renewed key to the
+// lease's new end, before Vault learns of that end: tidy deletes keys whose
+// recorded expiry has passed, so the record must never end before the
+// lease. It never moves the record earlier (a renewal whose answer Vault
+// lost must not shorten it).
+func (b *backend) extendRecordedExpiry(ctx context.Context, s logical.Storage, leaseData map[string]any, ttl time.Duration) error {
+	var lease ownedKey
+	if err := decodeInto(leaseData, &lease); err != nil {
+		return err
+	}
+	lock := b.keyLock(lease.KeyName)
+	lock.Lock()
+	defer lock.Unlock()
+	key, err := getInventory(ctx, s, keyKindDynamic, lease.Role, lease.KeyName)
+	if err != nil || key == nil {
+		return err
+	}
+	if end := b.now().Add(ttl).UTC(); end.After(key.Expires) {
+		key.Expires = end
+		return putInventory(ctx, s, key)
+	}
+	return nil
+}
+
+// keyLock serialises the inventory writes of one lease's renew and revoke,
+// so a renewal never writes back the entry a revocation just removed.
+func (b *backend) keyLock(keyName string) *locksutil.LockEntry {
+	return locksutil.LockForKey(b.roleLocks, "key/"+keyName)
 }
 
 // revokeClimatiqKey deletes the key upstream (with its project for
@@ -72,7 +107,11 @@ func (b *backend) revokeClimatiqKey(ctx context.Context, req *logical.Request, _
 	if err := deleteUpstream(ctx, client, &key); err != nil {
 		return nil, upstreamError("deleting key", err)
 	}
-	if err := deleteInventory(ctx, req.Storage, &key); err != nil {
+	lock := b.keyLock(key.KeyName)
+	lock.Lock()
+	err = deleteInventory(ctx, req.Storage, &key)
+	lock.Unlock()
+	if err != nil {
 		return nil, err
 	}
 	b.logAndEmit(eventKeyRevoke, "role", key.Role, "config", key.Config, "key_id", key.KeyID, "project_id", key.ProjectID)

@@ -61,6 +61,7 @@ type tidyRun struct {
 	cutoff time.Time // keys and WAL entries created after it are left alone
 	marker string
 
+	inFlight        map[string]bool            // key names of WAL entries too young to roll back
 	tracked         map[string]bool            // key ids the mount owns
 	trackedProjects map[string]bool            // per-lease projects the mount owns
 	projects        map[string]map[string]bool // config -> projects to scan
@@ -77,6 +78,7 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, opts tidyOptions)
 	run := &tidyRun{
 		b: b, storage: s, tidyOptions: opts,
 		now: now, cutoff: now.Add(-opts.minAge),
+		inFlight:        map[string]bool{},
 		tracked:         map[string]bool{},
 		trackedProjects: map[string]bool{},
 		projects:        map[string]map[string]bool{},
@@ -143,19 +145,36 @@ func (run *tidyRun) configs() []string {
 	return configs
 }
 
-// rollBackStaleWAL rolls back WAL entries older than the cutoff now,
-// instead of waiting for the rollback manager.
+// rollBackStaleWAL rolls back stale WAL entries now, instead of waiting
+// for the rollback manager. An entry is stale once it is older than both
+// min_age and walRollbackMinAge (the longest an issuance can take), or when
+// it was written before this plugin instance started: no issuance of an
+// earlier instance is still in flight. Younger entries cover issuances in
+// flight: their keys are spared by the orphan scan too, whatever min_age.
 func (run *tidyRun) rollBackStaleWAL(ctx context.Context) error {
 	ids, err := framework.ListWAL(ctx, run.storage)
 	if err != nil {
 		return err
 	}
+	// WAL entries carry Vault's real time, not the engine's clock.
+	walCutoff := time.Now().Add(-max(run.minAge, walRollbackMinAge))
 	for _, id := range ids {
 		entry, err := framework.GetWAL(ctx, run.storage, id)
 		if err != nil {
 			return err
 		}
-		if entry == nil || time.Unix(entry.CreatedAt, 0).After(run.cutoff) || run.dryRun {
+		if entry == nil {
+			continue
+		}
+		created := time.Unix(entry.CreatedAt, 0)
+		if !created.Before(walCutoff) && !created.Before(run.b.startedAt) {
+			var key ownedKey
+			if decodeInto(entry.Data, &key) == nil {
+				run.inFlight[key.KeyName] = true
+			}
+			continue
+		}
+		if run.dryRun {
 			continue
 		}
 		if err := run.b.walRollback(ctx, &logical.Request{Storage: run.storage}, entry.Kind, entry.Data); err != nil {
@@ -187,7 +206,8 @@ func (run *tidyRun) collectInventory(ctx context.Context) error {
 }
 
 // collectRoles adds the projects of dynamic and static roles to the
-// projects to scan, and static roles' keys to the tracked set.
+// projects to scan, and static roles' keys and released keys to the keys
+// tidy must never delete.
 func (run *tidyRun) collectRoles(ctx context.Context) error {
 	names, err := run.storage.List(ctx, roleStoragePrefix)
 	if err != nil {
@@ -202,6 +222,13 @@ func (run *tidyRun) collectRoles(ctx context.Context) error {
 			run.scanProject(role.Config, role.ProjectID)
 		}
 	}
+	released, err := releasedKeyIDs(ctx, run.storage)
+	if err != nil {
+		return err
+	}
+	for _, id := range released {
+		run.tracked[id] = true
+	}
 	names, err = run.storage.List(ctx, staticRoleStoragePrefix)
 	if err != nil {
 		return err
@@ -213,9 +240,8 @@ func (run *tidyRun) collectRoles(ctx context.Context) error {
 		}
 		if role != nil {
 			run.scanProject(role.Config, role.ProjectID)
-			run.tracked[role.KeyID] = true
-			if role.PreviousKeyID != "" {
-				run.tracked[role.PreviousKeyID] = true
+			for _, k := range role.ownedKeys(name) {
+				run.tracked[k.KeyID] = true
 			}
 		}
 	}
@@ -248,10 +274,11 @@ func (run *tidyRun) deleteExpired(ctx context.Context) {
 	}
 }
 
-// ours reports whether an upstream name is this mount's and old enough.
+// ours reports whether an upstream name is this mount's, old enough, and
+// not covered by an issuance in flight.
 func (run *tidyRun) ours(name string) bool {
 	m, created, ok := parseKeyName(name)
-	return ok && m == run.marker && created.Before(run.cutoff)
+	return ok && m == run.marker && created.Before(run.cutoff) && !run.inFlight[name]
 }
 
 // scanConnection scans one connection's projects for marked keys that
@@ -307,7 +334,7 @@ func (run *tidyRun) scanConnection(ctx context.Context, client *climatiq.Client,
 			if run.dryRun {
 				continue
 			}
-			if err := ignoreNotFound(client.DeleteKey(ctx, k.ID)); err != nil {
+			if err := ignoreNotFound(client.DeleteProjectKey(ctx, projectID, k.ID)); err != nil {
 				run.fail(err)
 				continue
 			}
@@ -342,8 +369,13 @@ func (b *backend) periodicTidy(ctx context.Context, req *logical.Request) error 
 		if !due {
 			continue
 		}
-		if _, err := b.tidy(ctx, req.Storage, tidyOptions{only: name, minAge: defaultTidyMinAge}); err != nil {
+		report, err := b.tidy(ctx, req.Storage, tidyOptions{only: name, minAge: defaultTidyMinAge})
+		if err != nil {
 			b.Logger().Warn("periodic tidy failed", "config", name, "error", err)
+			continue
+		}
+		for _, e := range report.Errors {
+			b.Logger().Warn("periodic tidy could not finish a step", "config", name, "error", e)
 		}
 	}
 	return nil

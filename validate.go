@@ -9,7 +9,6 @@ import (
 	"strings"
 
 	"github.com/hashicorp/vault/sdk/framework"
-	"github.com/hashicorp/vault/sdk/logical"
 )
 
 // maxNameLength bounds config and role names: they become storage keys and
@@ -17,19 +16,6 @@ import (
 const maxNameLength = 128
 
 var nameRegex = regexp.MustCompile(`^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$`)
-
-// inputError is bad input from the caller: handlers turn it into a 400 whose
-// message names the field and the fix.
-type inputError struct {
-	field string
-	msg   string
-}
-
-func (e *inputError) Error() string { return e.field + ": " + e.msg }
-
-func invalidField(field, format string, args ...any) error {
-	return &inputError{field: field, msg: fmt.Sprintf(format, args...)}
-}
 
 // validateName checks a config or role name taken from the request path.
 func validateName(field, name string) error {
@@ -90,15 +76,6 @@ func isLoopbackHost(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
-}
-
-// errorResponse turns an inputError into a 400 response and passes any
-// other error through for Vault to report.
-func errorResponse(err error) (*logical.Response, error) {
-	if ie, ok := err.(*inputError); ok {
-		return logical.ErrorResponse(ie.Error()), nil
-	}
-	return nil, err
 }
 
 // rejectForeignFields fails when the request sets a field that belongs to

@@ -115,7 +115,7 @@ func keyTracked(ctx context.Context, s logical.Storage, key *ownedKey) (bool, er
 		if err != nil || role == nil {
 			return false, err
 		}
-		return role.KeyName == key.KeyName || role.PreviousKeyName == key.KeyName, nil
+		return role.isOwnKey(key.KeyName), nil
 	}
 	entry, err := getInventory(ctx, s, keyKindDynamic, key.Role, key.KeyName)
 	return entry != nil, err
@@ -155,6 +155,21 @@ func (b *backend) retireWAL(ctx context.Context, s logical.Storage, id string) {
 	default:
 		if err := framework.DeleteWAL(ctx, s, id); err != nil {
 			b.Logger().Warn("deleting a spent WAL entry failed; the rollback manager will", "error", err)
+		}
+	}
+}
+
+// deleteQueuedSpentWAL deletes the spent entries still queued, so a check
+// for pending WAL entries does not count issuances that already finished.
+func (b *backend) deleteQueuedSpentWAL(ctx context.Context) {
+	for {
+		select {
+		case e := <-b.spentWAL:
+			if err := framework.DeleteWAL(ctx, e.storage, e.id); err != nil {
+				b.Logger().Debug("deleting a spent WAL entry failed; the rollback manager will", "error", err)
+			}
+		default:
+			return
 		}
 	}
 }

@@ -1,0 +1,55 @@
+package carbon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// How a handler's failure reaches the caller. Vault answers a Go error from
+// a plugin with a 500, unless the error is a logical.HTTPCodedError returned
+// as it is (not wrapped): that one crosses the plugin boundary with its
+// status (sdk plugin/pb/translation.go).
+
+// inputError is bad input from the caller: handlers turn it into a 400 whose
+// message names the field and the fix.
+type inputError struct {
+	field string
+	msg   string
+}
+
+func (e *inputError) Error() string { return e.field + ": " + e.msg }
+
+func invalidField(field, format string, args ...any) error {
+	return &inputError{field: field, msg: fmt.Sprintf(format, args...)}
+}
+
+// errorResponse turns an inputError into a 400 response and passes any
+// other error through for Vault to report.
+func errorResponse(err error) (*logical.Response, error) {
+	if ie, ok := err.(*inputError); ok {
+		return logical.ErrorResponse(ie.Error()), nil
+	}
+	return nil, err
+}
+
+// Statuses for upstream failures, as Vault's own engines use them: the
+// caller did nothing wrong, a service behind Vault failed.
+const (
+	statusBadGateway     = 502
+	statusGatewayTimeout = 504
+)
+
+// upstreamError reports an upstream failure with the upstream's status and
+// message (the upstream clients' errors carry no secrets) as a 502, or a
+// 504 when the upstream did not answer in time. It stays an error, so
+// Vault's expiration manager retries a revocation that fails this way.
+func upstreamError(op string, err error) error {
+	status := statusBadGateway
+	if errors.Is(err, context.DeadlineExceeded) {
+		status = statusGatewayTimeout
+	}
+	return logical.CodedError(status, fmt.Sprintf("%s: %s", op, err))
+}
