@@ -212,6 +212,10 @@ func (s *Server) SetMaxNameLength(n int) { s.with(func() { s.maxNameLength = n }
 // RevokeManagementKey makes later calls with key fail with 401.
 func (s *Server) RevokeManagementKey(key string) { s.with(func() { delete(s.managementKeys, key) }) }
 
+// AddManagementKey accepts another management key for the same account, as
+// after a rotation in the dashboard.
+func (s *Server) AddManagementKey(key string) { s.with(func() { s.managementKeys[key] = true }) }
+
 // AddProject creates a project directly, for seeding. It is not counted in
 // Stats.
 func (s *Server) AddProject(name string) climatiq.Project {
