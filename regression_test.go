@@ -188,6 +188,8 @@ func TestRegressionTidyKeepsReleasedStaticKey(t *testing.T) {
 	clock := newFakeClock()
 	e.b.clock = clock.Now
 	e.writeClimatiqConfig("cq", nil)
+	// A dynamic role in the same project makes tidy scan it.
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
 	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{
 		"config": "cq", "project_id": e.projectID, "rotation_period": "1h", "overlap_period": "10m", "delete_key_on_remove": false,
 	})
