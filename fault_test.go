@@ -64,6 +64,26 @@ func TestFaultMatrix(t *testing.T) {
 			wantErr: "401 Unauthorized",
 		},
 		{
+			name:   "create commits upstream, then 503: the key is found by its name, not created twice",
+			config: map[string]any{"max_retries": 2},
+			inject: func(e *testEnv) { e.climatiq.CommitThenFail(1, http.StatusServiceUnavailable) },
+			check: func(t *testing.T, e *testEnv) {
+				if st := e.climatiq.Stats(); st.KeysCreated != 1 || st.CommittedThenFailed != 1 {
+					t.Fatalf("created %d keys, %d committed-then-failed answers; want 1, 1", st.KeysCreated, st.CommittedThenFailed)
+				}
+			},
+		},
+		{
+			name:   "create commits upstream, then 504, with no retries left: the key is still found by its name",
+			config: map[string]any{"max_retries": 0},
+			inject: func(e *testEnv) { e.climatiq.CommitThenFail(1, http.StatusGatewayTimeout) },
+			check: func(t *testing.T, e *testEnv) {
+				if st := e.climatiq.Stats(); st.KeysCreated != 1 {
+					t.Fatalf("created %d keys, want 1", st.KeysCreated)
+				}
+			},
+		},
+		{
 			name:   "30% 503 with retries",
 			config: map[string]any{"max_retries": 8},
 			inject: func(e *testEnv) { e.climatiq.SetFailureRate(0.3) },
@@ -190,5 +210,33 @@ func TestIssueRevokeCyclesUnderFaults(t *testing.T) {
 	}
 	if n, _ := countInventory(t.Context(), e.storage, keyKindDynamic, "ci"); n != 0 {
 		t.Fatalf("%d inventory entries left", n)
+	}
+}
+
+// TestRevokeWhenMissingIdsAnswer403 covers an upstream that answers a
+// missing id with 403 (or 400) instead of 404: a revoke of a key deleted
+// out of band still succeeds, after confirming the key's absence.
+func TestRevokeWhenMissingIdsAnswer403(t *testing.T) {
+	for _, status := range []int{http.StatusForbidden, http.StatusBadRequest} {
+		t.Run(http.StatusText(status), func(t *testing.T) {
+			e := newTestEnv(t)
+			e.writeClimatiqConfig("cq", nil)
+			e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
+			resp := e.mustOK(logical.ReadOperation, "creds/ci", nil)
+			client, err := e.b.climatiqClient(t.Context(), e.storage, "cq")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := client.DeleteProjectKey(t.Context(), e.projectID, resp.Data["key_id"].(string)); err != nil {
+				t.Fatal(err)
+			}
+			e.climatiq.SetMissingStatus(status)
+			if _, err := e.revoke(resp.Secret); err != nil {
+				t.Fatalf("revoke of a key already gone: %v", err)
+			}
+			if n, _ := countInventory(t.Context(), e.storage, keyKindDynamic, "ci"); n != 0 {
+				t.Fatalf("%d inventory entries left", n)
+			}
+		})
 	}
 }
