@@ -110,7 +110,9 @@ func TestTidy(t *testing.T) {
 			wantGone: func(f *tidyFixture) []string {
 				return []string{f.orphanOld, f.orphanYoung, f.expired}
 			},
-			wantKept:    func(f *tidyFixture) []string { return []string{f.issued, f.static, f.foreign, f.otherMount, f.walStranded} },
+			wantKept: func(f *tidyFixture) []string {
+				return []string{f.issued, f.static, f.foreign, f.otherMount, f.walStranded}
+			},
 			wantDeleted: 4,
 		},
 		{
