@@ -31,7 +31,7 @@ func pathRotateRole(b *backend) []*framework.Path {
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.UpdateOperation: &framework.PathOperation{
-					Callback:                  b.pathRotateRoleWrite,
+					Callback:                  b.lockingStaticRole(b.pathRotateRoleWrite),
 					ForwardPerformanceStandby: true,
 					Summary:                   "Rotate a static role's key now.",
 				},
@@ -50,15 +50,7 @@ func pathRotateRole(b *backend) []*framework.Path {
 // overlap is shorter than the shortest gap between them.
 const maxPreviousKeys = 8
 
-func (b *backend) pathRotateRoleWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	name := d.Get("name").(string)
-	if err := validateName("name", name); err != nil {
-		return errorResponse(err)
-	}
-	lock := b.staticRoleLock(name)
-	lock.Lock()
-	defer lock.Unlock()
-
+func (b *backend) pathRotateRoleWrite(ctx context.Context, req *logical.Request, d *framework.FieldData, name string) (*logical.Response, error) {
 	role, err := getStaticRole(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err

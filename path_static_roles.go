@@ -151,7 +151,7 @@ func pathStaticRoles(b *backend) []*framework.Path {
 				},
 			},
 			ExistenceCheck:  b.pathStaticRoleExists,
-			Operations:      crudOperations(b.pathStaticRoleWrite, b.pathStaticRoleRead, b.pathStaticRoleDelete, "a static role"),
+			Operations:      crudOperations(b.lockingStaticRole(b.pathStaticRoleWrite), b.pathStaticRoleRead, b.lockingStaticRole(b.pathStaticRoleDelete), "a static role"),
 			HelpSynopsis:    "Manage static roles: one Vault-owned Climatiq key, rotated on a schedule.",
 			HelpDescription: strings.TrimSpace(pathStaticRolesHelp),
 		},
@@ -216,6 +216,22 @@ func (b *backend) staticRoleLock(name string) *locksutil.LockEntry {
 	return locksutil.LockForKey(b.roleLocks, "static-roles/"+name)
 }
 
+// lockingStaticRole wraps a handler that changes a static role's key: it
+// validates the name from the path and holds the role's lock, so the change
+// never interleaves with a rotation, a write or a delete of the same role.
+func (b *backend) lockingStaticRole(handler func(context.Context, *logical.Request, *framework.FieldData, string) (*logical.Response, error)) framework.OperationFunc {
+	return func(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+		name := d.Get("name").(string)
+		if err := validateName("name", name); err != nil {
+			return errorResponse(err)
+		}
+		lock := b.staticRoleLock(name)
+		lock.Lock()
+		defer lock.Unlock()
+		return handler(ctx, req, d, name)
+	}
+}
+
 func (b *backend) pathStaticRoleExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
 	name := d.Get("name").(string)
 	if validateName("name", name) != nil {
@@ -276,15 +292,7 @@ func (b *backend) pathStaticRoleRead(ctx context.Context, req *logical.Request, 
 	return &logical.Response{Data: data}, nil
 }
 
-func (b *backend) pathStaticRoleWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	name := d.Get("name").(string)
-	if err := validateName("name", name); err != nil {
-		return errorResponse(err)
-	}
-	lock := b.staticRoleLock(name)
-	lock.Lock()
-	defer lock.Unlock()
-
+func (b *backend) pathStaticRoleWrite(ctx context.Context, req *logical.Request, d *framework.FieldData, name string) (*logical.Response, error) {
 	role, err := getStaticRole(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
@@ -472,15 +480,7 @@ func (b *backend) adoptKey(ctx context.Context, s logical.Storage, name string, 
 	return logical.ErrorResponse("key_id: project %q has no key %q; check the id, or omit key_id to create a new key", role.ProjectID, keyID), nil
 }
 
-func (b *backend) pathStaticRoleDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	name := d.Get("name").(string)
-	if err := validateName("name", name); err != nil {
-		return errorResponse(err)
-	}
-	lock := b.staticRoleLock(name)
-	lock.Lock()
-	defer lock.Unlock()
-
+func (b *backend) pathStaticRoleDelete(ctx context.Context, req *logical.Request, d *framework.FieldData, name string) (*logical.Response, error) {
 	role, err := getStaticRole(ctx, req.Storage, name)
 	if err != nil || role == nil {
 		return nil, err

@@ -8,6 +8,8 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiq"
 )
 
 // walKindClimatiqKey covers the creation of a Climatiq key (and, for
@@ -58,42 +60,25 @@ func (b *backend) rollbackClimatiqKey(ctx context.Context, s logical.Storage, ke
 		return err
 	}
 
-	if key.ProjectPerLease && key.ProjectID == "" {
-		projects, err := client.ListProjects(ctx)
-		if err != nil {
-			return err
-		}
-		for _, p := range projects {
-			if p.Name == key.KeyName {
-				key.ProjectID = p.ID
-			}
-		}
-		if key.ProjectID == "" {
-			return nil // the project was never created
-		}
-	}
-
 	// Most entries are spent issuances: the inventory already holds the
 	// key, and no upstream call is needed to tell.
 	if tracked, err := keyTracked(ctx, s, key); err != nil || tracked {
 		return err
 	}
-	if key.KeyID == "" && !key.ProjectPerLease {
-		keys, err := client.ListKeys(ctx, key.ProjectID)
-		if ignoreNotFound(err) != nil {
-			return err
-		}
-		for _, k := range keys {
-			if k.Name == key.KeyName {
-				key.KeyID = k.ID
-			}
-		}
-		if key.KeyID == "" {
-			return nil // the key was never created
-		}
+	created, err := createdUpstream(ctx, client, key)
+	if err != nil {
+		return err
 	}
-	if err := deleteUpstream(ctx, client, key); err != nil {
-		return fmt.Errorf("rolling back key %q: %w", key.KeyName, err)
+	// A create answered ambiguously and sent again can have made the key
+	// twice: every copy goes.
+	for _, k := range created {
+		if err := deleteUpstream(ctx, client, k); err != nil {
+			return fmt.Errorf("rolling back key %q: %w", key.KeyName, err)
+		}
+		key.KeyID, key.ProjectID = k.KeyID, k.ProjectID
+	}
+	if len(created) == 0 {
+		return nil // nothing was created
 	}
 	if key.kind() == keyKindStatic {
 		// A static key is recorded in the inventory before the role.
@@ -104,6 +89,42 @@ func (b *backend) rollbackClimatiqKey(ctx context.Context, s logical.Storage, ke
 	b.logAndEmit(eventKeyRollback, "config", key.Config, "role", key.Role,
 		"key_id", key.KeyID, "key_name", key.KeyName, "project_id", key.ProjectID)
 	return nil
+}
+
+// createdUpstream finds what the create covered by a WAL entry made: the
+// key by its id when the create answered, else every key (or per-lease
+// project) with its unique name.
+func createdUpstream(ctx context.Context, client *climatiq.Client, key *ownedKey) ([]*ownedKey, error) {
+	var found []*ownedKey
+	switch {
+	case key.ProjectPerLease:
+		projects, err := client.ListProjects(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range projects {
+			if p.Name == key.KeyName || (key.ProjectID != "" && p.ID == key.ProjectID) {
+				k := *key
+				k.ProjectID = p.ID
+				found = append(found, &k)
+			}
+		}
+	case key.KeyID != "":
+		found = append(found, key)
+	default:
+		keys, err := client.ListKeys(ctx, key.ProjectID)
+		if ignoreNotFound(err) != nil {
+			return nil, err
+		}
+		for _, listed := range keys {
+			if listed.Name == key.KeyName {
+				k := *key
+				k.KeyID = listed.ID
+				found = append(found, &k)
+			}
+		}
+	}
+	return found, nil
 }
 
 // keyTracked reports whether the key covered by the WAL entry made it into
