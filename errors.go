@@ -38,6 +38,7 @@ func errorResponse(err error) (*logical.Response, error) {
 // Statuses for upstream failures, as Vault's own engines use them: the
 // caller did nothing wrong, a service behind Vault failed.
 const (
+	statusBadRequest     = 400
 	statusBadGateway     = 502
 	statusGatewayTimeout = 504
 )

@@ -130,18 +130,14 @@ func (b *backend) issueClimatiqKey(ctx context.Context, req *logical.Request, ro
 		project, err := client.CreateProject(ctx, keyName)
 		if err != nil {
 			b.rollbackNow(ctx, req.Storage, walID, key)
-			return nil, upstreamError("creating project", err)
+			return b.issuanceRefused(req, roleName, role, key, "creating project", err)
 		}
 		key.ProjectID = project.ID
 	}
 	created, err := client.CreateKey(ctx, key.ProjectID, keyName)
 	if err != nil {
 		b.rollbackNow(ctx, req.Storage, walID, key)
-		if errors.Is(err, climatiq.ErrNotFound) && !role.ProjectPerLease {
-			return logical.ErrorResponse("project_id: project %q of role %q no longer exists upstream; point the role at an existing project (vault write %s roles/%s project_id=...)",
-				key.ProjectID, roleName, req.MountPoint, roleName), nil
-		}
-		return nil, upstreamError("creating key", err)
+		return b.issuanceRefused(req, roleName, role, key, "creating key", err)
 	}
 	key.KeyID = created.ID
 
@@ -168,6 +164,24 @@ func (b *backend) issueClimatiqKey(ctx context.Context, req *logical.Request, ro
 	resp.Secret.TTL = role.TTL
 	resp.Secret.MaxTTL = maxTTL
 	return resp, nil
+}
+
+// issuanceRefused answers a failed upstream create. What the role asked for
+// and the upstream refused is the role's mistake, a 400 naming the field to
+// fix: a project that is gone (404), or a name the upstream will not take
+// (400; the only input of a create is the name). Anything else is the
+// upstream's failure.
+func (b *backend) issuanceRefused(req *logical.Request, roleName string, role *roleEntry, key *ownedKey, op string, err error) (*logical.Response, error) {
+	var upstream *climatiq.Error
+	switch {
+	case errors.Is(err, climatiq.ErrNotFound) && !role.ProjectPerLease:
+		return logical.ErrorResponse("project_id: project %q of role %q no longer exists upstream; point the role at an existing project (vault write %sroles/%s project_id=...)",
+			key.ProjectID, roleName, req.MountPoint, roleName), nil
+	case errors.As(err, &upstream) && upstream.StatusCode == statusBadRequest:
+		return logical.ErrorResponse("key_name_template: the upstream refused the key name %q (%s); shorten the role's key_name_template (vault write %sroles/%s key_name_template=...)",
+			key.KeyName, upstream.Message, req.MountPoint, roleName), nil
+	}
+	return nil, upstreamError(op, err)
 }
 
 func (b *backend) issueAltruistiqToken(ctx context.Context, roleName string, role *roleEntry, conn *connection) (*logical.Response, error) {
