@@ -138,6 +138,7 @@ func newBackend() *backend {
 			pathTidy(b),
 			pathStaticRoles(b),
 			pathRotateRole(b),
+			pathRotateRoot(b),
 		),
 		Secrets: []*framework.Secret{
 			secretClimatiqKey(b),

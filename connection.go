@@ -47,7 +47,10 @@ func newConnection(b *backend, name string, cfg *connectionConfig) (*connection,
 			Timeout:      cfg.RequestTimeout,
 			MaxRetries:   cfg.MaxRetries,
 			RateLimit:    cfg.RateLimit,
-			Logger:       logger,
+			// Tokens are shared between reads; one is replaced this long
+			// before it expires, so a new lease is never shorter.
+			EarlyExpiry: minAltruistiqLease,
+			Logger:      logger,
 		})
 	default:
 		err = fmt.Errorf("unknown provider %q", cfg.Provider)

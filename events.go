@@ -38,6 +38,14 @@ type pendingEvent struct {
 // event sent off the request path (each send is a round trip to Vault).
 // metadata is alternating names and values, all ids and names.
 func (b *backend) logAndEmit(event string, metadata ...string) {
+	// Pairs without a value are left out of the log line and the event.
+	kept := metadata[:0:0]
+	for i := 0; i+1 < len(metadata); i += 2 {
+		if metadata[i+1] != "" {
+			kept = append(kept, metadata[i], metadata[i+1])
+		}
+	}
+	metadata = kept
 	args := make([]any, len(metadata))
 	for i, m := range metadata {
 		args[i] = m

@@ -2,6 +2,7 @@ package carbon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -44,28 +45,39 @@ type connectionConfig struct {
 	Scopes       []string `json:"scopes,omitempty"`
 
 	// Both
-	APIURL         string        `json:"api_url"`
-	RequestTimeout time.Duration `json:"request_timeout"`
-	MaxRetries     int           `json:"max_retries"`
-	RateLimit      float64       `json:"rate_limit"`
+	// VerifyConnection is what the last write asked: were the credentials
+	// checked upstream before they were saved.
+	VerifyConnection bool          `json:"verify_connection"`
+	VerifyIssuedKeys bool          `json:"verify_issued_keys,omitempty"`
+	APIURL           string        `json:"api_url"`
+	RequestTimeout   time.Duration `json:"request_timeout"`
+	MaxRetries       int           `json:"max_retries"`
+	RateLimit        float64       `json:"rate_limit"`
 }
 
 // providerFields names the fields that belong to one provider only; setting
 // one on the other provider's connection is an error, not silently ignored.
 var providerFields = map[string]string{
-	"management_key": providerClimatiq,
-	"management_url": providerClimatiq,
-	"tidy_interval":  providerClimatiq,
-	"client_id":      providerAltruistiq,
-	"client_secret":  providerAltruistiq,
-	"token_url":      providerAltruistiq,
-	"auth_style":     providerAltruistiq,
-	"scopes":         providerAltruistiq,
+	"management_key":     providerClimatiq,
+	"management_url":     providerClimatiq,
+	"tidy_interval":      providerClimatiq,
+	"verify_issued_keys": providerClimatiq,
+	"client_id":          providerAltruistiq,
+	"client_secret":      providerAltruistiq,
+	"token_url":          providerAltruistiq,
+	"auth_style":         providerAltruistiq,
+	"scopes":             providerAltruistiq,
 }
 
 func pathConfig(b *backend) []*framework.Path {
 	return []*framework.Path{
-		collectionPath(configStoragePrefix, "connections", "connections"),
+		collectionPath(configStoragePrefix, "connections", "connections", func(ctx context.Context, s logical.Storage, name string) (map[string]any, error) {
+			cfg, err := getConnectionConfig(ctx, s, name)
+			if err != nil || cfg == nil {
+				return nil, err
+			}
+			return map[string]any{"provider": cfg.Provider, "url": cfg.upstreamURL()}, nil
+		}),
 		{
 			Pattern: "config/" + framework.MatchAllRegex("name"),
 			DisplayAttrs: &framework.DisplayAttributes{
@@ -95,11 +107,12 @@ func pathConfig(b *backend) []*framework.Path {
 				},
 				"tidy_interval": {
 					Type:        framework.TypeDurationSecond,
-					Description: "Climatiq: run tidy for this connection this often (at least 1m). 0 (default) turns periodic tidy off.",
+					Description: "Climatiq: run tidy for this connection this often (at least 1m). 0 (default) turns periodic tidy off. Reads return it in whole seconds.",
 				},
 				"api_url": {
 					Type: framework.TypeString,
-					Description: fmt.Sprintf("Base URL of the platform's regular API, used to check issued credentials. Defaults to %s (climatiq) or %s (altruistiq).",
+					Description: fmt.Sprintf("Base URL of the platform's regular API. Altruistiq: verify_connection checks a fresh access token against it. "+
+						"Climatiq: verify_issued_keys checks each new key against it. Defaults to %s (climatiq) or %s (altruistiq).",
 						climatiq.DefaultAPIURL, altruistiq.DefaultAPIURL),
 					DisplayAttrs: &framework.DisplayAttributes{Name: "API URL"},
 				},
@@ -127,6 +140,11 @@ func pathConfig(b *backend) []*framework.Path {
 					Type:        framework.TypeCommaStringSlice,
 					Description: "Altruistiq OAuth scopes requested by default. Roles may override them.",
 				},
+				"verify_issued_keys": {
+					Type: framework.TypeBool,
+					Description: "Climatiq: before returning a new key, call the regular API (api_url) with it until it is accepted, for up to " +
+						issuedKeyWait.String() + "; if it is still refused then, the key is returned with a warning. Default false.",
+				},
 				"verify_connection": {
 					Type:        framework.TypeBool,
 					Default:     true,
@@ -135,7 +153,7 @@ func pathConfig(b *backend) []*framework.Path {
 				"request_timeout": {
 					Type:        framework.TypeDurationSecond,
 					Default:     int(defaultRequestTimeout.Seconds()),
-					Description: "Timeout of one upstream HTTP request attempt. Between 1s and 5m.",
+					Description: "Timeout of one upstream HTTP request attempt. Between 1s and 5m. Reads return it in whole seconds.",
 				},
 				"max_retries": {
 					Type:        framework.TypeInt,
@@ -154,6 +172,14 @@ func pathConfig(b *backend) []*framework.Path {
 			HelpDescription: strings.TrimSpace(pathConfigHelp),
 		},
 	}
+}
+
+// upstreamURL is where the connection's secret is sent.
+func (cfg *connectionConfig) upstreamURL() string {
+	if cfg.Provider == providerAltruistiq {
+		return cfg.TokenURL
+	}
+	return cfg.ManagementURL
 }
 
 func getConnectionConfig(ctx context.Context, s logical.Storage, name string) (*connectionConfig, error) {
@@ -181,16 +207,18 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, d *f
 		return nil, err
 	}
 	data := map[string]any{
-		"provider":        cfg.Provider,
-		"api_url":         cfg.APIURL,
-		"request_timeout": int64(cfg.RequestTimeout.Seconds()),
-		"max_retries":     cfg.MaxRetries,
-		"rate_limit":      cfg.RateLimit,
+		"provider":          cfg.Provider,
+		"api_url":           cfg.APIURL,
+		"verify_connection": cfg.VerifyConnection,
+		"request_timeout":   int64(cfg.RequestTimeout.Seconds()),
+		"max_retries":       cfg.MaxRetries,
+		"rate_limit":        cfg.RateLimit,
 	}
 	switch cfg.Provider {
 	case providerClimatiq:
 		data["management_url"] = cfg.ManagementURL
 		data["tidy_interval"] = int64(cfg.TidyInterval.Seconds())
+		data["verify_issued_keys"] = cfg.VerifyIssuedKeys
 	case providerAltruistiq:
 		data["client_id"] = cfg.ClientID
 		data["token_url"] = cfg.TokenURL
@@ -232,7 +260,8 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		}
 	}
 
-	if d.Get("verify_connection").(bool) {
+	cfg.VerifyConnection = d.Get("verify_connection").(bool)
+	if cfg.VerifyConnection {
 		if resp := b.verifyConnection(ctx, name, cfg); resp != nil {
 			return resp, nil
 		}
@@ -346,18 +375,35 @@ func projectsInUse(ctx context.Context, s logical.Storage, config string) (map[s
 }
 
 // verifyConnection returns a 400 carrying the upstream's status and message
-// when the connection's credentials do not work, and nil when they do.
+// when the connection's credentials do not work, and nil when they do. An
+// upstream that could not be reached is reported as such: the credentials
+// were never tried.
 func (b *backend) verifyConnection(ctx context.Context, name string, cfg *connectionConfig) *logical.Response {
 	conn, err := newConnection(b, name, cfg)
 	if err != nil {
 		return logical.ErrorResponse("verify_connection: %s", err)
 	}
 	defer conn.close()
-	if err := conn.verify(ctx); err != nil {
+	err = conn.verify(ctx)
+	var cqErr *climatiq.Error
+	var aqErr *altruistiq.Error
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &cqErr), errors.As(err, &aqErr):
 		return logical.ErrorResponse("verify_connection: %s refused the credentials: %s; check %s, or write with verify_connection=false to save without checking",
 			cfg.Provider, err, credentialFields(cfg.Provider))
+	default:
+		return logical.ErrorResponse("verify_connection: could not reach %s at %s: %s; check %s and the network between Vault and it, or write with verify_connection=false to save without checking",
+			cfg.Provider, cfg.upstreamURL(), err, urlField(cfg.Provider))
 	}
-	return nil
+}
+
+func urlField(provider string) string {
+	if provider == providerClimatiq {
+		return "management_url"
+	}
+	return "token_url"
 }
 
 func credentialFields(provider string) string {
@@ -437,6 +483,9 @@ func (cfg *connectionConfig) update(d *framework.FieldData) error {
 	}
 	if v, ok := d.GetOk("max_retries"); ok {
 		cfg.MaxRetries = v.(int)
+	}
+	if v, ok := d.GetOk("verify_issued_keys"); ok {
+		cfg.VerifyIssuedKeys = v.(bool)
 	}
 	if v, ok := d.GetOk("rate_limit"); ok {
 		cfg.RateLimit = v.(float64)

@@ -22,11 +22,12 @@ func TestConfigCRUD(t *testing.T) {
 		{"cq", map[string]any{
 			"provider": "climatiq", "management_url": e.climatiq.ManagementURL(), "api_url": e.climatiq.APIURL(),
 			"request_timeout": int64(10), "max_retries": 1, "rate_limit": 50.0, "tidy_interval": int64(0),
+			"verify_connection": true, "verify_issued_keys": false,
 		}},
 		{"aq", map[string]any{
 			"provider": "altruistiq", "client_id": testClientID, "token_url": e.altruistiq.TokenURL(),
 			"api_url": e.altruistiq.APIURL(), "auth_style": "params", "scopes": []string{"read", "write"},
-			"request_timeout": int64(30), "max_retries": 3, "rate_limit": 0.0,
+			"request_timeout": int64(30), "max_retries": 3, "rate_limit": 0.0, "verify_connection": true,
 		}},
 	}
 	for _, tc := range tests {

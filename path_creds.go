@@ -14,16 +14,18 @@ import (
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiq"
 )
 
+const (
+	// minAltruistiqLease is the shortest lease a new Altruistiq read gets
+	// (for tokens that live at least twice as long): a shared token is
+	// replaced once less than this remains.
+	minAltruistiqLease = 5 * time.Minute
+	// issuedKeyWait bounds how long verify_issued_keys waits for a new
+	// Climatiq key to be accepted by the regular API.
+	issuedKeyWait = 15 * time.Second
+)
+
 func pathCreds(b *backend) []*framework.Path {
 	return []*framework.Path{
-		{
-			Pattern: "creds/?$",
-			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.ReadOperation: requireNameOperation("role", "creds/<role>"),
-			},
-			HelpSynopsis:    "Issue credentials: read creds/<role>.",
-			HelpDescription: "Read creds/<role> to issue credentials from a dynamic role.",
-		},
 		{
 			Pattern: "creds/" + framework.MatchAllRegex("role"),
 			DisplayAttrs: &framework.DisplayAttributes{
@@ -63,6 +65,9 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *fr
 		return nil, err
 	}
 	if role == nil {
+		if static, err := getStaticRole(ctx, req.Storage, roleName); err == nil && static != nil {
+			return logical.ErrorResponse("role: %q is a static role; read its key with vault read %sstatic-creds/%s", roleName, req.MountPoint, roleName), nil
+		}
 		return logical.ErrorResponse("role: no role %q; create it with a write to roles/%s", roleName, roleName), nil
 	}
 	conn, err := b.connection(ctx, req.Storage, role.Config)
@@ -163,7 +168,28 @@ func (b *backend) issueClimatiqKey(ctx context.Context, req *logical.Request, ro
 	}, key.leaseData())
 	resp.Secret.TTL = role.TTL
 	resp.Secret.MaxTTL = maxTTL
+	if conn.config.VerifyIssuedKeys && !b.waitUntilKeyWorks(ctx, conn, created.Key) {
+		resp.AddWarning(fmt.Sprintf("verify_issued_keys: the regular API (%s) did not accept the new key within %s; it may take a little longer to work", conn.config.APIURL, issuedKeyWait))
+	}
 	return resp, nil
+}
+
+// waitUntilKeyWorks calls the regular API with a new key until it is
+// accepted or issuedKeyWait passes, for upstreams where a new key takes a
+// moment to work.
+func (b *backend) waitUntilKeyWorks(ctx context.Context, conn *connection, apiKey string) bool {
+	ctx, cancel := context.WithTimeout(ctx, issuedKeyWait)
+	defer cancel()
+	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		if conn.climatiq.CheckKey(ctx, apiKey) == nil {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(wait):
+		}
+	}
 }
 
 // issuanceRefused answers a failed upstream create. What the role asked for
@@ -209,6 +235,9 @@ func (b *backend) issueAltruistiqToken(ctx context.Context, roleName string, rol
 	})
 	resp.Secret.TTL = ttl
 	resp.Secret.MaxTTL = ttl
+	if role.TTL > ttl {
+		resp.AddWarning(fmt.Sprintf("ttl: the lease ends with the access token, in %s, before the role's ttl (%s); read again for a new token and lease", ttl, role.TTL))
+	}
 	return resp, nil
 }
 

@@ -9,10 +9,11 @@ import (
 )
 
 // collectionPath is the LIST path of a named collection (config/, roles/,
-// static-roles/). Writes, reads and deletes on it lack the item name; they
-// get a 400 naming the missing field instead of Vault's bare "unsupported
+// static-roles/). Its key_info (vault list -detailed) shows what info says
+// of each item. Writes, reads and deletes on it lack the item name; they get
+// a 400 naming the missing field instead of Vault's bare "unsupported
 // operation".
-func collectionPath(prefix, suffix, what string) *framework.Path {
+func collectionPath(prefix, suffix, what string, info func(ctx context.Context, s logical.Storage, name string) (map[string]any, error)) *framework.Path {
 	hint := prefix + "<name>"
 	return &framework.Path{
 		Pattern: prefix + "?$",
@@ -27,7 +28,15 @@ func collectionPath(prefix, suffix, what string) *framework.Path {
 					if err != nil {
 						return nil, err
 					}
-					return logical.ListResponse(names), nil
+					// Collections of connections and roles are small; one
+					// read each is the price of key_info.
+					keyInfo := make(map[string]any, len(names))
+					for _, name := range names {
+						if keyInfo[name], err = info(ctx, req.Storage, name); err != nil {
+							return nil, err
+						}
+					}
+					return logical.ListResponseWithInfo(names, keyInfo), nil
 				},
 				Summary: "List the " + what + ".",
 			},
@@ -36,17 +45,17 @@ func collectionPath(prefix, suffix, what string) *framework.Path {
 			logical.DeleteOperation: requireNameOperation("name", hint),
 		},
 		HelpSynopsis:    "List the " + what + ".",
-		HelpDescription: "Lists the names of the " + what + " configured under " + hint + ".",
+		HelpDescription: "Lists the names of the " + what + " configured under " + hint + "; vault list -detailed shows a summary of each.",
 	}
 }
 
 // crudOperations are the operations of a named item: writes (create and
-// update share one handler) and deletes are forwarded from performance
-// standbys, since they write storage.
+// update share one handler, and refuse unknown fields) and deletes are
+// forwarded from performance standbys, since they write storage.
 func crudOperations(write, read, del framework.OperationFunc, what string) map[logical.Operation]framework.OperationHandler {
 	return map[logical.Operation]framework.OperationHandler{
-		logical.CreateOperation: &framework.PathOperation{Callback: write, ForwardPerformanceStandby: true, Summary: "Create " + what + "."},
-		logical.UpdateOperation: &framework.PathOperation{Callback: write, ForwardPerformanceStandby: true, Summary: "Update " + what + "."},
+		logical.CreateOperation: &framework.PathOperation{Callback: refuseUnknownFields(write), ForwardPerformanceStandby: true, Summary: "Create " + what + "."},
+		logical.UpdateOperation: &framework.PathOperation{Callback: refuseUnknownFields(write), ForwardPerformanceStandby: true, Summary: "Update " + what + "."},
 		logical.ReadOperation:   &framework.PathOperation{Callback: read, Summary: "Read " + what + "."},
 		logical.DeleteOperation: &framework.PathOperation{Callback: del, ForwardPerformanceStandby: true, Summary: "Delete " + what + "."},
 	}

@@ -44,7 +44,13 @@ var roleProviderFields = map[string]string{
 
 func pathRoles(b *backend) []*framework.Path {
 	return []*framework.Path{
-		collectionPath(roleStoragePrefix, "roles", "dynamic roles"),
+		collectionPath(roleStoragePrefix, "roles", "dynamic roles", func(ctx context.Context, s logical.Storage, name string) (map[string]any, error) {
+			role, err := getRole(ctx, s, name)
+			if err != nil || role == nil {
+				return nil, err
+			}
+			return map[string]any{"config": role.Config, "ttl": int64(role.TTL.Seconds()), "max_ttl": int64(role.MaxTTL.Seconds())}, nil
+		}),
 		{
 			Pattern: "roles/" + framework.MatchAllRegex("name"),
 			DisplayAttrs: &framework.DisplayAttributes{

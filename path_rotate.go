@@ -31,7 +31,7 @@ func pathRotateRole(b *backend) []*framework.Path {
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.UpdateOperation: &framework.PathOperation{
-					Callback:                  b.lockingStaticRole(b.pathRotateRoleWrite),
+					Callback:                  refuseUnknownFields(b.lockingStaticRole(b.pathRotateRoleWrite)),
 					ForwardPerformanceStandby: true,
 					Summary:                   "Rotate a static role's key now.",
 				},

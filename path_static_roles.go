@@ -98,7 +98,13 @@ func (role *staticRole) isOwnKey(keyName string) bool {
 
 func pathStaticRoles(b *backend) []*framework.Path {
 	return []*framework.Path{
-		collectionPath(staticRoleStoragePrefix, "static-roles", "static roles"),
+		collectionPath(staticRoleStoragePrefix, "static-roles", "static roles", func(ctx context.Context, s logical.Storage, name string) (map[string]any, error) {
+			role, err := getStaticRole(ctx, s, name)
+			if err != nil || role == nil {
+				return nil, err
+			}
+			return map[string]any{"config": role.Config, "key_id": role.KeyID, "next_rotation": formatTime(role.nextRotationAttempt())}, nil
+		}),
 		{
 			Pattern: "static-roles/" + framework.MatchAllRegex("name"),
 			DisplayAttrs: &framework.DisplayAttributes{
@@ -154,14 +160,6 @@ func pathStaticRoles(b *backend) []*framework.Path {
 			Operations:      crudOperations(b.lockingStaticRole(b.pathStaticRoleWrite), b.pathStaticRoleRead, b.lockingStaticRole(b.pathStaticRoleDelete), "a static role"),
 			HelpSynopsis:    "Manage static roles: one Vault-owned Climatiq key, rotated on a schedule.",
 			HelpDescription: strings.TrimSpace(pathStaticRolesHelp),
-		},
-		{
-			Pattern: "static-creds/?$",
-			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.ReadOperation: requireNameOperation("name", "static-creds/<name>"),
-			},
-			HelpSynopsis:    "Read static credentials: read static-creds/<name>.",
-			HelpDescription: "Read static-creds/<name> for the current key of a static role.",
 		},
 		{
 			Pattern: "static-creds/" + framework.MatchAllRegex("name"),

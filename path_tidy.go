@@ -24,7 +24,7 @@ func pathTidy(b *backend) []*framework.Path {
 				},
 				"config": {
 					Type:        framework.TypeString,
-					Description: "Tidy only this Climatiq connection. Default: all of them.",
+					Description: "Tidy only this Climatiq connection. Default: every Climatiq connection (Altruistiq connections have no keys to tidy).",
 				},
 				"min_age": {
 					Type:        framework.TypeDurationSecond,
@@ -34,7 +34,7 @@ func pathTidy(b *backend) []*framework.Path {
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.UpdateOperation: &framework.PathOperation{
-					Callback:                  b.pathTidyWrite,
+					Callback:                  refuseUnknownFields(b.pathTidyWrite),
 					ForwardPerformanceStandby: true,
 					Summary:                   "Find and delete upstream keys this mount created but no longer tracks.",
 				},
@@ -42,7 +42,33 @@ func pathTidy(b *backend) []*framework.Path {
 			HelpSynopsis:    "Find and delete upstream keys this mount created but no longer tracks.",
 			HelpDescription: strings.TrimSpace(pathTidyHelp),
 		},
+		{
+			Pattern: "tidy-status$",
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefixCarbon,
+				OperationSuffix: "tidy-status",
+			},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ReadOperation: &framework.PathOperation{
+					Callback: b.pathTidyStatusRead,
+					Summary:  "Read the report of the last tidy, manual or periodic.",
+				},
+			},
+			HelpSynopsis:    "Read the report of the last tidy, manual or periodic.",
+			HelpDescription: "Returns what the last tidy run on this mount found and did: started, finished, dry_run, config, min_age (seconds), orphans, orphan_projects, expired, deleted, wal_rolled_back and errors (each naming its connection and cause).",
+		},
 	}
+}
+
+func (b *backend) pathTidyStatusRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	report, err := getEntry[tidyReport](ctx, req.Storage, tidyStatusStorageKey)
+	if err != nil || report == nil {
+		return nil, err
+	}
+	data := report.data()
+	data["started"], data["finished"] = formatTime(report.Started), formatTime(report.Finished)
+	data["config"], data["min_age"] = report.Config, int64(report.MinAge.Seconds())
+	return &logical.Response{Data: data}, nil
 }
 
 func (b *backend) pathTidyWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -68,7 +94,7 @@ func (b *backend) pathTidyWrite(ctx context.Context, req *logical.Request, d *fr
 	if err != nil {
 		return nil, err
 	}
-	return &logical.Response{Data: report.data(dryRun)}, nil
+	return &logical.Response{Data: report.data()}, nil
 }
 
 const pathTidyHelp = `

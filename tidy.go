@@ -29,19 +29,29 @@ type tidyOptions struct {
 	dryRun bool
 }
 
-// tidyReport is what one tidy run found and did.
+// tidyReport is what one tidy run found and did. The last one is kept in
+// storage for tidy-status.
 type tidyReport struct {
-	Orphans        []string // upstream key ids with this mount's marker that nothing tracks
-	OrphanProjects []string // per-lease projects nothing tracks
-	Expired        []string // tracked dynamic keys whose lease must have ended
-	Deleted        int
-	WALRolledBack  int // stale WAL entries resolved: spent ones dropped, stranded keys deleted
-	Errors         []string
+	Started  time.Time     `json:"started"`
+	Finished time.Time     `json:"finished"`
+	DryRun   bool          `json:"dry_run"`
+	Config   string        `json:"config,omitempty"`
+	MinAge   time.Duration `json:"min_age"`
+
+	Orphans        []string `json:"orphans"`         // upstream key ids with this mount's marker that nothing tracks
+	OrphanProjects []string `json:"orphan_projects"` // per-lease projects nothing tracks
+	Expired        []string `json:"expired"`         // tracked dynamic keys whose lease must have ended
+	Deleted        int      `json:"deleted"`
+	WALRolledBack  int      `json:"wal_rolled_back"` // stale WAL entries resolved: spent ones dropped, stranded keys deleted
+	Errors         []string `json:"errors"`          // each names its connection and cause
 }
 
-func (r *tidyReport) data(dryRun bool) map[string]any {
+// tidyStatusStorageKey holds the last tidy's report.
+const tidyStatusStorageKey = "tidy/status"
+
+func (r *tidyReport) data() map[string]any {
 	return map[string]any{
-		"dry_run":         dryRun,
+		"dry_run":         r.DryRun,
 		"orphans":         nonNil(r.Orphans),
 		"orphan_projects": nonNil(r.OrphanProjects),
 		"expired":         nonNil(r.Expired),
@@ -101,14 +111,23 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, opts tidyOptions)
 	run.marker = marker
 	for _, config := range run.configs() {
 		client, err := b.climatiqClient(ctx, s, config)
-		if err != nil {
-			run.fail(fmt.Errorf("config %q: not a usable climatiq connection", config))
+		var ce *connectionError
+		switch {
+		case errors.As(err, &ce) && !ce.missing:
+			continue // an Altruistiq connection: it has no keys to tidy
+		case err != nil:
+			run.fail(fmt.Errorf("config %q: %w; the keys recorded through it cannot be checked until it is recreated", config, err))
 			continue
 		}
 		run.scanConnection(ctx, client, config)
 	}
 
 	r := &run.report
+	r.Finished = b.now().UTC()
+	r.Started, r.DryRun, r.Config, r.MinAge = now.UTC(), opts.dryRun, opts.only, opts.minAge
+	if err := putEntry(ctx, s, tidyStatusStorageKey, r); err != nil {
+		b.Logger().Warn("storing the tidy report failed", "error", err)
+	}
 	b.logAndEmit(eventTidy, "dry_run", strconv.FormatBool(opts.dryRun),
 		"orphans", strconv.Itoa(len(r.Orphans)), "orphan_projects", strconv.Itoa(len(r.OrphanProjects)),
 		"expired", strconv.Itoa(len(r.Expired)), "deleted", strconv.Itoa(r.Deleted),
@@ -218,8 +237,8 @@ func (run *tidyRun) collectRoles(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if role != nil {
-			run.scanProject(role.Config, role.ProjectID)
+		if role != nil && (role.ProjectID != "" || role.ProjectPerLease) {
+			run.scanProject(role.Config, role.ProjectID) // Altruistiq roles have no keys
 		}
 	}
 	released, err := releasedKeyIDs(ctx, run.storage)
@@ -267,7 +286,7 @@ func (run *tidyRun) deleteExpired(ctx context.Context) {
 			err = deleteInventory(ctx, run.storage, k)
 		}
 		if err != nil {
-			run.fail(fmt.Errorf("deleting expired key %s: %w", k.KeyID, err))
+			run.fail(fmt.Errorf("config %q: deleting expired key %s: %w", k.Config, k.KeyID, err))
 			continue
 		}
 		run.report.Deleted++
@@ -284,9 +303,10 @@ func (run *tidyRun) ours(name string) bool {
 // scanConnection scans one connection's projects for marked keys that
 // nothing tracks, and for marked per-lease projects that nothing tracks.
 func (run *tidyRun) scanConnection(ctx context.Context, client *climatiq.Client, config string) {
+	fail := func(err error) { run.fail(fmt.Errorf("config %q: %w", config, err)) }
 	all, err := client.ListProjects(ctx)
 	if err != nil {
-		run.fail(err)
+		fail(err)
 		return
 	}
 	scan := map[string]bool{}
@@ -306,7 +326,7 @@ func (run *tidyRun) scanConnection(ctx context.Context, client *climatiq.Client,
 		delete(scan, p.ID)
 		if !run.dryRun {
 			if err := ignoreNotFound(client.DeleteProject(ctx, p.ID)); err != nil {
-				run.fail(err)
+				fail(err)
 			} else {
 				run.report.Deleted++
 			}
@@ -323,7 +343,7 @@ func (run *tidyRun) scanConnection(ctx context.Context, client *climatiq.Client,
 			continue
 		}
 		if err != nil {
-			run.fail(err)
+			fail(err)
 			continue
 		}
 		for _, k := range keys {
@@ -335,7 +355,7 @@ func (run *tidyRun) scanConnection(ctx context.Context, client *climatiq.Client,
 				continue
 			}
 			if err := ignoreNotFound(client.DeleteProjectKey(ctx, projectID, k.ID)); err != nil {
-				run.fail(err)
+				fail(err)
 				continue
 			}
 			run.report.Deleted++

@@ -1,6 +1,7 @@
 package carbon
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/url"
@@ -9,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
 )
 
 // maxNameLength bounds config and role names: they become storage keys and
@@ -92,4 +94,69 @@ func rejectForeignFields(d *framework.FieldData, provider string, owners map[str
 		}
 	}
 	return nil
+}
+
+// refuseUnknownFields wraps a write handler: a field the path does not have
+// is a 400 naming it and the nearest real field. A misspelt ttl or
+// request_timeout would otherwise be ignored without a word (the sdk warns
+// only when a handler returns a response, and these writes return none).
+func refuseUnknownFields(handler framework.OperationFunc) framework.OperationFunc {
+	return func(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+		if err := checkKnownFields(d); err != nil {
+			return errorResponse(err)
+		}
+		return handler(ctx, req, d)
+	}
+}
+
+func checkKnownFields(d *framework.FieldData) error {
+	var unknown []string
+	for field := range d.Raw {
+		if _, ok := d.Schema[field]; !ok {
+			unknown = append(unknown, field)
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	sort.Strings(unknown)
+	field := unknown[0]
+	hint := ""
+	if nearest := nearestField(field, d.Schema); nearest != "" {
+		hint = fmt.Sprintf("; did you mean %s?", nearest)
+	}
+	return invalidField(quoteForMessage(field), "is not a field of this path%s (vault path-help lists them)", hint)
+}
+
+// nearestField is the schema field closest to a misspelt one, within a
+// third of its length in edits; "" when none is that close.
+func nearestField(field string, schema map[string]*framework.FieldSchema) string {
+	best, bestDistance := "", len(field)/3+1
+	for candidate := range schema {
+		if d := editDistance(field, candidate); d < bestDistance || (d == bestDistance && best != "" && candidate < best) {
+			best, bestDistance = candidate, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance of two short ASCII names.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
 }
