@@ -167,7 +167,7 @@ func pathConfig(b *backend) []*framework.Path {
 				},
 			},
 			ExistenceCheck:  b.pathConfigExists,
-			Operations:      crudOperations(b.pathConfigWrite, b.pathConfigRead, b.pathConfigDelete, "a connection"),
+			Operations:      crudOperations(b.pathConfigWrite, b.pathConfigRead, b.pathConfigDelete, "a connection", configReadResponse),
 			HelpSynopsis:    "Configure a connection to Climatiq or Altruistiq.",
 			HelpDescription: strings.TrimSpace(pathConfigHelp),
 		},

@@ -40,8 +40,9 @@ func pathKeys(b *backend) []*framework.Path {
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ReadOperation: &framework.PathOperation{
-					Callback: b.pathKeyRead,
-					Summary:  "Read what the mount records about one of its keys.",
+					Callback:  b.pathKeyRead,
+					Responses: keyReadResponse,
+					Summary:   "Read what the mount records about one of its keys.",
 				},
 			},
 			HelpSynopsis:    "Read what the mount records about one of its keys.",

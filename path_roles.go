@@ -105,7 +105,7 @@ func pathRoles(b *backend) []*framework.Path {
 				},
 			},
 			ExistenceCheck:  b.pathRoleExists,
-			Operations:      crudOperations(b.pathRoleWrite, b.pathRoleRead, b.pathRoleDelete, "a dynamic role"),
+			Operations:      crudOperations(b.pathRoleWrite, b.pathRoleRead, b.pathRoleDelete, "a dynamic role", roleReadResponse),
 			HelpSynopsis:    "Manage the dynamic roles that creds/<role> issues from.",
 			HelpDescription: strings.TrimSpace(pathRolesHelp),
 		},

@@ -32,6 +32,7 @@ func pathRotateRole(b *backend) []*framework.Path {
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.UpdateOperation: &framework.PathOperation{
 					Callback:                  refuseUnknownFields(b.lockingStaticRole(b.pathRotateRoleWrite)),
+					Responses:                 rotateRoleResponse,
 					ForwardPerformanceStandby: true,
 					Summary:                   "Rotate a static role's key now.",
 				},

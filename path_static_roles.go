@@ -157,7 +157,7 @@ func pathStaticRoles(b *backend) []*framework.Path {
 				},
 			},
 			ExistenceCheck:  b.pathStaticRoleExists,
-			Operations:      crudOperations(b.lockingStaticRole(b.pathStaticRoleWrite), b.pathStaticRoleRead, b.lockingStaticRole(b.pathStaticRoleDelete), "a static role"),
+			Operations:      crudOperations(b.lockingStaticRole(b.pathStaticRoleWrite), b.pathStaticRoleRead, b.lockingStaticRole(b.pathStaticRoleDelete), "a static role", staticRoleReadResponse),
 			HelpSynopsis:    "Manage static roles: one Vault-owned Climatiq key, rotated on a schedule.",
 			HelpDescription: strings.TrimSpace(pathStaticRolesHelp),
 		},
@@ -177,8 +177,9 @@ func pathStaticRoles(b *backend) []*framework.Path {
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ReadOperation: &framework.PathOperation{
-					Callback: b.pathStaticCredsRead,
-					Summary:  "Read the current key of a static role.",
+					Callback:  b.pathStaticCredsRead,
+					Responses: staticCredsResponse,
+					Summary:   "Read the current key of a static role.",
 				},
 			},
 			HelpSynopsis:    "Read the current key of a static role.",

@@ -35,6 +35,7 @@ func pathTidy(b *backend) []*framework.Path {
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.UpdateOperation: &framework.PathOperation{
 					Callback:                  refuseUnknownFields(b.pathTidyWrite),
+					Responses:                 tidyResponse,
 					ForwardPerformanceStandby: true,
 					Summary:                   "Find and delete upstream keys this mount created but no longer tracks.",
 				},
@@ -50,8 +51,9 @@ func pathTidy(b *backend) []*framework.Path {
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ReadOperation: &framework.PathOperation{
-					Callback: b.pathTidyStatusRead,
-					Summary:  "Read the report of the last tidy, manual or periodic.",
+					Callback:  b.pathTidyStatusRead,
+					Responses: tidyStatusResponse,
+					Summary:   "Read the report of the last tidy, manual or periodic.",
 				},
 			},
 			HelpSynopsis:    "Read the report of the last tidy, manual or periodic.",

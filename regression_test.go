@@ -10,9 +10,7 @@ import (
 	"testing"
 	"time"
 
-	hclog "github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/framework"
-	"github.com/hashicorp/vault/sdk/helper/logging"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiqtest"
@@ -241,7 +239,7 @@ func TestRegressionCleanWhileSchedulerTicks(t *testing.T) {
 		b := newBackend()
 		b.schedulerTick = time.Millisecond
 		s := &logical.InmemStorage{}
-		if err := b.Setup(context.Background(), &logical.BackendConfig{StorageView: s, System: logical.TestSystemView(), Logger: logging.NewVaultLogger(hclog.Warn)}); err != nil {
+		if err := b.Setup(context.Background(), &logical.BackendConfig{StorageView: s, System: logical.TestSystemView(), Logger: testLogger()}); err != nil {
 			t.Fatal(err)
 		}
 		if err := b.initialize(context.Background(), &logical.InitializationRequest{Storage: s}); err != nil {

@@ -100,6 +100,10 @@ func run(mode string) error {
 	for _, cmd := range [][]string{
 		{"plugin", "register", "-sha256=" + sha, "-version=" + version, "-command=vault-plugin-carbon", "secret", devvault.PluginName},
 		{"secrets", "enable", "-path=" + mount, "-plugin-version=" + version, devvault.PluginName},
+		// Key ids, names and projects in clear in the audit log, so audit
+		// entries can be matched to keys/ and to the upstream.
+		{"secrets", "tune", "-audit-non-hmac-response-keys=key_id", "-audit-non-hmac-response-keys=key_name",
+			"-audit-non-hmac-response-keys=project_id", mount + "/"},
 		{"write", mount + "/config/climatiq", "provider=climatiq", "management_key=" + managementKey,
 			"management_url=" + cq.ManagementURL(), "api_url=" + cq.APIURL()},
 		{"write", mount + "/roles/ci", "config=climatiq", "project_id=" + project.ID, "ttl=1h", "max_ttl=24h"},

@@ -1,0 +1,162 @@
+package carbon
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	hclog "github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/logging"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// Tests for what an operator meets on the first day: typos, habits from
+// other engines, and what tidy, logs and leases say.
+
+func TestUnknownFieldsAreRefused(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
+	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{"config": "cq", "project_id": e.projectID, "rotation_period": "1h"})
+	tests := []struct {
+		path    string
+		data    map[string]any
+		field   string
+		nearest string
+	}{
+		{"roles/ci", map[string]any{"tll": "1h"}, "tll", "ttl"},
+		{"config/cq", map[string]any{"request_timout": "10s"}, "request_timout", "request_timeout"},
+		{"static-roles/app", map[string]any{"ttl": "1h"}, "ttl", ""},
+		{"tidy", map[string]any{"dryrun": true}, "dryrun", "dry_run"},
+		{"rotate-role/app", map[string]any{"delete_previous_key": true}, "delete_previous_key", "delete_previous_keys"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.path+" "+tc.field, func(t *testing.T) {
+			resp := e.do(logical.UpdateOperation, tc.path, tc.data)
+			if resp == nil || !resp.IsError() {
+				t.Fatalf("a write with %q was accepted", tc.field)
+			}
+			msg := resp.Error().Error()
+			if !strings.Contains(msg, tc.field) || (tc.nearest != "" && !strings.Contains(msg, "did you mean "+tc.nearest)) {
+				t.Fatalf("message %q does not name %q and suggest %q", msg, tc.field, tc.nearest)
+			}
+		})
+	}
+	if role := e.mustOK(logical.ReadOperation, "roles/ci", nil); role.Data["ttl"] != int64(0) {
+		t.Fatal("a refused write changed the role")
+	}
+}
+
+func TestTidyCoversOnlyClimatiqAndReportsRealErrors(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	e.writeAltruistiqConfig("aq", nil)
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
+	e.writeRole("export", map[string]any{"config": "aq"})
+
+	report := e.mustOK(logical.UpdateOperation, "tidy", nil)
+	if errs := report.Data["errors"].([]string); len(errs) != 0 {
+		t.Fatalf("tidy reported errors on a healthy mount with an Altruistiq role: %v", errs)
+	}
+
+	e.climatiq.RevokeManagementKey(testManagementKey)
+	report = e.mustOK(logical.UpdateOperation, "tidy", nil)
+	errs := report.Data["errors"].([]string)
+	if len(errs) != 1 || !strings.Contains(errs[0], `config "cq"`) || !strings.Contains(errs[0], "401") {
+		t.Fatalf("errors %v, want one naming the connection and the upstream's 401", errs)
+	}
+	status := e.mustOK(logical.ReadOperation, "tidy-status", nil)
+	if got := status.Data["errors"].([]string); len(got) != 1 || status.Data["finished"] == "" {
+		t.Fatalf("tidy-status does not show the last run: %v", status.Data)
+	}
+}
+
+func TestHabitsFromOtherEngines(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", map[string]any{"verify_connection": true})
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID, "ttl": "1h"})
+	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{"config": "cq", "project_id": e.projectID, "rotation_period": "1h"})
+
+	for _, path := range []string{"rotate-root/cq", "rotate-root"} {
+		resp, err := e.doErr(logical.UpdateOperation, path, nil)
+		if err != nil || resp == nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "config/") {
+			t.Fatalf("%s: %v %v, want a 400 saying to write config/", path, resp, err)
+		}
+	}
+	e.mustFail(logical.ReadOperation, "creds/app", nil, "static-creds/app")
+
+	for _, tc := range []struct {
+		path, item, field string
+		want              any
+	}{
+		{"config/", "cq", "provider", "climatiq"},
+		{"roles/", "ci", "ttl", int64(3600)},
+		{"static-roles/", "app", "key_id", e.staticRole("app").KeyID},
+	} {
+		list := e.mustOK(logical.ListOperation, tc.path, nil)
+		info, _ := list.Data["key_info"].(map[string]any)
+		item, _ := info[tc.item].(map[string]any)
+		if item[tc.field] != tc.want {
+			t.Errorf("list -detailed %s: key_info[%s][%s] = %v, want %v", tc.path, tc.item, tc.field, item[tc.field], tc.want)
+		}
+	}
+	if cfg := e.mustOK(logical.ReadOperation, "config/cq", nil); cfg.Data["verify_connection"] != true {
+		t.Fatalf("config read lacks verify_connection: %v", cfg.Data)
+	}
+}
+
+func TestEventsCarryNoEmptyFields(t *testing.T) {
+	b := newBackend()
+	b.Backend.Setup(context.Background(), &logical.BackendConfig{System: logical.TestSystemView(), Logger: testLogger()})
+	b.logAndEmit(eventStaticRotate, "role", "app", "previous_key_id", "", "trigger", "manual", "lateness_ms", "")
+	ev := <-b.events
+	for i := 1; i < len(ev.metadata); i += 2 {
+		if ev.metadata[i] == "" {
+			t.Fatalf("event carries empty field %q: %v", ev.metadata[i-1], ev.metadata)
+		}
+	}
+	if len(ev.metadata) != 4 {
+		t.Fatalf("metadata %v, want role and trigger only", ev.metadata)
+	}
+}
+
+func TestAltruistiqLeaseNeverCutShortQuietly(t *testing.T) {
+	e := newTestEnv(t)
+	e.altruistiq.SetTokenLifetime(minAltruistiqLease + 2*time.Second)
+	e.writeAltruistiqConfig("aq", nil)
+	e.writeRole("export", map[string]any{"config": "aq", "ttl": "5h"})
+
+	first := e.mustOK(logical.ReadOperation, "creds/export", nil)
+	if len(first.Warnings) == 0 || !strings.Contains(first.Warnings[0], "ttl") {
+		t.Fatalf("a lease cut short by the token carries no warning: %v", first.Warnings)
+	}
+	// Once less than minAltruistiqLease remains, the next read gets a new
+	// token, and so a lease no shorter than the minimum.
+	time.Sleep(3 * time.Second)
+	second := e.mustOK(logical.ReadOperation, "creds/export", nil)
+	if second.Secret.TTL < minAltruistiqLease-time.Second {
+		t.Fatalf("lease of %s, shorter than the documented minimum %s", second.Secret.TTL, minAltruistiqLease)
+	}
+	if second.Data["access_token"] == first.Data["access_token"] {
+		t.Fatal("the token was not replaced before its last minAltruistiqLease")
+	}
+}
+
+func TestReadResponsesHaveSchemas(t *testing.T) {
+	b := newBackend()
+	for _, p := range b.Paths {
+		for op, h := range p.Operations {
+			po, ok := h.(*framework.PathOperation)
+			if !ok || po.Unpublished || (op != logical.ReadOperation && p.Pattern != "tidy$" && !strings.HasPrefix(p.Pattern, "rotate-role/")) {
+				continue
+			}
+			if len(po.Responses[200]) == 0 || len(po.Responses[200][0].Fields) == 0 {
+				t.Errorf("%s %s has no response schema", op, p.Pattern)
+			}
+		}
+	}
+}
+
+func testLogger() hclog.Logger { return logging.NewVaultLogger(hclog.Warn) }
