@@ -138,7 +138,6 @@ func newBackend() *backend {
 			pathTidy(b),
 			pathStaticRoles(b),
 			pathRotateRole(b),
-			pathRotateRoot(b),
 		),
 		Secrets: []*framework.Secret{
 			secretClimatiqKey(b),

@@ -179,4 +179,21 @@ func TestPathHelpAndOpenAPI(t *testing.T) {
 			t.Errorf("OpenAPI document lacks %s", p)
 		}
 	}
+	// Paths without their name have no operations to show.
+	for _, p := range []string{"/" + mount + "/creds", "/" + mount + "/static-creds", "/" + mount + "/rotate-root/{name}"} {
+		if strings.Contains(string(raw), `"`+p+`"`) {
+			t.Errorf("OpenAPI document shows %s, which has no operations", p)
+		}
+	}
+	// Reads and issuance carry response schemas.
+	schemas, _ := json.Marshal(spec.Data["components"])
+	for _, want := range []string{"CarbonGenerateCredentialsResponse", "access_token", "CarbonRequestStaticRoleCredentialsResponse", "rotation_period"} {
+		if !strings.Contains(string(schemas), want) {
+			t.Errorf("OpenAPI components lack %s (response schemas of reads)", want)
+		}
+	}
+	out, err := vault.Vault("write", "-f", mount+"/rotate-root/anything")
+	if err == nil || !strings.Contains(err.Error()+out, "Code: 400") || !strings.Contains(err.Error(), "config/") {
+		t.Errorf("rotate-root: %v %s, want a 400 saying to write config/", err, out)
+	}
 }
