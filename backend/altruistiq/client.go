@@ -8,8 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"math"
 	"net/http"
 	"net/url"
 	"slices"
@@ -18,9 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/go-cleanhttp"
 	hclog "github.com/hashicorp/go-hclog"
-	"github.com/hashicorp/go-retryablehttp"
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
 
@@ -39,25 +35,15 @@ const (
 	AuthStyleParams = "params"
 	AuthStyleHeader = "header"
 
-	defaultTimeout     = 30 * time.Second
 	defaultEarlyExpiry = 30 * time.Second
 	// defaultLifetime is assumed for tokens that come without expires_in
 	// (or with 0). Such a token might live for ever, but the leases that
 	// carry it must end, and a token cached for ever would never show a
 	// rotated secret failing.
 	defaultLifetime = 5 * time.Minute
-	// rateLimitBudget bounds the time spent waiting out 429s for one
-	// request. Waiting them out (rather than counting them as failures)
-	// keeps a burst of issuance from failing as a whole.
-	rateLimitBudget = 2 * time.Minute
-
-	retryWaitMin = 100 * time.Millisecond
-	retryWaitMax = 10 * time.Second
-	maxErrorBody = 64 << 10
-
-	opToken      = "token"
-	opCheckToken = "check token"
-	userAgent    = "vault-plugin-carbon"
+	platform        = "altruistiq"
+	opToken         = "token"
+	opCheckToken    = "check token"
 )
 
 // Options configure a Client.
@@ -86,12 +72,11 @@ type Token struct {
 // them, one per scope set. It is safe for concurrent use.
 type Client struct {
 	apiURL      string
-	timeout     time.Duration
 	earlyExpiry time.Duration
 	scopes      []string // default, normalised
 	logger      hclog.Logger
-	transport   http.RoundTripper
-	redact      redactor
+	wire        *upstream.Wire
+	redact      upstream.Redactor
 	credentials credentials
 
 	// httpClient sends API calls; oauthCtx carries tokenHTTPClient into
@@ -110,10 +95,10 @@ func New(o Options) (*Client, error) {
 	if o.ClientID == "" || o.ClientSecret == "" {
 		return nil, errors.New("altruistiq: client id and client secret are required")
 	}
-	if err := checkURL("token URL", o.TokenURL); err != nil {
+	if err := upstream.CheckURL(platform, "token URL", o.TokenURL, false); err != nil {
 		return nil, err
 	}
-	if err := checkURL("API URL", o.APIURL); err != nil {
+	if err := upstream.CheckURL(platform, "API URL", o.APIURL, false); err != nil {
 		return nil, err
 	}
 	authStyle := oauth2.AuthStyleInParams
@@ -124,54 +109,19 @@ func New(o Options) (*Client, error) {
 	default:
 		return nil, fmt.Errorf("altruistiq: auth style %q is not %q or %q", o.AuthStyle, AuthStyleParams, AuthStyleHeader)
 	}
-	if o.MaxRetries < 0 {
-		return nil, fmt.Errorf("altruistiq: max retries must not be negative, got %d", o.MaxRetries)
-	}
-	if o.RateLimit < 0 || math.IsNaN(o.RateLimit) || math.IsInf(o.RateLimit, 0) {
-		return nil, fmt.Errorf("altruistiq: rate limit must be a non-negative number, got %v", o.RateLimit)
-	}
-	if o.Timeout <= 0 {
-		o.Timeout = defaultTimeout
-	}
 	if o.EarlyExpiry <= 0 {
 		o.EarlyExpiry = defaultEarlyExpiry
 	}
-	if o.Logger == nil {
-		o.Logger = hclog.NewNullLogger()
+	// The retry budget for 429s is the wire's default: waiting them out
+	// (rather than counting them as failures) keeps a burst of issuance
+	// from failing as a whole.
+	wire, err := upstream.NewWire(upstream.Options{Platform: platform, Timeout: o.Timeout, MaxRetries: o.MaxRetries,
+		RateLimit: o.RateLimit, Logger: o.Logger, Transport: o.Transport})
+	if err != nil {
+		return nil, err
 	}
-	if o.Transport == nil {
-		o.Transport = cleanhttp.DefaultPooledTransport()
-	}
-
-	logger := o.Logger
-	gate := upstream.NewGate(o.RateLimit)
-	retrying := &retryablehttp.Client{
-		HTTPClient: &http.Client{
-			// No http.Client.Timeout: it would also run while a request
-			// queues at the rate limiter. attemptTransport starts the clock
-			// after it.
-			Transport:     &attemptTransport{base: o.Transport, gate: gate, timeout: o.Timeout},
-			CheckRedirect: noRedirects,
-		},
-		RetryWaitMin: retryWaitMin,
-		RetryWaitMax: retryWaitMax,
-		RetryMax:     o.MaxRetries,
-		CheckRetry:   retryPolicy,
-		Backoff:      backoff,
-		ErrorHandler: retryablehttp.PassthroughErrorHandler,
-		RequestLogHook: func(_ retryablehttp.Logger, req *http.Request, attempt int) {
-			if attempt > 0 {
-				logger.Debug("retrying request", "method", req.Method, "path", req.URL.Path, "attempt", attempt+1)
-			}
-		},
-	}
-	paced := &rateLimitTransport{
-		next:   &retryablehttp.RoundTripper{Client: retrying},
-		gate:   gate,
-		budget: rateLimitBudget,
-		logger: logger,
-	}
-	tokenHTTPClient := &http.Client{Transport: tokenResponseCheck{next: paced}, CheckRedirect: noRedirects}
+	paced := wire.RoundTripper()
+	tokenHTTPClient := &http.Client{Transport: tokenResponseCheck{next: paced}, CheckRedirect: upstream.NoRedirects}
 
 	secrets := []string{o.ClientSecret}
 	if len(o.ClientID) >= minRedactedIDLength {
@@ -179,40 +129,25 @@ func New(o Options) (*Client, error) {
 	}
 	return &Client{
 		apiURL:      strings.TrimRight(o.APIURL, "/"),
-		timeout:     o.Timeout,
 		earlyExpiry: o.EarlyExpiry,
 		scopes:      normaliseScopes(o.Scopes),
-		logger:      logger,
-		transport:   o.Transport,
-		redact:      newRedactor(secrets...),
+		logger:      wire.Logger(),
+		wire:        wire,
+		redact:      upstream.NewRedactor(secrets...),
 		credentials: credentials{
 			clientID:     o.ClientID,
 			clientSecret: o.ClientSecret,
 			tokenURL:     o.TokenURL,
 			authStyle:    authStyle,
 		},
-		httpClient: &http.Client{Transport: paced, CheckRedirect: noRedirects},
+		httpClient: &http.Client{Transport: paced, CheckRedirect: upstream.NoRedirects},
 		oauthCtx:   context.WithValue(context.Background(), oauth2.HTTPClient, tokenHTTPClient),
 		sources:    map[string]oauth2.TokenSource{},
 	}, nil
 }
 
-// checkURL checks that raw is an absolute http(s) URL. Whether plain http
-// is acceptable is the caller's policy.
-func checkURL(what, raw string) error {
-	u, err := url.Parse(raw)
-	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") || u.Fragment != "" {
-		return fmt.Errorf("altruistiq: %s %q is not an absolute http(s) URL", what, raw)
-	}
-	return nil
-}
-
 // Close releases idle connections. Requests in flight are left to finish.
-func (c *Client) Close() {
-	if t, ok := c.transport.(interface{ CloseIdleConnections() }); ok {
-		t.CloseIdleConnections()
-	}
-}
+func (c *Client) Close() { c.wire.Close() }
 
 // Token returns a shared access token for the scope set (nil or empty: the
 // default scopes). A token is reused until EarlyExpiry before it expires,
@@ -255,19 +190,14 @@ func (c *Client) CheckToken(ctx context.Context, accessToken string) error {
 	req.Header.Set("Accept", "application/json")
 	resp, err := c.httpClient.Do(req)
 	if err != nil {
-		if ctx.Err() == nil && !errors.Is(err, errLimiterDeadline) && isTimeout(err) {
-			return fmt.Errorf("altruistiq: %s: no answer within the request timeout (%s): %w", opCheckToken, c.timeout, err)
-		}
-		return fmt.Errorf("altruistiq: %s: %w", opCheckToken, err)
+		return c.wire.Failed(ctx, opCheckToken, err)
 	}
-	defer drain(resp)
 	if resp.StatusCode >= 200 && resp.StatusCode <= 299 {
+		upstream.Drain(resp)
 		return nil
 	}
-	// A partial body still yields its status.
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-	redact := append(redactor{accessToken}, c.redact...)
-	return &Error{Op: opCheckToken, StatusCode: resp.StatusCode, Message: redact.message(body)}
+	body := upstream.ReadErrorBody(resp)
+	return &Error{Op: opCheckToken, StatusCode: resp.StatusCode, Message: errorMessage(body, c.redact.With(accessToken))}
 }
 
 // await runs fetch, which may outlive ctx: oauth2 token sources keep the
@@ -396,10 +326,10 @@ func (c *Client) tokenError(err error) error {
 	}
 	var retrieveErr *oauth2.RetrieveError
 	if errors.As(err, &retrieveErr) && retrieveErr.Response != nil {
-		msg := c.redact.message(retrieveErr.Body)
+		msg := errorMessage(retrieveErr.Body, c.redact)
 		if msg == "" {
 			// Form-encoded error answers are parsed by oauth2 only.
-			msg = c.redact.clean(firstNonEmpty(retrieveErr.ErrorDescription, retrieveErr.ErrorCode))
+			msg = c.redact.Clean(firstNonEmpty(retrieveErr.ErrorDescription, retrieveErr.ErrorCode))
 		}
 		return &Error{Op: opToken, StatusCode: retrieveErr.Response.StatusCode, Message: msg}
 	}
@@ -407,10 +337,7 @@ func (c *Client) tokenError(err error) error {
 	if errors.As(err, &urlErr) {
 		// Token fetches run without the caller's deadline, so a timeout
 		// here is the upstream's.
-		if isTimeout(err) {
-			return fmt.Errorf("altruistiq: %s: no answer within the request timeout (%s): %w", opToken, c.timeout, err)
-		}
-		return fmt.Errorf("altruistiq: %s: %w", opToken, err)
+		return c.wire.Failed(context.Background(), opToken, err)
 	}
 	// What is left are oauth2's parse errors, which quote the body.
 	c.logger.Debug("unusable token response")

@@ -12,6 +12,7 @@ import (
 
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/altruistiq"
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/altruistiqtest"
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/internal/testutil"
 )
 
 const (
@@ -29,57 +30,47 @@ func newFake(t *testing.T) *altruistiqtest.Server {
 func newClient(t *testing.T, tokenURL, apiURL string, mutate func(*altruistiq.Options)) *altruistiq.Client {
 	t.Helper()
 	o := altruistiq.Options{TokenURL: tokenURL, APIURL: apiURL, ClientID: clientID, ClientSecret: clientSecret, MaxRetries: 2}
-	if mutate != nil {
-		mutate(&o)
-	}
-	c, err := altruistiq.New(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	return c
+	return testutil.NewClient(t, altruistiq.New, o, mutate)
 }
 
 // assertNoCredentials fails when an error shows a credential.
 func assertNoCredentials(t *testing.T, err error, credentials ...string) {
 	t.Helper()
-	for _, s := range append(credentials, clientID, clientSecret) {
-		if s != "" && strings.Contains(err.Error(), s) {
-			t.Fatalf("error shows a credential: %v", err)
-		}
-	}
+	testutil.NoSecrets(t, err.Error(), append(credentials, clientID, clientSecret)...)
 }
 
 func TestNewChecksOptions(t *testing.T) {
 	valid := altruistiq.Options{TokenURL: altruistiq.DefaultTokenURL, APIURL: altruistiq.DefaultAPIURL, ClientID: clientID, ClientSecret: clientSecret}
 	tests := []struct {
-		name   string
-		mutate func(*altruistiq.Options)
-		ok     bool
+		name    string
+		mutate  func(*altruistiq.Options)
+		wantErr string // "": valid; else what the error names
 	}{
-		{"defaults", func(*altruistiq.Options) {}, true},
-		{"header auth style", func(o *altruistiq.Options) { o.AuthStyle = altruistiq.AuthStyleHeader }, true},
-		{"no client id", func(o *altruistiq.Options) { o.ClientID = "" }, false},
-		{"no client secret", func(o *altruistiq.Options) { o.ClientSecret = "" }, false},
-		{"relative token URL", func(o *altruistiq.Options) { o.TokenURL = "/oauth2/token" }, false},
-		{"ftp API URL", func(o *altruistiq.Options) { o.APIURL = "ftp://example.com" }, false},
-		{"unknown auth style", func(o *altruistiq.Options) { o.AuthStyle = "basic" }, false},
-		{"negative retries", func(o *altruistiq.Options) { o.MaxRetries = -1 }, false},
-		{"negative rate limit", func(o *altruistiq.Options) { o.RateLimit = -1 }, false},
+		{"defaults", func(*altruistiq.Options) {}, ""},
+		{"header auth style", func(o *altruistiq.Options) { o.AuthStyle = altruistiq.AuthStyleHeader }, ""},
+		{"no client id", func(o *altruistiq.Options) { o.ClientID = "" }, "client id"},
+		{"no client secret", func(o *altruistiq.Options) { o.ClientSecret = "" }, "client secret"},
+		{"relative token URL", func(o *altruistiq.Options) { o.TokenURL = "/oauth2/token" }, "token URL"},
+		{"ftp API URL", func(o *altruistiq.Options) { o.APIURL = "ftp://example.com" }, "API URL"},
+		{"unknown auth style", func(o *altruistiq.Options) { o.AuthStyle = "basic" }, "auth style"},
+		{"negative retries", func(o *altruistiq.Options) { o.MaxRetries = -1 }, "max retries"},
+		{"negative rate limit", func(o *altruistiq.Options) { o.RateLimit = -1 }, "rate limit"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			o := valid
 			tc.mutate(&o)
 			c, err := altruistiq.New(o)
-			if (err == nil) != tc.ok {
-				t.Fatalf("err = %v, want ok=%v", err, tc.ok)
-			}
-			if err != nil {
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Fatalf("err = %v, want none", err)
+			case tc.wantErr == "":
+				c.Close()
+			case err == nil || !strings.HasPrefix(err.Error(), "altruistiq: ") || !strings.Contains(err.Error(), tc.wantErr):
+				t.Fatalf("err = %v, want one naming %q", err, tc.wantErr)
+			default:
 				assertNoCredentials(t, err)
-				return
 			}
-			c.Close()
 		})
 	}
 }

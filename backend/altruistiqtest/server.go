@@ -7,15 +7,15 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	mrand "math/rand/v2"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/internal/loopback"
 )
 
 const (
@@ -52,16 +52,7 @@ func NewServer(clientID, clientSecret string) *Server {
 	mux.HandleFunc(tokenPath, func(w http.ResponseWriter, r *http.Request) { s.serveToken(w, r, false) })
 	mux.HandleFunc(pactTokenPath, func(w http.ResponseWriter, r *http.Request) { s.serveToken(w, r, true) })
 	mux.HandleFunc(apiPrefix+"/organization/", s.serveOrganization)
-	// Not httptest.NewServer: it may fall back to [::1] or obey the
-	// -httptest.serve flag; the fake promises 127.0.0.1.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(fmt.Sprintf("altruistiqtest: listening on 127.0.0.1: %v", err))
-	}
-	s.srv = httptest.NewUnstartedServer(mux)
-	_ = s.srv.Listener.Close()
-	s.srv.Listener = l
-	s.srv.Start()
+	s.srv = loopback.NewServer("altruistiqtest", mux)
 	return s
 }
 

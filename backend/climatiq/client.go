@@ -7,15 +7,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
 
-	"github.com/hashicorp/go-cleanhttp"
 	hclog "github.com/hashicorp/go-hclog"
-	"github.com/hashicorp/go-retryablehttp"
 
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/internal/upstream"
 )
@@ -28,18 +25,12 @@ const (
 	// DefaultAPIURL is the base of the regular API.
 	DefaultAPIURL = "https://api.climatiq.io"
 
-	defaultTimeout     = 30 * time.Second
-	defaultRetryBudget = 2 * time.Minute
-	retryWaitMin       = 100 * time.Millisecond
-	retryWaitMax       = 10 * time.Second
+	platform = "climatiq"
 
 	// Response bodies are bounded: key lists carry every key of a project,
 	// everything else is small.
 	maxListBody  = 8 << 20
 	maxOtherBody = 1 << 20
-	maxErrorBody = 64 << 10
-
-	userAgent = "vault-plugin-carbon"
 )
 
 // Options configure a Client.
@@ -83,16 +74,7 @@ type Client struct {
 	managementURL string
 	apiURL        string
 	managementKey string
-	timeout       time.Duration
-	retryBudget   time.Duration
-	logger        hclog.Logger
-	gate          *upstream.Gate
-	transport     http.RoundTripper
-
-	// idempotent retries network errors and 5xx; create retries only what
-	// proves the upstream did not act on the request (see retryCreate).
-	idempotent *retryablehttp.Client
-	create     *retryablehttp.Client
+	wire          *upstream.Wire
 }
 
 // New returns a Client. It checks the options but makes no request.
@@ -100,94 +82,34 @@ func New(o Options) (*Client, error) {
 	if o.ManagementKey == "" {
 		return nil, errors.New("climatiq: management key is required")
 	}
-	mgmt, err := baseURL("management URL", o.ManagementURL)
-	if err != nil {
+	if err := upstream.CheckURL(platform, "management URL", o.ManagementURL, true); err != nil {
 		return nil, err
 	}
-	api, err := baseURL("API URL", o.APIURL)
-	if err != nil {
+	if err := upstream.CheckURL(platform, "API URL", o.APIURL, true); err != nil {
 		return nil, err
 	}
-	if o.MaxRetries < 0 {
-		return nil, fmt.Errorf("climatiq: max retries must not be negative, got %d", o.MaxRetries)
-	}
-	if o.RateLimit < 0 || math.IsNaN(o.RateLimit) || math.IsInf(o.RateLimit, 0) {
-		return nil, fmt.Errorf("climatiq: rate limit must be a non-negative number, got %v", o.RateLimit)
-	}
-	if o.Timeout <= 0 {
-		o.Timeout = defaultTimeout
-	}
-	if o.RetryBudget <= 0 {
-		o.RetryBudget = defaultRetryBudget
-	}
-	if o.Logger == nil {
-		o.Logger = hclog.NewNullLogger()
-	}
-	if o.Transport == nil {
-		o.Transport = cleanhttp.DefaultPooledTransport()
-	}
-
-	gate := upstream.NewGate(o.RateLimit)
-	httpClient := &http.Client{
-		// No http.Client.Timeout: it would also run while a request queues
-		// at the rate limiter. attemptTransport starts the clock after it.
-		Transport: &attemptTransport{base: o.Transport, gate: gate, timeout: o.Timeout},
-		// Climatiq does not redirect; following one would turn a create
-		// into a GET (or send the key elsewhere), so a 3xx is an error.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
-	logger := o.Logger
-	newRetryClient := func(policy retryablehttp.CheckRetry) *retryablehttp.Client {
-		return &retryablehttp.Client{
-			HTTPClient:   httpClient,
-			RetryWaitMin: retryWaitMin,
-			RetryWaitMax: retryWaitMax,
-			RetryMax:     o.MaxRetries,
-			CheckRetry:   policy,
-			Backoff:      backoff,
-			ErrorHandler: retryablehttp.PassthroughErrorHandler,
-			RequestLogHook: func(_ retryablehttp.Logger, req *http.Request, attempt int) {
-				if attempt > 0 {
-					logger.Debug("retrying request", "method", req.Method, "path", req.URL.Path, "attempt", attempt+1)
-				}
-			},
-			ResponseLogHook: func(_ retryablehttp.Logger, resp *http.Response) {
-				if resp.Request != nil { // a test transport may leave it out
-					logger.Trace("response", "method", resp.Request.Method, "path", resp.Request.URL.Path, "status", resp.StatusCode)
-				}
-			},
-		}
+	wire, err := upstream.NewWire(upstream.Options{
+		Platform:    platform,
+		Timeout:     o.Timeout,
+		MaxRetries:  o.MaxRetries,
+		RateLimit:   o.RateLimit,
+		RetryBudget: o.RetryBudget,
+		Logger:      o.Logger,
+		Transport:   o.Transport,
+	})
+	if err != nil {
+		return nil, err
 	}
 	return &Client{
-		managementURL: mgmt,
-		apiURL:        api,
+		managementURL: strings.TrimRight(o.ManagementURL, "/"),
+		apiURL:        strings.TrimRight(o.APIURL, "/"),
 		managementKey: o.ManagementKey,
-		timeout:       o.Timeout,
-		retryBudget:   o.RetryBudget,
-		logger:        logger,
-		gate:          gate,
-		transport:     o.Transport,
-		idempotent:    newRetryClient(retryIdempotent),
-		create:        newRetryClient(retryCreate),
+		wire:          wire,
 	}, nil
 }
 
-// baseURL checks that raw is an absolute http(s) URL that paths can be
-// appended to. Whether plain http is acceptable is the caller's policy.
-func baseURL(what, raw string) (string, error) {
-	u, err := url.Parse(raw)
-	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") || u.RawQuery != "" || u.Fragment != "" {
-		return "", fmt.Errorf("climatiq: %s %q is not an absolute http(s) base URL", what, raw)
-	}
-	return strings.TrimRight(raw, "/"), nil
-}
-
 // Close releases idle connections.
-func (c *Client) Close() {
-	if t, ok := c.transport.(interface{ CloseIdleConnections() }); ok {
-		t.CloseIdleConnections()
-	}
-}
+func (c *Client) Close() { c.wire.Close() }
 
 // ListProjects lists the projects visible to the management key.
 func (c *Client) ListProjects(ctx context.Context) ([]Project, error) {
@@ -204,9 +126,19 @@ func (c *Client) ListProjects(ctx context.Context) ([]Project, error) {
 	return out, nil
 }
 
-// CreateProject creates a project. Like CreateKey it is retried only when
-// the upstream provably did not act on it.
+// CreateProject creates a project whose name is unique; a create that
+// fails ambiguously is resolved by name (see createUnique).
 func (c *Client) CreateProject(ctx context.Context, name string) (Project, error) {
+	return createUnique(ctx, c, uniqueCreate[Project]{
+		name:   name,
+		post:   func(ctx context.Context) (Project, error) { return c.postProject(ctx, name) },
+		list:   c.ListProjects,
+		nameOf: func(p Project) string { return p.Name },
+		remove: func(ctx context.Context, p Project) error { return c.DeleteProject(ctx, p.ID) },
+	})
+}
+
+func (c *Client) postProject(ctx context.Context, name string) (Project, error) {
 	const op = "create project"
 	var out Project
 	if err := c.management(ctx, op, http.MethodPost, "/project", map[string]string{"project_name": name}, &out, maxOtherBody); err != nil {
@@ -232,13 +164,21 @@ func (c *Client) RenameProject(ctx context.Context, id, name string) (Project, e
 	return out, nil
 }
 
-// DeleteProject deletes a project and, upstream, all of its keys.
+// DeleteProject deletes a project and, upstream, all of its keys. A
+// project that is gone gives an error matching ErrNotFound: also when the
+// delete is answered 400 or 403, if the project list confirms it gone.
 func (c *Client) DeleteProject(ctx context.Context, id string) error {
 	const op = "delete project"
 	if id == "" {
 		return missingID(op, "project")
 	}
-	return c.management(ctx, op, http.MethodDelete, "/project/"+url.PathEscape(id), nil, nil, maxOtherBody)
+	err := c.management(ctx, op, http.MethodDelete, "/project/"+url.PathEscape(id), nil, nil, maxOtherBody)
+	e, ok := mayMeanAbsent(err, http.StatusBadRequest, http.StatusForbidden)
+	if !ok {
+		return err
+	}
+	listed, listErr := c.projectListed(ctx, id)
+	return confirmAbsence(e, listed, listErr)
 }
 
 // ListKeys lists a project's API keys, values included.
@@ -259,15 +199,24 @@ func (c *Client) ListKeys(ctx context.Context, projectID string) ([]APIKey, erro
 	return out, nil
 }
 
-// CreateKey creates an API key in a project. The create is not idempotent
-// upstream, so it is retried only when the request provably was not acted
-// on; callers give keys unique names so a lost answer can be resolved by a
-// lookup.
+// CreateKey creates an API key in a project. Its name must be unique (the
+// caller puts a nonce in it): a create that fails ambiguously is resolved
+// by looking the key up by name (see createUnique).
 func (c *Client) CreateKey(ctx context.Context, projectID, name string) (APIKey, error) {
-	const op = "create key"
 	if projectID == "" {
-		return APIKey{}, missingID(op, "project")
+		return APIKey{}, missingID("create key", "project")
 	}
+	return createUnique(ctx, c, uniqueCreate[APIKey]{
+		name:   name,
+		post:   func(ctx context.Context) (APIKey, error) { return c.postKey(ctx, projectID, name) },
+		list:   func(ctx context.Context) ([]APIKey, error) { return c.ListKeys(ctx, projectID) },
+		nameOf: func(k APIKey) string { return k.Name },
+		remove: func(ctx context.Context, k APIKey) error { return c.DeleteKey(ctx, k.ID) },
+	})
+}
+
+func (c *Client) postKey(ctx context.Context, projectID, name string) (APIKey, error) {
+	const op = "create key"
 	var out APIKey
 	err := c.management(ctx, op, http.MethodPost, "/project/"+url.PathEscape(projectID)+"/api-key", map[string]string{"key_name": name}, &out, maxOtherBody)
 	if err != nil {

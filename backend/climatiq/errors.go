@@ -2,27 +2,24 @@ package climatiq
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/internal/upstream"
 )
 
+var sentinels = upstream.NewSentinels(platform)
+
 // Sentinels for errors.Is; every upstream error answer is an *Error that
 // matches the one for its status.
 var (
-	ErrNotFound     = errors.New("climatiq: not found")
-	ErrUnauthorized = errors.New("climatiq: unauthorized")
-	ErrForbidden    = errors.New("climatiq: forbidden")
-	ErrRateLimited  = errors.New("climatiq: rate limited")
+	ErrNotFound     = sentinels.NotFound
+	ErrUnauthorized = sentinels.Unauthorized
+	ErrForbidden    = sentinels.Forbidden
+	ErrRateLimited  = sentinels.RateLimited
 )
-
-// maxMessageLength bounds an upstream message carried in an Error.
-const maxMessageLength = 300
 
 // Error is an upstream answer that was not a success, or a success the
 // client could not use. It carries the upstream's status and message, never
@@ -33,7 +30,19 @@ type Error struct {
 	Code       string // the upstream's error_code, if any
 	Message    string
 	RetryAfter time.Duration // for 429 and 503: how long the upstream asked to wait
+
+	// absence is what a listing showed after an answer that may mean a
+	// missing id (see confirmAbsence).
+	absence absence
 }
+
+type absence int8
+
+const (
+	absenceUnknown absence = iota
+	confirmedAbsent
+	confirmedPresent
+)
 
 func (e *Error) Error() string {
 	var b strings.Builder
@@ -44,28 +53,33 @@ func (e *Error) Error() string {
 	if e.Code != "" {
 		b.WriteString(" (" + e.Code + ")")
 	}
+	switch e.absence {
+	case confirmedAbsent:
+		b.WriteString("; it is gone: not listed upstream")
+	case confirmedPresent:
+		b.WriteString("; it is still listed upstream")
+	}
 	return b.String()
 }
 
 // Is matches the sentinel for the error's status.
+// A listing that confirmed the resource absent (or present) overrides the
+// status as to ErrNotFound: a 400 or 403 for a missing id means not found,
+// and a 404 for a listed one does not.
 func (e *Error) Is(target error) bool {
-	switch target {
-	case ErrNotFound:
-		return e.StatusCode == http.StatusNotFound
-	case ErrUnauthorized:
-		return e.StatusCode == http.StatusUnauthorized
-	case ErrForbidden:
-		return e.StatusCode == http.StatusForbidden
-	case ErrRateLimited:
-		return e.StatusCode == http.StatusTooManyRequests
+	switch {
+	case e.absence == confirmedAbsent:
+		return target == ErrNotFound
+	case e.absence == confirmedPresent && target == ErrNotFound:
+		return false
 	}
-	return false
+	return sentinels.Is(e.StatusCode, target)
 }
 
 // newError builds an *Error from an error answer. Climatiq answers
 // {error, error_code, message}; anything else yields the status text.
-// secrets are scrubbed from what the upstream says, in case it echoes one.
-func newError(op string, status int, header http.Header, body []byte, secrets ...string) *Error {
+// redact scrubs what the upstream says, in case it echoes a key.
+func newError(op string, status int, header http.Header, body []byte, redact upstream.Redactor) *Error {
 	e := &Error{Op: op, StatusCode: status}
 	var payload struct {
 		Error     string `json:"error"`
@@ -73,10 +87,10 @@ func newError(op string, status int, header http.Header, body []byte, secrets ..
 		Message   string `json:"message"`
 	}
 	if json.Unmarshal(body, &payload) == nil {
-		e.Code = cleanMessage(payload.ErrorCode, secrets)
-		e.Message = cleanMessage(payload.Message, secrets)
+		e.Code = redact.Clean(payload.ErrorCode)
+		e.Message = redact.Clean(payload.Message)
 		if e.Message == "" {
-			e.Message = cleanMessage(payload.Error, secrets)
+			e.Message = redact.Clean(payload.Error)
 		}
 	}
 	if e.Message == "" {
@@ -86,26 +100,4 @@ func newError(op string, status int, header http.Header, body []byte, secrets ..
 		e.RetryAfter = upstream.RetryAfter(header, time.Now())
 	}
 	return e
-}
-
-// cleanMessage keeps an upstream message to one printable line of at most
-// maxMessageLength characters, without secrets, before it goes into an
-// error that Vault shows and logs.
-func cleanMessage(s string, secrets []string) string {
-	for _, secret := range secrets {
-		if secret != "" {
-			s = strings.ReplaceAll(s, secret, "[redacted]")
-		}
-	}
-	// strings.Map also turns invalid UTF-8 into U+FFFD.
-	s = strings.TrimSpace(strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, s))
-	if utf8.RuneCountInString(s) <= maxMessageLength {
-		return s
-	}
-	return string([]rune(s)[:maxMessageLength-3]) + "..."
 }

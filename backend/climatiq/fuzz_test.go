@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/internal/upstream"
 )
 
 // FuzzDecodeResponse feeds arbitrary bodies and statuses to the response
@@ -47,7 +49,7 @@ func FuzzDecodeResponse(f *testing.F) {
 				t.Fatalf("error carries the raw body: %q", msg)
 			}
 			var e *Error
-			if ok := asError(err, &e); ok && (utf8.RuneCountInString(e.Message) > maxMessageLength || strings.ContainsAny(e.Message, "\n\x00")) {
+			if ok := asError(err, &e); ok && (utf8.RuneCountInString(e.Message) > upstream.MaxMessageLength || strings.ContainsAny(e.Message, "\n\x00")) {
 				t.Fatalf("upstream message not cleaned: %q", e.Message)
 			}
 		}

@@ -12,7 +12,6 @@ import (
 	"io"
 	"math"
 	mrand "math/rand/v2"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -20,10 +19,12 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/time/rate"
 
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiq"
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/internal/loopback"
 )
 
 const (
@@ -44,20 +45,26 @@ type Stats struct {
 	// DuplicateNames counts creates of a key whose name an earlier create
 	// already used: a retried create that the upstream had acted on.
 	DuplicateNames int
+	// DuplicateProjectNames is DuplicateNames for projects.
+	DuplicateProjectNames int
+	// CommittedThenFailed counts creates that took effect but were answered
+	// with a failure (CommitThenFail) or not at all (SetCommitThenHang).
+	CommittedThenFailed int
 }
 
 // Server is a running fake. Its methods are safe for concurrent use.
 type Server struct {
 	srv *httptest.Server
 
-	mu             sync.Mutex
-	seq            uint64 // creation order, for stable views
-	managementKeys map[string]bool
-	projects       map[string]*project
-	keys           map[string]*apiKey
-	keysByValue    map[string]*apiKey
-	createdNames   map[string]bool
-	stats          Stats
+	mu              sync.Mutex
+	seq             uint64 // creation order, for stable views
+	managementKeys  map[string]bool
+	projects        map[string]*project
+	keys            map[string]*apiKey
+	keysByValue     map[string]*apiKey
+	createdNames    map[string]bool // of keys
+	createdProjects map[string]bool // names of projects
+	stats           Stats
 
 	latency time.Duration
 	// completeAbandoned: act on requests whose client gave up.
@@ -69,6 +76,13 @@ type Server struct {
 	failStatus        int
 	failMethod        string
 	garbage           bool
+	// missingStatus answers an id that does not exist (404 unless set).
+	missingStatus int
+	// commitFailNext creates commit and are then answered commitFailStatus.
+	commitFailNext   int
+	commitFailStatus int
+	commitThenHang   bool
+	maxNameLength    int // in characters; 0: no limit
 }
 
 type project struct {
@@ -89,11 +103,13 @@ func NewServer(managementKeys ...string) *Server {
 		panic("climatiqtest: NewServer needs at least one management key")
 	}
 	s := &Server{
-		managementKeys: map[string]bool{},
-		projects:       map[string]*project{},
-		keys:           map[string]*apiKey{},
-		keysByValue:    map[string]*apiKey{},
-		createdNames:   map[string]bool{},
+		managementKeys:  map[string]bool{},
+		projects:        map[string]*project{},
+		keys:            map[string]*apiKey{},
+		keysByValue:     map[string]*apiKey{},
+		createdNames:    map[string]bool{},
+		createdProjects: map[string]bool{},
+		missingStatus:   http.StatusNotFound,
 	}
 	for _, k := range managementKeys {
 		s.managementKeys[k] = true
@@ -105,16 +121,7 @@ func NewServer(managementKeys ...string) *Server {
 		writeError(w, http.StatusNotFound, "not_found", "No such route.")
 	})
 
-	// Not httptest.NewServer: it may fall back to [::1] or obey the
-	// -httptest.serve flag; the fake promises 127.0.0.1.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(fmt.Sprintf("climatiqtest: listening on 127.0.0.1: %v", err))
-	}
-	s.srv = httptest.NewUnstartedServer(mux)
-	_ = s.srv.Listener.Close()
-	s.srv.Listener = l
-	s.srv.Start()
+	s.srv = loopback.NewServer("climatiqtest", mux)
 	return s
 }
 
@@ -176,6 +183,31 @@ func (s *Server) FailNextMethod(method string, n, status int) {
 // SetGarbage makes successful management answers invalid JSON; the action
 // itself still happens.
 func (s *Server) SetGarbage(on bool) { s.with(func() { s.garbage = on }) }
+
+// SetMissingStatus sets the status that answers a GET, PATCH or DELETE of
+// a project or key id that does not exist: 404 as documented (also when
+// status is 0), or, as some upstreams do, 403 or 400.
+func (s *Server) SetMissingStatus(status int) {
+	if status == 0 {
+		status = http.StatusNotFound
+	}
+	s.with(func() { s.missingStatus = status })
+}
+
+// CommitThenFail makes the next n creates (POST of a project or a key)
+// take effect and then be answered status, e.g. 503 or 504, as if a proxy
+// lost the upstream's answer.
+func (s *Server) CommitThenFail(n, status int) {
+	s.with(func() { s.commitFailNext, s.commitFailStatus = n, status })
+}
+
+// SetCommitThenHang makes every create take effect and then never answer,
+// until the client gives up or the fake closes: a create that times out.
+func (s *Server) SetCommitThenHang(on bool) { s.with(func() { s.commitThenHang = on }) }
+
+// SetMaxNameLength makes a create or rename with a name longer than n
+// characters fail with 400 (invalid_name). 0 means no limit.
+func (s *Server) SetMaxNameLength(n int) { s.with(func() { s.maxNameLength = n }) }
 
 // RevokeManagementKey makes later calls with key fail with 401.
 func (s *Server) RevokeManagementKey(key string) { s.with(func() { delete(s.managementKeys, key) }) }
@@ -396,6 +428,17 @@ func (s *Server) serveManagement(w http.ResponseWriter, r *http.Request) {
 	default:
 		a = errorAnswer(http.StatusNotFound, "not_found", "No such route.")
 	}
+	if r.Method == http.MethodPost && a.status < 300 {
+		// A create that took effect: its answer may still be lost.
+		switch failStatus, hang := s.loseCreateAnswer(); {
+		case hang:
+			<-r.Context().Done()
+			return
+		case failStatus != 0:
+			writeError(w, failStatus, "injected_fault", "Injected fault after the create: "+http.StatusText(failStatus)+".")
+			return
+		}
+	}
 	if f.garbage && a.status < 300 {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(a.status)
@@ -403,6 +446,25 @@ func (s *Server) serveManagement(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.write(w)
+}
+
+// loseCreateAnswer says whether the answer to a create that took effect
+// is replaced by a failure status (CommitThenFail) or never sent
+// (SetCommitThenHang).
+func (s *Server) loseCreateAnswer() (failStatus int, hang bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.commitFailNext > 0:
+		s.commitFailNext--
+		s.stats.CommittedThenFailed++
+		s.stats.Failures++
+		return s.commitFailStatus, false
+	case s.commitThenHang:
+		s.stats.CommittedThenFailed++
+		return 0, true
+	}
+	return 0, false
 }
 
 func (s *Server) authorized(r *http.Request, management bool) bool {
@@ -437,6 +499,31 @@ func ok(body any) answer { return answer{status: http.StatusOK, body: body} }
 
 func errorAnswer(status int, code, message string) answer {
 	return answer{status: status, body: apiError(status, code, message)}
+}
+
+// missing answers a GET, PATCH or DELETE of an id that does not exist,
+// with the status SetMissingStatus chose. Called with s.mu held.
+func (s *Server) missing(code, message string) answer {
+	switch s.missingStatus {
+	case http.StatusNotFound:
+		return errorAnswer(http.StatusNotFound, code, message)
+	case http.StatusForbidden:
+		return errorAnswer(http.StatusForbidden, "forbidden", "You do not have access to this resource.")
+	}
+	return errorAnswer(s.missingStatus, "invalid_request", "Invalid id.")
+}
+
+// invalidName answers a name over the limit SetMaxNameLength set, if any.
+// Called with s.mu held.
+func (s *Server) invalidName(field, name string) (answer, bool) {
+	if s.maxNameLength <= 0 || utf8.RuneCountInString(name) <= s.maxNameLength {
+		return answer{}, false
+	}
+	return answer{status: http.StatusBadRequest, body: map[string]any{
+		"error":      "bad_request",
+		"error_code": "invalid_name",
+		"message":    fmt.Sprintf("%s must be at most %d characters", field, s.maxNameLength),
+	}}, true
 }
 
 func methodNotAllowed(allow ...string) answer {
@@ -484,8 +571,15 @@ func (s *Server) projectsCollection(method string, body []byte) answer {
 		}
 		s.mu.Lock()
 		defer s.mu.Unlock()
+		if a, invalid := s.invalidName("project_name", b.ProjectName); invalid {
+			return a
+		}
 		p := s.addProject(b.ProjectName)
 		s.stats.ProjectsCreated++
+		if s.createdProjects[b.ProjectName] {
+			s.stats.DuplicateProjectNames++
+		}
+		s.createdProjects[b.ProjectName] = true
 		return ok(projectJSON(p.Project))
 	}
 	return methodNotAllowed(http.MethodGet, http.MethodPost)
@@ -499,12 +593,15 @@ func (s *Server) projectItem(method, id string, body []byte) answer {
 	defer s.mu.Unlock()
 	p, found := s.projects[id]
 	if !found {
-		return errorAnswer(http.StatusNotFound, "project_not_found", "Project not found.")
+		return s.missing("project_not_found", "Project not found.")
 	}
 	if method == http.MethodPatch {
 		b, valid := decodeName(body)
 		if !valid || strings.TrimSpace(b.ProjectName) == "" {
 			return errorAnswer(http.StatusBadRequest, "invalid_request", "project_name is required.")
+		}
+		if a, invalid := s.invalidName("project_name", b.ProjectName); invalid {
+			return a
 		}
 		p.Name = b.ProjectName
 		return ok(projectJSON(p.Project))
@@ -524,7 +621,10 @@ func (s *Server) keysCollection(method, projectID string, body []byte) answer {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p, found := s.projects[projectID]
-	if !found {
+	switch {
+	case !found && method == http.MethodGet:
+		return s.missing("project_not_found", "Project not found.")
+	case !found:
 		return errorAnswer(http.StatusNotFound, "project_not_found", "Project not found.")
 	}
 	if method == http.MethodGet {
@@ -538,6 +638,9 @@ func (s *Server) keysCollection(method, projectID string, body []byte) answer {
 	b, valid := decodeName(body)
 	if !valid || strings.TrimSpace(b.KeyName) == "" {
 		return errorAnswer(http.StatusBadRequest, "invalid_request", "key_name is required.")
+	}
+	if a, invalid := s.invalidName("key_name", b.KeyName); invalid {
+		return a
 	}
 	k := s.addKey(p, b.KeyName)
 	s.stats.KeysCreated++
@@ -556,12 +659,15 @@ func (s *Server) keyItem(method, id string, body []byte) answer {
 	defer s.mu.Unlock()
 	k, found := s.keys[id]
 	if !found {
-		return errorAnswer(http.StatusNotFound, "api_key_not_found", "API key not found.")
+		return s.missing("api_key_not_found", "API key not found.")
 	}
 	if method == http.MethodPatch {
 		b, valid := decodeName(body)
 		if !valid || strings.TrimSpace(b.KeyName) == "" {
 			return errorAnswer(http.StatusBadRequest, "invalid_request", "key_name is required.")
+		}
+		if a, invalid := s.invalidName("key_name", b.KeyName); invalid {
+			return a
 		}
 		k.Name = b.KeyName
 		return ok(keyJSON(k.APIKey))
@@ -581,10 +687,11 @@ func (s *Server) serveUnitTypes(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnauthorized, "invalid_api_key", "Invalid API key.")
 		return
 	}
-	writeJSON(w, http.StatusOK, []map[string]any{
+	// The shape Climatiq answers: the list sits under "unit_types".
+	writeJSON(w, http.StatusOK, map[string]any{"unit_types": []map[string]any{
 		{"unit_type": "Energy", "units": map[string][]string{"energy": {"Wh", "kWh", "MWh"}}},
 		{"unit_type": "Weight", "units": map[string][]string{"weight": {"g", "kg", "t"}}},
-	})
+	}})
 }
 
 func apiError(status int, code, message string) map[string]any {

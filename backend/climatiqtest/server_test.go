@@ -232,10 +232,11 @@ func TestRegularAPIMethod(t *testing.T) {
 		t.Fatalf("status %d, Allow %q", r.status, r.header.Get("Allow"))
 	}
 	r := call(t, s.APIURL()+"/data/v1/unit-types", http.MethodGet, k.Key, "")
-	var list []struct {
+	// Climatiq's shape: an object whose unit_types holds the list.
+	var answer map[string][]struct {
 		UnitType string `json:"unit_type"`
 	}
-	if err := json.Unmarshal(r.body, &list); err != nil || len(list) == 0 || list[0].UnitType == "" {
+	if err := json.Unmarshal(r.body, &answer); err != nil || len(answer) != 1 || len(answer["unit_types"]) == 0 || answer["unit_types"][0].UnitType == "" {
 		t.Fatalf("body %s", r.body)
 	}
 }

@@ -1,65 +1,21 @@
-// Package upstream holds what both upstream clients need on the wire:
-// pacing of requests (rate limit and 429 back-off) and Retry-After parsing.
+// Package upstream is the wire layer both upstream clients share: pacing
+// (gate.go), timed attempts (attempt.go), retries and the 429 loop
+// (retry.go), error answers (errors.go) and message redaction (redact.go).
+// The clients keep only what is their platform's: endpoints, JSON shapes,
+// authentication and the wording of their own Error types.
 package upstream
 
 import (
 	"context"
 	"math"
-	"net/http"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
 )
 
-const (
-	defaultRetryAfter = time.Second
-	maxRetryAfter     = 30 * time.Second
-	// minAdaptiveRate is the floor 429s can push the limiter down to.
-	minAdaptiveRate = 0.5
-	// maxMessageLength bounds an upstream message carried in an error.
-	maxMessageLength = 300
-)
-
-// CleanMessage keeps an upstream message to one bounded, printable line
-// before it goes into an error that Vault shows and logs.
-func CleanMessage(s string) string {
-	s = strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, strings.TrimSpace(s))
-	if len(s) > maxMessageLength {
-		s = s[:maxMessageLength] + "..."
-	}
-	return s
-}
-
-// RetryAfter reads Retry-After as seconds or an HTTP date, bounded.
-func RetryAfter(h http.Header, now time.Time) time.Duration {
-	v := h.Get("Retry-After")
-	if v == "" {
-		return defaultRetryAfter
-	}
-	var d time.Duration
-	if secs, err := strconv.Atoi(v); err == nil {
-		d = time.Duration(secs) * time.Second
-	} else if t, err := http.ParseTime(v); err == nil {
-		d = t.Sub(now)
-	} else {
-		return defaultRetryAfter
-	}
-	switch {
-	case d <= 0:
-		return defaultRetryAfter
-	case d > maxRetryAfter:
-		return maxRetryAfter
-	}
-	return d
-}
+// minAdaptiveRate is the floor 429s can push the limiter down to.
+const minAdaptiveRate = 0.5
 
 // Gate paces every attempt the client sends: a token-bucket limiter at the
 // configured rate (halved by each 429, recovering by 10% per success), and
@@ -134,18 +90,4 @@ func (g *Gate) Recover() {
 		}
 		g.limiter.SetLimit(next)
 	}
-}
-
-// Transport makes every HTTP attempt, retries included, pass the gate.
-type Transport struct {
-	Base http.RoundTripper
-	Gate *Gate
-}
-
-// RoundTrip waits at the gate, then sends.
-func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if err := t.Gate.Wait(req.Context()); err != nil {
-		return nil, err
-	}
-	return t.Base.RoundTrip(req)
 }

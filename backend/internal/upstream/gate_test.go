@@ -2,35 +2,9 @@ package upstream
 
 import (
 	"context"
-	"net/http"
 	"testing"
 	"time"
 )
-
-func TestRetryAfter(t *testing.T) {
-	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	tests := []struct {
-		header string
-		want   time.Duration
-	}{
-		{"", time.Second},
-		{"3", 3 * time.Second},
-		{"0", time.Second},
-		{"-4", time.Second},
-		{"3600", 30 * time.Second},
-		{"soon", time.Second},
-		{now.Add(5 * time.Second).Format(http.TimeFormat), 5 * time.Second},
-	}
-	for _, tc := range tests {
-		h := http.Header{}
-		if tc.header != "" {
-			h.Set("Retry-After", tc.header)
-		}
-		if got := RetryAfter(h, now); got != tc.want {
-			t.Errorf("RetryAfter(%q) = %s, want %s", tc.header, got, tc.want)
-		}
-	}
-}
 
 func TestGateBackOffPausesEveryone(t *testing.T) {
 	g := NewGate(100)
@@ -50,18 +24,5 @@ func TestGateBackOffPausesEveryone(t *testing.T) {
 	}
 	if got := g.limiter.Limit(); got != 100 {
 		t.Fatalf("limit did not recover to the configured rate: %v", got)
-	}
-}
-
-func TestCleanMessage(t *testing.T) {
-	if got := CleanMessage(" a\nb\x00c "); got != "a b c" {
-		t.Fatalf("CleanMessage = %q", got)
-	}
-	long := make([]byte, 1000)
-	for i := range long {
-		long[i] = 'x'
-	}
-	if got := CleanMessage(string(long)); len(got) != maxMessageLength+3 {
-		t.Fatalf("long message not cut: %d", len(got))
 	}
 }

@@ -1,4 +1,4 @@
-package climatiq
+package upstream
 
 import (
 	"context"
@@ -56,19 +56,20 @@ func TestRetryPolicies(t *testing.T) {
 		err            error
 		wantIdempotent bool
 		wantCreate     bool
+		wantNeverSent  bool
 	}{
-		{"200", status(200), nil, false, false},
-		{"404", status(404), nil, false, false},
-		{"429 goes to the outer loop", status(429), nil, false, false},
-		{"500", status(500), nil, true, false},
-		{"501", status(501), nil, false, false},
-		{"502", status(502), nil, true, false},
-		{"503", status(503), nil, true, true},
-		{"dial error", nil, dial, true, true},
-		{"reset after sending", nil, reset, true, false},
-		{"attempt timeout", nil, timeout, true, false},
-		{"limiter deadline", nil, limiter, false, false},
-		{"EOF", nil, io.ErrUnexpectedEOF, true, false},
+		{"200", status(200), nil, false, false, false},
+		{"404", status(404), nil, false, false, false},
+		{"429 goes to the outer loop", status(429), nil, false, false, false},
+		{"500", status(500), nil, true, false, false},
+		{"501", status(501), nil, false, false, false},
+		{"502", status(502), nil, true, false, false},
+		{"503 may follow a create that happened", status(503), nil, true, false, false},
+		{"dial error", nil, dial, true, true, true},
+		{"reset after sending", nil, reset, true, false, false},
+		{"attempt timeout", nil, timeout, true, false, false},
+		{"limiter deadline", nil, limiter, false, false, true},
+		{"EOF", nil, io.ErrUnexpectedEOF, true, false, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -77,6 +78,11 @@ func TestRetryPolicies(t *testing.T) {
 			}
 			if got, _ := retryCreate(context.Background(), tc.resp, tc.err); got != tc.wantCreate {
 				t.Errorf("retryCreate = %v", got)
+			}
+			if tc.err != nil {
+				if got := NeverSent(tc.err); got != tc.wantNeverSent {
+					t.Errorf("NeverSent = %v", got)
+				}
 			}
 		})
 	}
@@ -89,18 +95,34 @@ func TestRetryPolicies(t *testing.T) {
 	}
 }
 
-func TestErrorString(t *testing.T) {
+func TestPause(t *testing.T) {
+	w, err := NewWire(Options{Platform: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
-		err  *Error
-		want string
+		name     string
+		attempt  int
+		cancel   bool
+		min, max time.Duration
+		wantErr  error
 	}{
-		{&Error{Op: "create key", StatusCode: 401, Code: "invalid_management_key", Message: "bad key"}, "climatiq: create key: 401 Unauthorized: bad key (invalid_management_key)"},
-		{&Error{Op: "delete key", StatusCode: 404, Message: "Not Found"}, "climatiq: delete key: 404 Not Found"},
-		{&Error{Op: "list keys", StatusCode: 200, Message: "invalid JSON in response"}, "climatiq: list keys: 200 OK: invalid JSON in response"},
+		{"first retry", 0, false, retryWaitMin / 2, retryWaitMin + 50*time.Millisecond, nil},
+		{"second retry waits longer", 1, false, retryWaitMin, 2*retryWaitMin + 50*time.Millisecond, nil},
+		{"ctx done", 30, true, 0, 50 * time.Millisecond, context.Canceled},
 	}
 	for _, tc := range tests {
-		if got := tc.err.Error(); got != tc.want {
-			t.Errorf("Error() = %q, want %q", got, tc.want)
-		}
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			if tc.cancel {
+				cancel()
+			}
+			defer cancel()
+			start := time.Now()
+			err := w.Pause(ctx, tc.attempt)
+			if d := time.Since(start); d < tc.min || d > tc.max || !errors.Is(err, tc.wantErr) {
+				t.Fatalf("Pause took %s (want %s..%s), err %v (want %v)", d, tc.min, tc.max, err, tc.wantErr)
+			}
+		})
 	}
 }

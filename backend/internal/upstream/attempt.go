@@ -1,0 +1,73 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+)
+
+// attemptTransport paces every attempt, retries included, through the
+// gate, and only then starts that attempt's timeout, so queueing at the
+// rate limiter never counts as the upstream being slow.
+//
+// It deliberately has no CloseIdleConnections: retryablehttp calls it after
+// every failed request, which would drop the pooled connections of all
+// concurrent requests. Wire.Close reaches the base transport.
+type attemptTransport struct {
+	base    http.RoundTripper
+	gate    *Gate
+	timeout time.Duration
+}
+
+// RoundTrip waits at the gate, then sends with the per-attempt timeout,
+// which also covers reading the body.
+func (t *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if err := t.gate.Wait(req.Context()); err != nil {
+		if ctxErr := req.Context().Err(); ctxErr != nil {
+			return nil, ctxErr
+		}
+		// The limiter refuses at once a wait that would pass the deadline.
+		return nil, errLimiterDeadline
+	}
+	ctx, cancel := context.WithTimeout(req.Context(), t.timeout)
+	resp, err := t.base.RoundTrip(req.WithContext(ctx))
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	return resp, nil
+}
+
+// errLimiterDeadline: the client's own rate limit would hold a request
+// past its deadline. Retrying cannot help.
+var errLimiterDeadline = fmt.Errorf("waiting for the client's rate limit would pass the deadline: %w", context.DeadlineExceeded)
+
+// cancelOnClose releases an attempt's timeout once its body is closed.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b *cancelOnClose) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
+}
+
+// isTimeout reports whether a request died waiting for the upstream.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+// Drain reads a little of what is left of a body, so the connection can be
+// reused, and closes it.
+func Drain(resp *http.Response) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	_ = resp.Body.Close()
+}
