@@ -299,6 +299,10 @@ type model struct {
 	// longer promised in either direction.
 	maybeGone map[heldKey]bool
 
+	// seen numbers keys in the order the model first saw them: upstream
+	// ids are random, and draws must not depend on them to replay.
+	seen map[heldKey]int
+
 	faultSteps int
 	// rotatedBy is the static role a step rotated on request, so the
 	// after-step sync does not mistake it for the scheduler.
@@ -324,6 +328,7 @@ func newModel(t *rapid.T) *model {
 		statics:   map[string]*modelStaticRole{},
 		released:  map[heldKey]bool{},
 		maybeGone: map[heldKey]bool{},
+		seen:      map[heldKey]int{},
 	}
 	for _, name := range []string{"A", "B"} {
 		fake := climatiqtest.NewServer(testManagementKey)
@@ -332,7 +337,7 @@ func newModel(t *rapid.T) *model {
 			p := fake.AddProject(fmt.Sprintf("project-%s%d", name, i))
 			a.projects = append(a.projects, p.ID)
 			k := fake.AddKey(p.ID, fmt.Sprintf("legacy-app-%s%d", name, i))
-			m.foreign[heldKey{name, k.ID}] = true
+			m.foreign[m.see(heldKey{name, k.ID})] = true
 		}
 		m.accounts[name] = a
 	}
@@ -365,6 +370,13 @@ func (m *model) close() {
 	for _, a := range m.accounts {
 		a.fake.Close()
 	}
+}
+
+func (m *model) see(k heldKey) heldKey {
+	if _, ok := m.seen[k]; !ok {
+		m.seen[k] = len(m.seen)
+	}
+	return k
 }
 
 func (m *model) now() time.Time { return m.clock.Now() }
@@ -618,7 +630,7 @@ func (m *model) issue(name string) {
 	}
 	keyID, _ := o.resp.Data["key_id"].(string)
 	project, _ := o.resp.Data["project_id"].(string)
-	key := heldKey{acct, keyID}
+	key := m.see(heldKey{acct, keyID})
 	if _, found := m.accounts[acct].fake.Key(keyID); !found {
 		m.t.Fatalf("issued key %s is not in account %s", keyID, acct)
 	}
@@ -798,7 +810,11 @@ func (m *model) CreateStaticRole(t *rapid.T) {
 	}
 	config := rapid.SampledFrom(configNames).Draw(t, "config")
 	s := &modelStaticRole{config: config, account: m.configs[config]}
-	s.project = rapid.SampledFrom(m.allProjects()).Draw(t, "project")
+	if s.account == "" {
+		t.Skip("no such connection") // CallerMistake covers it
+	}
+	// A project the connection cannot see is a CallerMistake.
+	s.project = rapid.SampledFrom(m.projectsOf(s.account)).Draw(t, "project")
 	data, valid := m.staticParams(t, s)
 	data["config"], data["project_id"] = config, s.project
 	m.createStatic(name, s, data, valid && s.account != "" && slices.Contains(m.projectsOf(s.account), s.project))
@@ -841,7 +857,7 @@ func (m *model) adopt(t *rapid.T, owned bool) {
 	if len(candidates) == 0 {
 		t.Skip("no key to adopt")
 	}
-	sort.Slice(candidates, func(i, j int) bool { return candidates[i].key.id < candidates[j].key.id })
+	sort.Slice(candidates, func(i, j int) bool { return m.seen[candidates[i].key] < m.seen[candidates[j].key] })
 	c := rapid.SampledFrom(candidates).Draw(t, "adopt")
 	up, exists := m.accounts[c.key.account].fake.Key(c.key.id)
 	if !exists {
@@ -890,7 +906,7 @@ func (m *model) createStatic(name string, s *modelStaticRole, data map[string]an
 	if !read.ok() || read.resp == nil {
 		m.t.Fatalf("reading the new static role: %s", read)
 	}
-	s.current = heldKey{s.account, read.resp.Data["key_id"].(string)}
+	s.current = m.see(heldKey{s.account, read.resp.Data["key_id"].(string)})
 	s.lastRotated = m.now()
 	if _, found := m.accounts[s.account].fake.Key(s.current.id); !found {
 		m.t.Fatalf("static role %s key %s is not upstream", name, s.current.id)
@@ -991,6 +1007,7 @@ func (m *model) recordRotation(name string, s *modelStaticRole, next heldKey) {
 	if next == s.current {
 		return
 	}
+	m.see(next)
 	if _, found := m.accounts[next.account].fake.Key(next.id); !found {
 		m.t.Fatalf("static role %s rotated to %s, which is not upstream", name, next.id)
 	}
@@ -1138,6 +1155,7 @@ func (m *model) CallerMistake(t *rapid.T) {
 		{logical.UpdateOperation, "static-roles/too-fast", map[string]any{"config": config, "project_id": project, "rotation_period": 1}},
 		{logical.UpdateOperation, "static-roles/no-such-key", map[string]any{"config": config, "project_id": project, "rotation_period": 60, "key_id": "key_does_not_exist"}},
 		{logical.UpdateOperation, "static-roles/no-policy", map[string]any{"config": config, "project_id": project}},
+		{logical.UpdateOperation, "static-roles/no-such-project", map[string]any{"config": config, "project_id": "prj_does_not_exist", "rotation_period": 60}},
 		{logical.UpdateOperation, "static-roles/no-such-config", map[string]any{"config": "nope", "project_id": project, "rotation_period": 60}},
 		{logical.UpdateOperation, "tidy", map[string]any{"min_age": -5}},
 		{logical.UpdateOperation, "tidy", map[string]any{"config": "nope"}},
