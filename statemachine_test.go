@@ -47,7 +47,7 @@ import (
 )
 
 const (
-	smDefaultChecks = 12
+	smDefaultChecks = 600
 	smDefaultSeed   = 20240601
 	// Fault windows make steps slow (timeouts of 1s, Retry-After of 1s);
 	// this many steps after a fault action the fakes are healthy again.
@@ -393,8 +393,8 @@ type outcome struct {
 	status int // 0 on success, else the HTTP status Vault would answer
 }
 
-func (o outcome) ok() bool       { return o.status == 0 }
-func (o outcome) refused() bool  { return o.status >= 400 && o.status < 500 }
+func (o outcome) ok() bool        { return o.status == 0 }
+func (o outcome) refused() bool   { return o.status >= 400 && o.status < 500 }
 func (o outcome) failed500() bool { return o.status >= 500 }
 
 func (o outcome) String() string {
@@ -1373,4 +1373,3 @@ func sortedKeys[V any](in map[string]V) []string {
 	sort.Strings(keys)
 	return keys
 }
-
