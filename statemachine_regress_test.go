@@ -181,6 +181,8 @@ func TestRegressionTidyKeepsReleasedStaticKey(t *testing.T) {
 	})
 	keyID := e.mustOK(logical.ReadOperation, "static-roles/app", nil).Data["key_id"].(string)
 	e.mustOK(logical.DeleteOperation, "static-roles/app", nil)
+	// Any role on the project makes tidy scan it.
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
 	clock.Advance(time.Hour)
 	e.mustOK(logical.UpdateOperation, "tidy", map[string]any{"config": "cq"})
 	if _, found := e.climatiq.Key(keyID); !found {
