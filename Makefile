@@ -16,7 +16,7 @@ TEST_TIMEOUT ?= 30m
 VAULT_BIN ?= $(or $(shell command -v vault 2>/dev/null),$(CURDIR)/bin/vault)
 export VAULT_BIN
 
-.PHONY: all build test test-unit test-e2e demo dev vault fmt vet release clean bench
+.PHONY: all build test test-unit test-e2e demo dev vault fmt vet release clean bench soak
 
 all: build
 
@@ -68,3 +68,9 @@ clean:
 # Benchmarks against a real Vault dev server; writes BENCHMARKS.md (about 10 minutes; not part of `make test`).
 bench: vault
 	$(GO) run ./bench -out BENCHMARKS.md
+
+# Model-based state-machine test (statemachine_test.go) looping fresh seeds
+# until SOAK ends; prints sequences and steps run, and the first failure.
+SOAK ?= 20m
+soak:
+	CARBON_SM_DURATION=$(SOAK) $(GO) test -run TestStateMachine -count=1 -timeout 0 -v . 2>&1 | grep -v '\[rapid\] draw' | grep -E 'state machine:|soak round|\[rapid\]|I[1-4]:|FAIL|^ok|PASS'

@@ -10,6 +10,7 @@ require (
 	github.com/hashicorp/vault/sdk v0.25.1
 	golang.org/x/oauth2 v0.37.0
 	golang.org/x/time v0.16.0
+	pgregory.net/rapid v1.3.0
 )
 
 require (
