@@ -174,7 +174,7 @@ func TestRegressionRepointWithLiveLeaseStrandsNoKey(t *testing.T) {
 // Scenario 1: a static role deleted with delete_key_on_remove=false
 // releases its key to the operator; a later tidy finds the marker on it and
 // deletes it.
-func TestRegressionTidyKeepsReleasedStaticKey(t *testing.T) {
+func TestRegressionTidyKeepsReleasedStaticKeyFound(t *testing.T) {
 	e, clock := regressEnv(t)
 	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{
 		"config": "cq", "project_id": e.projectID, "rotation_period": 3600, "delete_key_on_remove": false,

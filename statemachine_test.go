@@ -140,23 +140,6 @@ func runSequence(t *rapid.T) {
 // ---------------------------------------------------------------------------
 // The world: fake clock, mutable mount settings, two upstream accounts.
 
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 // tunableSystemView is the mount's view of Vault, whose lease TTLs an
 // operator can tune while the mount runs.
 type tunableSystemView struct {
@@ -255,7 +238,7 @@ type modelRole struct {
 	maxKeys  int
 }
 
-type previousKey struct {
+type modelPreviousKey struct {
 	key   heldKey
 	until time.Time // overlap end: held until then
 }
@@ -265,7 +248,7 @@ type modelStaticRole struct {
 	account        string
 	project        string
 	current        heldKey
-	previous       []previousKey
+	previous       []modelPreviousKey
 	period         time.Duration
 	schedule       string
 	window         time.Duration
@@ -1012,7 +995,7 @@ func (m *model) recordRotation(name string, s *modelStaticRole, next heldKey) {
 		m.t.Fatalf("static role %s rotated to %s, which is not upstream", name, next.id)
 	}
 	now := m.now()
-	s.previous = append(s.previous, previousKey{key: s.current, until: now.Add(s.overlap)})
+	s.previous = append(s.previous, modelPreviousKey{key: s.current, until: now.Add(s.overlap)})
 	s.current, s.lastRotated, s.failedRotate = next, now, false
 }
 
@@ -1317,7 +1300,7 @@ func (m *model) checkInventory() {
 func (m *model) prunePrevious() {
 	now := m.now()
 	for _, s := range m.statics {
-		s.previous = slices.DeleteFunc(s.previous, func(p previousKey) bool {
+		s.previous = slices.DeleteFunc(s.previous, func(p modelPreviousKey) bool {
 			_, found := m.accounts[p.key.account].fake.Key(p.key.id)
 			return !found && !now.Before(p.until)
 		})
