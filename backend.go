@@ -10,8 +10,10 @@ package carbon
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -79,6 +81,11 @@ type backend struct {
 
 	// roles caches dynamic roles for issuance; dropped on write, delete
 	// and Invalidate.
+	// liveCounts counts live keys per role and connection (inventory.go);
+	// legacyInventoryMoved is set once no v0.1 inventory entry is left.
+	liveCounts           liveCounts
+	legacyInventoryMoved atomic.Bool
+
 	// rolesGeneration counts forgetRole calls, so a read that raced a
 	// write is not cached.
 	rolesLock       sync.RWMutex
@@ -156,12 +163,28 @@ func newBackend() *backend {
 
 func (b *backend) now() time.Time { return b.clock() }
 
+// initialize runs where writes are safe (the active node of a primary
+// cluster): it finishes any move of the storage layout, then starts the
+// rotation scheduler.
+func (b *backend) initialize(ctx context.Context, req *logical.InitializationRequest) error {
+	if !b.WriteSafeReplicationState() {
+		b.Logger().Debug("not starting the rotation scheduler: storage is read-only here")
+		return nil
+	}
+	if err := b.moveLegacyInventory(ctx, req.Storage); err != nil {
+		return fmt.Errorf("moving the inventory to the current storage layout: %w", err)
+	}
+	return b.startRotationScheduler(ctx, req.Storage)
+}
+
 // invalidate drops cached state that another node (or a replicated write)
 // has changed underneath this one.
 func (b *backend) invalidate(_ context.Context, key string) {
 	switch {
 	case strings.HasPrefix(key, configStoragePrefix):
 		b.resetConnection(strings.TrimPrefix(key, configStoragePrefix))
+	case strings.HasPrefix(key, keyListPrefix):
+		b.resetLiveCounts()
 	case strings.HasPrefix(key, roleStoragePrefix):
 		b.forgetRole(strings.TrimPrefix(key, roleStoragePrefix))
 	case key == markerStorageKey:

@@ -340,7 +340,7 @@ func (b *backend) checkKeysStayReachable(ctx context.Context, s logical.Storage,
 // that its roles and static roles name.
 func projectsInUse(ctx context.Context, s logical.Storage, config string) (map[string]bool, error) {
 	projects := map[string]bool{}
-	err := walkInventory(ctx, s, func(k *ownedKey) error {
+	err := walkKeys(ctx, s, func(k *ownedKey) error {
 		if k.Config == config && k.ProjectID != "" {
 			projects[k.ProjectID] = true
 		}
@@ -547,7 +547,7 @@ func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, d 
 		return logical.ErrorResponse("name: connection %q holds the keys of static roles %s; delete them first (vault delete %sstatic-roles/%s), which deletes their keys unless delete_key_on_remove=false",
 			name, strings.Join(static, ", "), req.MountPoint, static[0]), nil
 	}
-	live, err := inventoryCountForConfig(ctx, req.Storage, name)
+	live, err := b.liveKeysOfConfig(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
 	}

@@ -95,7 +95,7 @@ func (b *backend) issueClimatiqKey(ctx context.Context, req *logical.Request, ro
 		lock := locksutil.LockForKey(b.roleLocks, roleName)
 		lock.Lock()
 		defer lock.Unlock()
-		live, err := countInventory(ctx, req.Storage, keyKindDynamic, roleName)
+		live, err := b.liveKeysOfRole(ctx, req.Storage, keyKindDynamic, roleName)
 		if err != nil {
 			return nil, err
 		}
@@ -155,7 +155,7 @@ func (b *backend) issueClimatiqKey(ctx context.Context, req *logical.Request, ro
 		maxTTL = mountMax
 	}
 	key.Created, key.Expires = now.UTC(), now.Add(maxTTL).UTC()
-	if err := putInventory(ctx, req.Storage, key); err != nil {
+	if err := b.recordKey(ctx, req.Storage, key); err != nil {
 		b.rollbackNow(ctx, req.Storage, walID, key)
 		return nil, fmt.Errorf("recording key in inventory: %w", err)
 	}

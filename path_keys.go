@@ -16,14 +16,27 @@ func pathKeys(b *backend) []*framework.Path {
 				OperationPrefix: operationPrefixCarbon,
 				OperationSuffix: "keys",
 			},
+			Fields: map[string]*framework.FieldSchema{
+				"after": {
+					Type:        framework.TypeString,
+					Description: "List the keys that follow this key id (the last id of the previous page).",
+					Query:       true,
+				},
+				"limit": {
+					Type:        framework.TypeInt,
+					Description: "At most this many keys; 0 (default) lists them all.",
+					Query:       true,
+				},
+			},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ListOperation: &framework.PathOperation{
 					Callback: b.pathKeysList,
 					Summary:  "List the upstream keys this mount owns.",
 				},
 			},
-			HelpSynopsis:    "List the upstream keys this mount owns.",
-			HelpDescription: "Lists the ids of every upstream key this mount owns, dynamic and static, with their details in key_info. Never the key values.",
+			HelpSynopsis: "List the upstream keys this mount owns.",
+			HelpDescription: "Lists the ids of every upstream key this mount owns, dynamic and static, with their details in key_info. Never the key values. " +
+				"Large inventories are listed a page at a time: limit=1000, then after=<last id of the page>. The order is stable but not alphabetical.",
 		},
 		{
 			Pattern: "keys/" + framework.MatchAllRegex("key_id"),
@@ -64,22 +77,36 @@ func (k *ownedKey) responseData() map[string]any {
 	}
 }
 
-func (b *backend) pathKeysList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	var ids []string
-	info := map[string]any{}
-	err := walkInventory(ctx, req.Storage, func(k *ownedKey) error {
-		ids = append(ids, k.KeyID)
-		info[k.KeyID] = k.responseData()
-		return nil
-	})
+// pathKeysList reads no entry: a page is built from the listing names
+// alone (inventory.go).
+func (b *backend) pathKeysList(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	limit := d.Get("limit").(int)
+	if limit < 0 {
+		return logical.ErrorResponse("limit: must not be negative; use 0 to list every key"), nil
+	}
+	var (
+		keys []*ownedKey
+		err  error
+	)
+	if after := d.Get("after").(string); after == "" && limit == 0 && !b.legacyInventoryMoved.Load() {
+		err = walkKeys(ctx, req.Storage, func(k *ownedKey) error { keys = append(keys, k); return nil })
+	} else {
+		keys, err = listKeysPage(ctx, req.Storage, after, limit)
+	}
 	if err != nil {
 		return nil, err
+	}
+	ids := make([]string, 0, len(keys))
+	info := make(map[string]any, len(keys))
+	for _, k := range keys {
+		ids = append(ids, k.KeyID)
+		info[k.KeyID] = k.responseData()
 	}
 	return logical.ListResponseWithInfo(ids, info), nil
 }
 
 func (b *backend) pathKeyRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	found, err := findInventoryByID(ctx, req.Storage, d.Get("key_id").(string))
+	found, err := b.findKey(ctx, req.Storage, d.Get("key_id").(string))
 	if err != nil {
 		return nil, err
 	}

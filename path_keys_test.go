@@ -273,10 +273,7 @@ func TestCredsBadInput(t *testing.T) {
 
 func assertInventory(t *testing.T, e *testEnv, role, keyName string, want bool) {
 	t.Helper()
-	got, err := getInventory(context.Background(), e.storage, keyKindDynamic, role, keyName)
-	if err != nil {
-		t.Fatal(err)
-	}
+	got := inventoryByName(t, e, keyKindDynamic, role, keyName)
 	if (got != nil) != want {
 		t.Fatalf("inventory entry for key %s present=%v, want %v", keyName, got != nil, want)
 	}
@@ -304,4 +301,32 @@ func runRollbackManager(t *testing.T, e *testEnv) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// inventoryByName finds an inventory entry by role and key name, by walking.
+func inventoryByName(t *testing.T, e *testEnv, kind, role, keyName string) *ownedKey {
+	t.Helper()
+	var found *ownedKey
+	err := walkKeys(context.Background(), e.storage, func(k *ownedKey) error {
+		if k.kind() == kind && k.Role == role && k.KeyName == keyName {
+			found = k
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return found
+}
+
+// countInventory counts a role's entries by walking the inventory.
+func countInventory(ctx context.Context, s logical.Storage, kind, role string) (int, error) {
+	n := 0
+	err := walkKeys(ctx, s, func(k *ownedKey) error {
+		if k.kind() == kind && k.Role == role {
+			n++
+		}
+		return nil
+	})
+	return n, err
 }

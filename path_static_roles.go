@@ -445,7 +445,7 @@ func (role *staticRole) applyRotationFields(d *framework.FieldData) error {
 // refused: this role's next rotation would delete it under its holder. A
 // released key may be adopted again; it is then no longer released.
 func (b *backend) adoptKey(ctx context.Context, s logical.Storage, name string, role *staticRole, client *climatiq.Client, keyID string) (*logical.Response, error) {
-	owner, err := findInventoryByID(ctx, s, keyID)
+	owner, err := b.findKey(ctx, s, keyID)
 	if err != nil {
 		return nil, err
 	}
@@ -468,7 +468,7 @@ func (b *backend) adoptKey(ctx context.Context, s logical.Storage, name string, 
 		role.KeyID, role.KeyName, role.KeyValue = k.ID, k.Name, k.Key
 		role.LastRotated = now
 		role.NextRotation = role.nextRotationAfter(now)
-		if err := putInventory(ctx, s, role.ownedKey(name, k.ID, k.Name, now)); err != nil {
+		if err := b.recordKey(ctx, s, role.ownedKey(name, k.ID, k.Name, now)); err != nil {
 			return nil, err
 		}
 		if err := unreleaseKey(ctx, s, k.ID); err != nil {
@@ -508,7 +508,7 @@ func (b *backend) pathStaticRoleDelete(ctx context.Context, req *logical.Request
 		}
 	}
 	for _, k := range keys {
-		if err := deleteInventory(ctx, req.Storage, k); err != nil {
+		if err := b.forgetKey(ctx, req.Storage, k); err != nil {
 			return nil, err
 		}
 	}

@@ -33,9 +33,8 @@ func newTidyFixture(t *testing.T) *tidyFixture {
 	// A lease Vault never stored: its inventory entry outlived max_ttl.
 	expired := e.mustOK(logical.ReadOperation, "creds/ci", nil)
 	f.expired = expired.Data["key_id"].(string)
-	inv, _ := getInventory(context.Background(), e.storage, keyKindDynamic, "ci", expired.Data["key_name"].(string))
-	inv.Expires = time.Now().Add(-2 * time.Hour)
-	if err := putInventory(context.Background(), e.storage, inv); err != nil {
+	inv, _ := getKey(context.Background(), e.storage, f.expired)
+	if err := updateKeyExpiry(context.Background(), e.storage, inv, time.Now().Add(-2*time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 

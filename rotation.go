@@ -110,7 +110,7 @@ func (b *backend) replaceStaticKey(ctx context.Context, s logical.Storage, name 
 	role.LastRotated = now
 	role.NextRotation = role.nextRotationAfter(now)
 	role.clearRotationFailure()
-	err = putInventory(ctx, s, key)
+	err = b.recordKey(ctx, s, key)
 	if err == nil {
 		err = putStaticRole(ctx, s, name, role)
 	}
@@ -141,7 +141,7 @@ func (b *backend) deleteEndedPreviousKeys(ctx context.Context, s logical.Storage
 		key := role.ownedKey(name, pk.KeyID, pk.KeyName, time.Time{})
 		err := deleteUpstream(ctx, client, key)
 		if err == nil {
-			err = deleteInventory(ctx, s, key)
+			err = b.forgetKey(ctx, s, key)
 		}
 		if err != nil {
 			pk.DeleteAttempts++
@@ -249,21 +249,16 @@ func (b *backend) unscheduleStaticRole(name string) {
 	}
 }
 
-// initialize starts the rotation scheduler where writes are safe (the
-// active node of a primary cluster), rebuilding the queue from storage so
-// rotations missed while Vault was down run at once.
-func (b *backend) initialize(ctx context.Context, req *logical.InitializationRequest) error {
-	if !b.WriteSafeReplicationState() {
-		b.Logger().Debug("not starting the rotation scheduler: storage is read-only here")
-		return nil
-	}
-	names, err := req.Storage.List(ctx, staticRoleStoragePrefix)
+// startRotationScheduler rebuilds the queue from storage, so rotations
+// missed while Vault was down run at once, and starts the ticker.
+func (b *backend) startRotationScheduler(ctx context.Context, s logical.Storage) error {
+	names, err := s.List(ctx, staticRoleStoragePrefix)
 	if err != nil {
 		return err
 	}
 	q := queue.New()
 	for _, name := range names {
-		role, err := getStaticRole(ctx, req.Storage, name)
+		role, err := getStaticRole(ctx, s, name)
 		if err != nil {
 			return err
 		}
@@ -283,7 +278,7 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 	b.rotationsRunning, b.rotationsPerConfig = 0, map[string]int{}
 	if b.schedulerTick > 0 {
 		b.schedulerDone = make(chan struct{})
-		go b.runScheduler(schedCtx, req.Storage, b.schedulerDone)
+		go b.runScheduler(schedCtx, s, b.schedulerDone)
 	}
 	b.schedulerLock.Unlock()
 	b.Logger().Debug("rotation scheduler started", "static_roles", len(names))

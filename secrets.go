@@ -71,13 +71,23 @@ func (b *backend) extendRecordedExpiry(ctx context.Context, s logical.Storage, l
 	lock := b.keyLock(lease.KeyName)
 	lock.Lock()
 	defer lock.Unlock()
-	key, err := getInventory(ctx, s, keyKindDynamic, lease.Role, lease.KeyName)
-	if err != nil || key == nil {
+	key, err := getKey(ctx, s, lease.KeyID)
+	if err != nil {
 		return err
 	}
-	if end := b.now().Add(ttl).UTC(); end.After(key.Expires) {
-		key.Expires = end
-		return putInventory(ctx, s, key)
+	if key == nil && !b.legacyInventoryMoved.Load() {
+		if key, err = getLegacyKey(ctx, s, keyKindDynamic, lease.Role, lease.KeyName); err != nil || key == nil {
+			return err
+		}
+		if err := moveLegacyKey(ctx, s, key); err != nil {
+			return err
+		}
+	}
+	if key == nil {
+		return nil
+	}
+	if end := b.now().Add(ttl).UTC().Truncate(time.Second); end.After(key.Expires) {
+		return updateKeyExpiry(ctx, s, key, end)
 	}
 	return nil
 }
@@ -109,7 +119,7 @@ func (b *backend) revokeClimatiqKey(ctx context.Context, req *logical.Request, _
 	}
 	lock := b.keyLock(key.KeyName)
 	lock.Lock()
-	err = deleteInventory(ctx, req.Storage, &key)
+	err = b.forgetKey(ctx, req.Storage, &key)
 	lock.Unlock()
 	if err != nil {
 		return nil, err

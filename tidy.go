@@ -211,7 +211,7 @@ func (run *tidyRun) rollBackStaleWAL(ctx context.Context) error {
 // collectInventory records the keys the inventory tracks, and those whose
 // lease must have ended.
 func (run *tidyRun) collectInventory(ctx context.Context) error {
-	return walkInventory(ctx, run.storage, func(k *ownedKey) error {
+	return walkKeys(ctx, run.storage, func(k *ownedKey) error {
 		run.tracked[k.KeyID] = true
 		if k.ProjectPerLease {
 			run.trackedProjects[k.ProjectID] = true
@@ -283,7 +283,7 @@ func (run *tidyRun) deleteExpired(ctx context.Context) {
 			err = deleteUpstream(ctx, client, k)
 		}
 		if err == nil {
-			err = deleteInventory(ctx, run.storage, k)
+			err = run.b.forgetKey(ctx, run.storage, k)
 		}
 		if err != nil {
 			run.fail(fmt.Errorf("config %q: deleting expired key %s: %w", k.Config, k.KeyID, err))

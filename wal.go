@@ -60,14 +60,26 @@ func (b *backend) rollbackClimatiqKey(ctx context.Context, s logical.Storage, ke
 		return err
 	}
 
-	// Most entries are spent issuances: the inventory already holds the
-	// key, and no upstream call is needed to tell.
-	if tracked, err := keyTracked(ctx, s, key); err != nil || tracked {
+	// Most entries are spent issuances: the mount's records already hold
+	// the key, and no upstream call is needed to tell.
+	if tracked, err := b.keyTracked(ctx, s, key); err != nil || tracked {
 		return err
 	}
-	created, err := createdUpstream(ctx, client, key)
+	found, err := createdUpstream(ctx, client, key)
 	if err != nil {
 		return err
+	}
+	// An entry that lost the create's answer learns the key's id only
+	// here, and the key may be recorded under it after all.
+	var created []*ownedKey
+	for _, k := range found {
+		tracked, err := b.keyTracked(ctx, s, k)
+		if err != nil {
+			return err
+		}
+		if !tracked {
+			created = append(created, k)
+		}
 	}
 	// A create answered ambiguously and sent again can have made the key
 	// twice: every copy goes.
@@ -82,7 +94,7 @@ func (b *backend) rollbackClimatiqKey(ctx context.Context, s logical.Storage, ke
 	}
 	if key.kind() == keyKindStatic {
 		// A static key is recorded in the inventory before the role.
-		if err := deleteInventory(ctx, s, key); err != nil {
+		if err := b.forgetKey(ctx, s, key); err != nil {
 			return err
 		}
 	}
@@ -128,9 +140,9 @@ func createdUpstream(ctx context.Context, client *climatiq.Client, key *ownedKey
 }
 
 // keyTracked reports whether the key covered by the WAL entry made it into
-// the mount's records: a lease's inventory entry, or a static role that names
-// it as its current or previous key.
-func keyTracked(ctx context.Context, s logical.Storage, key *ownedKey) (bool, error) {
+// the mount's records: a lease's inventory entry (by id, once known), or a
+// static role that names it as its current or previous key.
+func (b *backend) keyTracked(ctx context.Context, s logical.Storage, key *ownedKey) (bool, error) {
 	if key.kind() == keyKindStatic {
 		role, err := getStaticRole(ctx, s, key.Role)
 		if err != nil || role == nil {
@@ -138,8 +150,14 @@ func keyTracked(ctx context.Context, s logical.Storage, key *ownedKey) (bool, er
 		}
 		return role.isOwnKey(key.KeyName), nil
 	}
-	entry, err := getInventory(ctx, s, keyKindDynamic, key.Role, key.KeyName)
-	return entry != nil, err
+	if record, err := getKey(ctx, s, key.KeyID); err != nil || record != nil {
+		return record != nil, err
+	}
+	if b.legacyInventoryMoved.Load() {
+		return false, nil
+	}
+	legacy, err := getLegacyKey(ctx, s, keyKindDynamic, key.Role, key.KeyName)
+	return legacy != nil, err
 }
 
 // rollbackNow undoes a failed issuance at once instead of waiting for the

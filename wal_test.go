@@ -48,7 +48,7 @@ func TestIssuanceRollsBackWhenInventoryWriteFails(t *testing.T) {
 	e.writeRole("isolated", map[string]any{"config": "cq", "project_per_lease": true})
 	projects := len(e.climatiq.Projects())
 
-	s.failPutPrefix = inventoryStoragePrefix
+	s.failPutPrefix = keyRecordPrefix
 	for _, role := range []string{"ci", "isolated"} {
 		if _, err := e.doErr(logical.ReadOperation, "creds/"+role, nil); err == nil {
 			t.Fatalf("%s: issuance succeeded without an inventory entry", role)
@@ -94,7 +94,7 @@ func TestWALRollback(t *testing.T) {
 			name: "tracked key is kept",
 			setup: func(e *testEnv) *ownedKey {
 				k := e.climatiq.AddKey(e.projectID, "vault-abcdefgh-1700000000-nonce4-ci")
-				if err := putInventory(context.Background(), e.storage, &ownedKey{KeyID: k.ID, KeyName: k.Name, Role: "ci", Kind: keyKindDynamic, Config: "cq"}); err != nil {
+				if err := e.b.recordKey(context.Background(), e.storage, &ownedKey{KeyID: k.ID, KeyName: k.Name, Role: "ci", Kind: keyKindDynamic, Config: "cq"}); err != nil {
 					e.t.Fatal(err)
 				}
 				return &ownedKey{Config: "cq", Role: "ci", ProjectID: e.projectID, KeyName: k.Name}
