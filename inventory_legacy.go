@@ -13,6 +13,16 @@ import (
 // layout before it is deleted from the old, so a move cut short by a
 // restart is finished by the next start.
 
+// legacyTombstone sits where v0.1 walks its inventory. Its value is not an
+// inventory entry, so a downgraded v0.1 plugin fails every walk of it (tidy,
+// keys/ listing, config delete) with an error naming this key, instead of
+// taking the moved keys for orphans and deleting them. The current code
+// skips it.
+const (
+	legacyTombstoneKind = "moved-to-key-and-keylist/"
+	legacyTombstoneKey  = legacyInventoryPrefix + legacyTombstoneKind + "downgrade-not-supported/upgrade-the-plugin-again"
+)
+
 func legacyInventoryPath(kind, role, keyName string) string {
 	return legacyInventoryPrefix + kind + "/" + role + "/" + url.PathEscape(keyName)
 }
@@ -24,6 +34,9 @@ func walkLegacyInventory(ctx context.Context, s logical.Storage, fn func(*ownedK
 		return err
 	}
 	for _, kind := range kinds {
+		if kind == legacyTombstoneKind {
+			continue
+		}
 		roles, err := s.List(ctx, legacyInventoryPrefix+kind)
 		if err != nil {
 			return err
@@ -65,6 +78,14 @@ func (b *backend) moveLegacyInventory(ctx context.Context, s logical.Storage) er
 	})
 	if err != nil {
 		return err
+	}
+	if tomb, err := s.Get(ctx, legacyTombstoneKey); err != nil {
+		return err
+	} else if tomb == nil {
+		if err := s.Put(ctx, &logical.StorageEntry{Key: legacyTombstoneKey,
+			Value: []byte(`"the inventory moved to key/ and keylist/ (plugin v0.2 and later); this plugin version cannot read it: register the newer version again"`)}); err != nil {
+			return err
+		}
 	}
 	b.legacyInventoryMoved.Store(true)
 	if moved > 0 {

@@ -221,8 +221,8 @@ func TestLegacyInventoryMovedInPlace(t *testing.T) {
 	if err := restarted.initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
 		t.Fatal(err)
 	}
-	if left, _ := e.storage.List(context.Background(), legacyInventoryPrefix); len(left) != 0 {
-		t.Fatalf("legacy entries left after the move: %v", left)
+	if left, _ := e.storage.List(context.Background(), legacyInventoryPrefix); len(left) != 1 || left[0] != legacyTombstoneKind {
+		t.Fatalf("legacy entries left after the move: %v, want only the tombstone", left)
 	}
 	if list := e.mustOK(logical.ListOperation, "keys/", nil); len(list.Data["keys"].([]string)) != 3 {
 		t.Fatalf("%d keys listed after the move, want 3", len(list.Data["keys"].([]string)))

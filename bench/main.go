@@ -31,9 +31,12 @@ const (
 	clientSecret  = "bench-client-secret"
 )
 
+var only *string
+
 func main() {
 	out := flag.String("out", "BENCHMARKS.md", "where to write the report")
 	rounds := flag.Int("rounds", 3, "interleaved rounds of the issuance scenarios")
+	only = flag.String("only", "", "run only the scenarios whose name contains this (for development; BENCHMARKS.md comes from a full run)")
 	flag.Parse()
 	start := time.Now()
 	if err := run(*out, *rounds); err != nil {
@@ -118,6 +121,16 @@ func run(out string, rounds int) error {
 		{"mass revocation", e.massRevocation},
 		{"static roles at scale", e.staticRoles},
 		{"footprint (10,000 leases) and plugin start", e.footprintLoaded},
+		{"scale: 100,000 live keys", e.scale},
+	}
+	if *only != "" {
+		kept := scenarios[:0]
+		for _, s := range scenarios {
+			if strings.Contains(s.name, *only) {
+				kept = append(kept, s)
+			}
+		}
+		scenarios = kept
 	}
 	for _, s := range scenarios {
 		step(s.name)
