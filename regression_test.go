@@ -578,3 +578,28 @@ func TestRegressionUpstreamFailuresAreNot500(t *testing.T) {
 		})
 	}
 }
+
+func TestRegressionOneTickRotatesEveryDueRoleOfAConnection(t *testing.T) {
+	e := newTestEnv(t)
+	clock := newFakeClock()
+	e.b.clock = clock.Now
+	e.b.schedulerTick = 0
+	if err := e.b.initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
+		t.Fatal(err)
+	}
+	e.writeClimatiqConfig("cq", nil)
+	const roles = 5 * rotationsPerConnection
+	before := map[string]string{}
+	for i := range roles {
+		name := fmt.Sprintf("r%02d", i)
+		e.mustOK(logical.CreateOperation, "static-roles/"+name, map[string]any{"config": "cq", "project_id": e.projectID, "rotation_period": "1h"})
+		before[name] = e.staticRole(name).KeyID
+	}
+	clock.Advance(time.Hour + time.Second)
+	e.b.runDueRotations(e.storage)
+	for name, key := range before {
+		if e.staticRole(name).KeyID == key {
+			t.Fatalf("role %s waited for a later tick: the per-connection limit held back due work", name)
+		}
+	}
+}

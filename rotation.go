@@ -304,7 +304,7 @@ func (b *backend) runScheduler(ctx context.Context, s logical.Storage, done chan
 // startDueRotations pops the roles due now and works on each in its own
 // goroutine, at most maxRotationsRunning at once and rotationsPerConfig per
 // connection, so one hanging connection cannot hold every worker. Roles
-// left over stay queued for the next tick.
+// left over stay queued until a place frees up or the next tick.
 func (b *backend) startDueRotations(s logical.Storage) {
 	now := b.now().UnixMilli()
 	b.schedulerLock.Lock()
@@ -331,14 +331,17 @@ func (b *backend) startDueRotations(s logical.Storage) {
 		b.rotationsRunning++
 		b.rotations.Add(1)
 		go func(name, config string) {
-			defer func() {
-				b.schedulerLock.Lock()
-				b.rotationsPerConfig[config]--
-				b.rotationsRunning--
-				b.schedulerLock.Unlock()
-				b.rotations.Done()
-			}()
+			defer b.rotations.Done()
 			b.processStaticRole(b.schedulerCtx, s, name)
+			b.schedulerLock.Lock()
+			b.rotationsPerConfig[config]--
+			b.rotationsRunning--
+			b.schedulerLock.Unlock()
+			// A freed place goes to the next due role at once rather
+			// than at the next tick: a burst of due roles on one
+			// connection runs back to back, rotationsPerConnection at
+			// a time.
+			b.startDueRotations(s)
 		}(item.Key, config)
 	}
 	for _, item := range deferred {

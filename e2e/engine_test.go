@@ -77,6 +77,7 @@ func TestClimatiqShortLeaseExpires(t *testing.T) {
 func TestClimatiqRenewStopsAtMaxTTL(t *testing.T) {
 	writeClimatiqConfig(t, "cq-renew")
 	cli(t, "write", mount+"/roles/renew", "config=cq-renew", "project_id="+projectID, "ttl=20s", "max_ttl=30s")
+	issued := time.Now()
 	secret := cliJSON(t, "read", "-format=json", mount+"/creds/renew")
 
 	renewed := cliJSON(t, "lease", "renew", "-format=json", "-increment=20s", secret.LeaseID)
@@ -86,8 +87,10 @@ func TestClimatiqRenewStopsAtMaxTTL(t *testing.T) {
 	time.Sleep(12 * time.Second)
 	// 12s into a 30s max_ttl: asking for 20s more must grant at most the ~18s left.
 	renewed = cliJSON(t, "lease", "renew", "-format=json", "-increment=20s", secret.LeaseID)
-	if renewed.LeaseDuration > 18 || renewed.LeaseDuration < 15 {
-		t.Fatalf("renew past max_ttl granted %ds, want at most the ~18s left", renewed.LeaseDuration)
+	// What is left of max_ttl, measured: a loaded machine renews late.
+	left := 30 - int(time.Since(issued).Seconds())
+	if renewed.LeaseDuration > 18 || renewed.LeaseDuration < left-2 {
+		t.Fatalf("renew past max_ttl granted %ds, want at most the %ds left of max_ttl (and at most 18s)", renewed.LeaseDuration, left)
 	}
 	cli(t, "lease", "revoke", "-sync", secret.LeaseID)
 }
