@@ -160,3 +160,53 @@ func TestReadResponsesHaveSchemas(t *testing.T) {
 }
 
 func testLogger() hclog.Logger { return logging.NewVaultLogger(hclog.Warn) }
+
+func TestConnectionChecksSayWhatFailed(t *testing.T) {
+	e := newTestEnv(t)
+	closed := "http://127.0.0.1:1" // nothing listens on port 1
+	tests := []struct {
+		name string
+		data map[string]any
+		want string
+	}{
+		{"unreachable host", map[string]any{"management_url": closed + "/management/v1-preview1"}, "could not reach climatiq at " + closed},
+		{"refused credentials", map[string]any{"management_key": "not-the-key"}, "climatiq refused the credentials"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			data := map[string]any{"provider": "climatiq", "management_key": testManagementKey,
+				"management_url": e.climatiq.ManagementURL(), "api_url": e.climatiq.APIURL(), "max_retries": 0}
+			for k, v := range tc.data {
+				data[k] = v
+			}
+			resp := e.do(logical.CreateOperation, "config/check", data)
+			if resp == nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), tc.want) {
+				t.Fatalf("got %v, want an error saying %q", resp, tc.want)
+			}
+		})
+	}
+}
+
+func TestVerifyIssuedKeys(t *testing.T) {
+	e := newTestEnv(t)
+	defer func(w time.Duration) { issuedKeyWait = w }(issuedKeyWait)
+	issuedKeyWait = time.Second
+	e.writeClimatiqConfig("works", map[string]any{"verify_issued_keys": true})
+	e.writeRole("works", map[string]any{"config": "works", "project_id": e.projectID})
+	// The regular API behind api_url is unreachable: the key is returned
+	// with a warning once the bounded wait has passed.
+	e.writeClimatiqConfig("unchecked", map[string]any{"verify_issued_keys": true, "api_url": "http://127.0.0.1:1"})
+	e.writeRole("unchecked", map[string]any{"config": "unchecked", "project_id": e.projectID})
+
+	if resp := e.mustOK(logical.ReadOperation, "creds/works", nil); len(resp.Warnings) != 0 {
+		t.Fatalf("a key the regular API accepts came with warnings: %v", resp.Warnings)
+	}
+	start := time.Now()
+	resp := e.mustOK(logical.ReadOperation, "creds/unchecked", nil)
+	if len(resp.Warnings) == 0 || !strings.Contains(resp.Warnings[0], "verify_issued_keys") {
+		t.Fatalf("no warning for a key the regular API never accepted: %v", resp.Warnings)
+	}
+	if took := time.Since(start); took < issuedKeyWait || took > issuedKeyWait+5*time.Second {
+		t.Fatalf("issuance took %s, want about the bounded wait %s", took, issuedKeyWait)
+	}
+}

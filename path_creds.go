@@ -19,10 +19,11 @@ const (
 	// (for tokens that live at least twice as long): a shared token is
 	// replaced once less than this remains.
 	minAltruistiqLease = 5 * time.Minute
-	// issuedKeyWait bounds how long verify_issued_keys waits for a new
-	// Climatiq key to be accepted by the regular API.
-	issuedKeyWait = 15 * time.Second
 )
+
+// issuedKeyWait bounds how long verify_issued_keys waits for a new Climatiq
+// key to be accepted by the regular API (a variable for tests).
+var issuedKeyWait = 15 * time.Second
 
 func pathCreds(b *backend) []*framework.Path {
 	return []*framework.Path{
