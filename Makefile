@@ -7,7 +7,8 @@
 GO        ?= go
 VERSION   ?= v0.1.0-dev
 MODULE    := github.com/vault-plugin-carbon/vault-plugin-carbon
-LDFLAGS   := -s -w -X $(MODULE).Version=$(VERSION)
+# main.version is carbon-sweep's; the plugin has no such symbol and ignores it.
+LDFLAGS   := -s -w -X $(MODULE).Version=$(VERSION) -X main.version=$(VERSION)
 PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64
 TEST_TIMEOUT ?= 30m
 
@@ -22,6 +23,7 @@ all: build
 
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/vault-plugin-carbon ./cmd/vault-plugin-carbon
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/carbon-sweep ./cmd/carbon-sweep
 
 vault:
 	@if [ -x "$(VAULT_BIN)" ]; then \
@@ -56,14 +58,16 @@ release:
 	@rm -rf dist && mkdir -p dist
 	@for p in $(PLATFORMS); do \
 		os=$${p%/*}; arch=$${p#*/}; \
-		out=dist/vault-plugin-carbon_$(VERSION)_$${os}_$${arch}; \
-		echo "building $$out"; \
-		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $$out ./cmd/vault-plugin-carbon || exit 1; \
+		for cmd in vault-plugin-carbon carbon-sweep; do \
+			out=dist/$${cmd}_$(VERSION)_$${os}_$${arch}; \
+			echo "building $$out"; \
+			CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $$out ./cmd/$$cmd || exit 1; \
+		done; \
 	done
-	cd dist && sha256sum vault-plugin-carbon_* > SHA256SUMS && cat SHA256SUMS
+	cd dist && sha256sum vault-plugin-carbon_* carbon-sweep_* > SHA256SUMS && cat SHA256SUMS
 
 clean:
-	rm -rf dist bin/vault-plugin-carbon
+	rm -rf dist bin/vault-plugin-carbon bin/carbon-sweep
 
 # Benchmarks against a real Vault dev server; writes BENCHMARKS.md (about 10 minutes; not part of `make test`).
 bench: vault
