@@ -3,13 +3,13 @@ package carbon
 import (
 	"context"
 	"crypto/rand"
-	"fmt"
 	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/keyname"
 )
 
 // Every upstream key (and per-lease project) this mount creates is named
@@ -23,8 +23,8 @@ import (
 // create's answer was lost.
 const (
 	markerStorageKey = "marker"
-	markerLength     = 8
-	nonceLength      = 6
+	markerLength     = keyname.MarkerLength
+	nonceLength      = keyname.NonceLength
 
 	// maxRenderedNameLength bounds the template's part of a key name.
 	maxRenderedNameLength = 64
@@ -33,8 +33,7 @@ const (
 )
 
 var (
-	keyNamePrefixRegex = regexp.MustCompile(`^vault-([a-z0-9]{8})-([0-9]{9,12})-[a-z0-9]{6}-`)
-	unsafeNameChars    = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
+	unsafeNameChars = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
 )
 
 // keyNameData is what key_name_template can refer to.
@@ -67,25 +66,13 @@ func newKeyName(marker string, now time.Time, rendered string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	name := fmt.Sprintf("vault-%s-%d-%s", marker, now.Unix(), nonce)
-	if rendered != "" {
-		name += "-" + rendered
-	}
-	return name, nil
+	return keyname.Format(marker, now, nonce, rendered)
 }
 
 // parseKeyName reports the mount marker and creation time carried by a key
 // name, and ok=false for names this engine did not create.
 func parseKeyName(name string) (marker string, created time.Time, ok bool) {
-	m := keyNamePrefixRegex.FindStringSubmatch(name + "-")
-	if m == nil {
-		return "", time.Time{}, false
-	}
-	secs, err := strconv.ParseInt(m[2], 10, 64)
-	if err != nil {
-		return "", time.Time{}, false
-	}
-	return m[1], time.Unix(secs, 0), true
+	return keyname.Parse(name)
 }
 
 // mountMarker returns this mount's marker, generating and storing it on

@@ -110,4 +110,8 @@ Tidy also rolls back WAL entries older than min_age at once, and deletes keys
 whose inventory entry outlived its lease's max_ttl by more than an hour
 (expired): the sign of a Vault crash between the plugin's answer and the lease
 being stored.
+
+When a Vault cluster and its storage are lost, tidy cannot run: carbon-sweep
+(cmd/carbon-sweep, in the release archives) lists and deletes a lost mount's
+keys by its marker and their age, from outside Vault.
 `

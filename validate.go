@@ -3,14 +3,14 @@ package carbon
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/url"
 	"regexp"
 	"sort"
 	"strings"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/baseurl"
 )
 
 // maxNameLength bounds config and role names: they become storage keys and
@@ -46,38 +46,14 @@ func quoteForMessage(s string) string {
 	return fmt.Sprintf("%q", s)
 }
 
-// validateUpstreamURL requires https, except for loopback hosts where plain
-// http is allowed for local development and tests. Credentials embedded in
-// the URL are refused: they would be stored and shown as non-secret fields.
+// validateUpstreamURL applies the https-or-loopback rule (backend/baseurl)
+// to a URL field.
 func validateUpstreamURL(field, raw string) (string, error) {
-	u, err := url.Parse(raw)
-	if err != nil || u.Host == "" || u.Opaque != "" {
-		return "", invalidField(field, "%s is not an absolute URL; use https://host/path", quoteForMessage(raw))
+	u, err := baseurl.Check(raw)
+	if err != nil {
+		return "", invalidField(field, "%s", err)
 	}
-	if u.User != nil {
-		return "", invalidField(field, "must not carry credentials; set them in their own fields")
-	}
-	if u.RawQuery != "" || u.Fragment != "" {
-		return "", invalidField(field, "must not have a query or fragment; give the base URL only")
-	}
-	switch u.Scheme {
-	case "https":
-	case "http":
-		if !isLoopbackHost(u.Hostname()) {
-			return "", invalidField(field, "http:// is allowed only for loopback hosts (127.0.0.0/8, ::1, localhost); use https://")
-		}
-	default:
-		return "", invalidField(field, "scheme %s is not supported; use https://", quoteForMessage(u.Scheme))
-	}
-	return strings.TrimRight(u.String(), "/"), nil
-}
-
-func isLoopbackHost(host string) bool {
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	return u, nil
 }
 
 // rejectForeignFields fails when the request sets a field that belongs to

@@ -5,14 +5,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiq"
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/keyname"
+
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/baseurl"
 )
 
 // envManagementKey names the variable the management key is read from.
@@ -122,30 +122,8 @@ func parseArgs(args []string, env func(string) string, stdout, stderr io.Writer)
 // checkURL is the plugin's rule for upstream URLs: https, or http for a
 // loopback host; no credentials, query or fragment.
 func checkURL(raw string) error {
-	u, err := url.Parse(raw)
-	switch {
-	case err != nil || u.Host == "" || u.Opaque != "":
-		return fmt.Errorf("%q is not an absolute URL; use https://host/path", raw)
-	case u.User != nil:
-		return errors.New("must not carry credentials; the key comes from " + envManagementKey)
-	case u.RawQuery != "" || u.Fragment != "":
-		return errors.New("must not have a query or fragment; give the base URL only")
-	case u.Scheme == "https":
-		return nil
-	case u.Scheme == "http" && isLoopbackHost(u.Hostname()):
-		return nil
-	case u.Scheme == "http":
-		return errors.New("http:// is allowed only for loopback hosts (127.0.0.0/8, ::1, localhost); use https://")
-	}
-	return fmt.Errorf("scheme %q is not supported; use https://", u.Scheme)
-}
-
-func isLoopbackHost(host string) bool {
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	_, err := baseurl.Check(raw)
+	return err
 }
 
 // ageFlag is a duration that also takes whole days ("7d"), the unit
