@@ -19,6 +19,7 @@ const (
 // grow with the live keys.
 type scaleFigures struct {
 	issueCapped, issueUncapped  time.Duration // p50, c=1
+	sshOTP                      time.Duration // p50, c=1: Vault's own issuance, the control
 	tputCapped, tputUncapped    float64       // c=16
 	keyRead, roleRead, page1000 time.Duration // p50
 	pagedList, oneList          time.Duration // every page of 1,000 in turn; one LIST without limit
@@ -94,6 +95,7 @@ func (e *env) scale() error {
 	}
 	row("issuance p50, role with max_keys, c=1", empty.issueCapped, full.issueCapped)
 	row("issuance p50, role without max_keys, c=1", empty.issueUncapped, full.issueUncapped)
+	row("control: Vault's own ssh OTP issuance p50, c=1 (no plugin code)", empty.sshOTP, full.sshOTP)
 	r.line("| issuance throughput, role with max_keys, c=16 | %.0f /s | %.0f /s | %.2f× |", empty.tputCapped, full.tputCapped, empty.tputCapped/full.tputCapped)
 	r.line("| issuance throughput, role without max_keys, c=16 | %.0f /s | %.0f /s | %.2f× |", empty.tputUncapped, full.tputUncapped, empty.tputUncapped/full.tputUncapped)
 	row("read `keys/:key_id` p50", empty.keyRead, full.keyRead)
@@ -165,6 +167,19 @@ func (e *env) measureScale(c *api.Client) (scaleFigures, error) {
 				return f, err
 			}
 		}
+	}
+	// Control: Vault's own leased issuance, which no plugin code touches,
+	// shows what Vault's growing lease count and the machine add.
+	ssh, err := timed(200, 1, func() error {
+		_, err := c.Logical().Write("ssh/creds/otp", map[string]any{"ip": "127.0.0.1"})
+		return err
+	})
+	if err != nil {
+		return f, err
+	}
+	f.sshOTP = percentile(ssh.latencies, 50)
+	if err := e.revokePrefix("ssh/creds/otp"); err != nil {
+		return f, err
 	}
 	page, err := c.Logical().ReadWithData(mount+"/keys", map[string][]string{"list": {"true"}, "limit": {"1"}})
 	if err != nil || page == nil {
