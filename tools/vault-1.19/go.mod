@@ -1,0 +1,8 @@
+module github.com/vault-plugin-carbon/vault-plugin-carbon/tools/vault-1.19
+
+go 1.24.0
+
+require github.com/hashicorp/vault v1.19.5
+
+// The release's in-tree sdk (replaced by ./sdk in its own go.mod) matches this tag.
+replace github.com/hashicorp/vault/sdk => github.com/hashicorp/vault/sdk v0.17.0
