@@ -31,6 +31,7 @@ var suites = []suite{
 	{"upgrade/downgrade", "^TestUpgradeAndDowngradeInPlace$"},
 	{"Go client", "^TestGoClientExample$"},
 	{"Vault Agent", "^TestVaultAgentRendersRotatedAndDynamicKeys$"},
+	{"Vault Proxy", "^TestVaultProxyCachesAndRenews$"},
 }
 
 type result struct {
