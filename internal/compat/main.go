@@ -2,7 +2,7 @@
 // versions (bin/vault-<version>, built by `make compat`) and writes the
 // Vault version × suite table to COMPATIBILITY.md.
 //
-//	go run ./internal/compat -out COMPATIBILITY.md 1.16.3 1.19.5 1.20.4 1.21.0
+//	go run ./internal/compat -out COMPATIBILITY.md 1.16.3 1.19.5 1.20.0 1.21.0
 package main
 
 import (

@@ -1,5 +1,5 @@
 // Command vault builds the real HashiCorp Vault server and CLI that the
-// plugin's end-to-end tests, benchmarks and demo run against. This one is Vault 1.20.4, for the compatibility matrix (make compat). It lives in its
+// plugin's end-to-end tests, benchmarks and demo run against. This one is Vault 1.20.0, for the compatibility matrix (make compat). It lives in its
 // own module so the plugin's go.mod stays small.
 package main
 
