@@ -91,9 +91,12 @@ func (b *backend) Initialize(ctx context.Context, req *logical.InitializationReq
 			return err
 		}
 		if stored == nil || *stored != (storageFormat{Version: storageFormatVersion, WrittenBy: Version}) {
-			// Format 1 → 2 needs no eager migration (see above).
+			// Format 1 → 2 needs no eager migration (see above). A failed
+			// write (leadership lost mid-start) must not keep the scheduler
+			// from starting: format 2 is readable by every older binary, and
+			// the next start writes it.
 			if err := putEntry(ctx, req.Storage, formatStorageKey, storageFormat{Version: storageFormatVersion, WrittenBy: Version}); err != nil {
-				return err
+				b.Logger().Warn("recording the storage format version failed; will retry at the next start", "error", err)
 			}
 		}
 	}
