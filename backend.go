@@ -75,6 +75,10 @@ type backend struct {
 	// belong to no issuance in flight here.
 	startedAt time.Time
 
+	// format gates the mount on its storage format (storage_version.go
+	// wraps Initialize and HandleRequest with it).
+	format formatGate
+
 	// clock is the engine's time: key names, expiries, schedules and tidy
 	// ages. Tests replace it to run hours of TTL in milliseconds.
 	clock func() time.Time

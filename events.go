@@ -62,16 +62,26 @@ func (b *backend) logAndEmit(event string, metadata ...string) {
 	}
 }
 
-// sendEvents delivers queued events until the backend is cleaned up.
+// sendEvents delivers queued events until the backend is cleaned up. A
+// Vault without events (older releases, or events disabled) answers every
+// send with an error: that is said once, and the engine carries on with its
+// log lines alone.
 func (b *backend) sendEvents(done <-chan struct{}) {
+	reported := false
 	for {
 		select {
 		case <-done:
 			return
 		case ev := <-b.events:
 			err := logical.SendEvent(context.Background(), b, "carbon/"+ev.name, ev.metadata...)
-			if err != nil && !errors.Is(err, framework.ErrNoEvents) {
-				b.Logger().Debug("sending event failed", "event", ev.name, "error", err)
+			if err == nil || reported {
+				continue
+			}
+			reported = true
+			if errors.Is(err, framework.ErrNoEvents) {
+				b.Logger().Info("Vault events are not available to this mount; lifecycle steps are logged only", "error", err)
+			} else {
+				b.Logger().Info("sending Vault events failed; lifecycle steps are logged only, further send errors are not reported", "event", ev.name, "error", err)
 			}
 		}
 	}

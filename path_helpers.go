@@ -97,7 +97,8 @@ func putEntry(ctx context.Context, s logical.Storage, key string, v any) error {
 
 // pathsNeedingAName are the paths whose requests need an item name: without
 // it (creds, creds/) they get a 400 naming the field. They are answered
-// here, ahead of the framework's routing, so the OpenAPI document does not
+// by answerUnrouted, ahead of the framework's routing (HandleRequest in
+// storage_version.go), so the OpenAPI document does not
 // list name-less paths that have no operations. rotate-root, which other
 // engines offer, is answered here too: it is never offered (see its text).
 var pathsNeedingAName = map[string]struct{ field, hint string }{
@@ -106,17 +107,18 @@ var pathsNeedingAName = map[string]struct{ field, hint string }{
 	"rotate-role":  {"name", "rotate-role/<name>"},
 }
 
-// HandleRequest answers name-less requests and rotate-root, then routes
-// everything else through the framework.
-func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*logical.Response, error) {
-	if req.Operation != logical.HelpOperation {
-		path := strings.TrimSuffix(req.Path, "/")
-		if p, ok := pathsNeedingAName[path]; ok {
-			return logical.ErrorResponse("%s: is required in the path; use %s", p.field, p.hint), nil
-		}
-		if path == "rotate-root" || strings.HasPrefix(path, "rotate-root/") {
-			return rotateRootNotOffered(req, strings.TrimPrefix(strings.TrimPrefix(path, "rotate-root"), "/")), nil
-		}
+// answerUnrouted answers name-less requests and rotate-root, which have no
+// framework path; nil for every other request.
+func answerUnrouted(req *logical.Request) *logical.Response {
+	if req.Operation == logical.HelpOperation {
+		return nil
 	}
-	return b.Backend.HandleRequest(ctx, req)
+	path := strings.TrimSuffix(req.Path, "/")
+	if p, ok := pathsNeedingAName[path]; ok {
+		return logical.ErrorResponse("%s: is required in the path; use %s", p.field, p.hint)
+	}
+	if path == "rotate-root" || strings.HasPrefix(path, "rotate-root/") {
+		return rotateRootNotOffered(req, strings.TrimPrefix(strings.TrimPrefix(path, "rotate-root"), "/"))
+	}
+	return nil
 }

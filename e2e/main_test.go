@@ -100,6 +100,7 @@ func run(m *testing.M) (int, error) {
 		return 0, err
 	}
 	code := m.Run()
+	reportFeatures(vault.LogPath)
 	if code != 0 {
 		if log, err := os.ReadFile(vault.LogPath); err == nil {
 			fmt.Fprintf(os.Stderr, "---- vault server log (last 60 lines) ----\n%s\n", tail(string(log), 60))
@@ -128,6 +129,24 @@ func startVault(t *testing.T, name, logLevel string) *devvault.Server {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// reportFeatures prints one line per optional Vault feature the engine uses,
+// saying whether this Vault provided it; make compat collects these lines.
+func reportFeatures(logPath string) {
+	log, err := os.ReadFile(logPath)
+	if err != nil {
+		return
+	}
+	events := "available"
+	for _, line := range strings.Split(string(log), "\n") {
+		if strings.Contains(line, "lifecycle steps are logged only") {
+			_, msg, _ := strings.Cut(line, "vault-plugin-carbon: ")
+			events = "unavailable: " + strings.TrimSpace(msg)
+			break
+		}
+	}
+	fmt.Printf("E2E-FEATURE events %s\n", events)
 }
 
 func tail(s string, n int) string {

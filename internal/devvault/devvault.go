@@ -63,7 +63,13 @@ func RepoRoot() (string, error) {
 // BuildPlugin compiles the plugin with the given version into dir and
 // returns the binary's path and sha256.
 func BuildPlugin(root, dir, version string) (string, string, error) {
-	out := filepath.Join(dir, "vault-plugin-carbon")
+	return BuildPluginAs(root, dir, "vault-plugin-carbon", version)
+}
+
+// BuildPluginAs compiles the plugin source tree at root into dir/command,
+// so that several versions can sit in one plugin directory.
+func BuildPluginAs(root, dir, command, version string) (string, string, error) {
+	out := filepath.Join(dir, command)
 	cmd := exec.Command("go", "build", "-trimpath",
 		"-ldflags", "-X github.com/vault-plugin-carbon/vault-plugin-carbon.Version="+version,
 		"-o", out, "./cmd/vault-plugin-carbon")

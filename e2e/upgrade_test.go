@@ -1,0 +1,281 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiqtest"
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/internal/devvault"
+)
+
+// upgradedVersion is the working tree's version in the upgrade test: above
+// the previous release, as a real upgrade is.
+const upgradedVersion = "v0.2.0-e2e"
+
+// previousRelease reads e2e/testdata/previous-release: the commit of the
+// previous release and the version it is registered as.
+func previousRelease(t *testing.T) (commit, version string) {
+	t.Helper()
+	f, err := os.Open(filepath.Join("testdata", "previous-release"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if fields := strings.Fields(line); len(fields) == 2 && len(fields[0]) == 40 {
+			return fields[0], fields[1]
+		}
+		t.Fatalf("testdata/previous-release: want `<40-hex commit> <version>`, got %q", line)
+	}
+	t.Fatal("testdata/previous-release names no commit")
+	return "", ""
+}
+
+// buildPreviousRelease builds the plugin as it was at commit, from this
+// clone's history, into dir under its own command name.
+func buildPreviousRelease(t *testing.T, root, commit, version, dir string) (command, sha string) {
+	t.Helper()
+	if out, err := exec.Command("git", "-C", root, "cat-file", "-e", commit+"^{commit}").CombinedOutput(); err != nil {
+		t.Fatalf("the previous release %s is not in this clone (%v %s): the upgrade test builds it from history; "+
+			"run it in a full clone (git fetch --unshallow)", commit, err, out)
+	}
+	src := t.TempDir()
+	tarball, err := exec.Command("git", "-C", root, "archive", commit).Output()
+	if err != nil {
+		t.Fatalf("git archive %s: %v", commit, err)
+	}
+	untar := exec.Command("tar", "-x", "-C", src)
+	untar.Stdin = bytes.NewReader(tarball)
+	if out, err := untar.CombinedOutput(); err != nil {
+		t.Fatalf("unpacking %s: %v %s", commit, err, out)
+	}
+	command = "vault-plugin-carbon-" + version
+	if _, sha, err = devvault.BuildPluginAs(src, dir, command, version); err != nil {
+		t.Fatalf("building the previous release %s: %v", commit, err)
+	}
+	return command, sha
+}
+
+// TestUpgradeAndDowngradeInPlace registers the previous release and the
+// working tree as two versions of carbon, runs a mount on the old one with
+// config, leases, a static role in overlap and a WAL entry of an interrupted
+// issuance, switches it to the new version the way an operator does (tune
+// -plugin-version, reload), and back again.
+//
+// What the downgrade does: the previous release has no storage format check;
+// it serves the mount, because the new version keeps the storage readable by
+// it (a static role's newest replaced key is also written in the v0.1 fields,
+// inventory and WAL entries keep their v0.1 shape). Leases issued by the new
+// version renew and revoke under the old one, and the overlap that began
+// under the new version ends on time under the old one.
+func TestUpgradeAndDowngradeInPlace(t *testing.T) {
+	root, err := devvault.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	commit, oldVersion := previousRelease(t)
+	plugins := filepath.Join(workDir, "upgrade-plugins")
+	if err := os.MkdirAll(plugins, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	oldCommand, oldSHA := buildPreviousRelease(t, root, commit, oldVersion, plugins)
+	_, newSHA, err := devvault.BuildPluginAs(root, plugins, "vault-plugin-carbon", upgradedVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), vaultStartBudget)
+	defer cancel()
+	s, err := devvault.Start(ctx, devvault.Options{
+		VaultBin: vaultBin, Dir: filepath.Join(workDir, "upgrade"), PluginDir: plugins, LogLevel: "debug",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.KillAll)
+	fake := climatiqtest.NewServer(managementKey)
+	defer fake.Close()
+	project := fake.AddProject("upgrade").ID
+	// A second upstream that hangs, for the interrupted issuance.
+	hang := climatiqtest.NewServer(managementKey)
+	defer hang.Close()
+	hangProject := hang.AddProject("hang").ID
+
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := s.Vault(args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	runJSON := func(args ...string) map[string]any {
+		t.Helper()
+		// -format goes after the subcommand: `read`, `write`, `lease renew`.
+		n := 1
+		if args[0] == "lease" {
+			n = 2
+		}
+		out := run(append(append(append([]string{}, args[:n]...), "-format=json"), args[n:]...)...)
+		secret := decodeSecret(t, out)
+		if secret.Data == nil {
+			return map[string]any{"lease_id": secret.LeaseID}
+		}
+		secret.Data["lease_id"] = secret.LeaseID
+		return secret.Data
+	}
+	staticKey := func() (keyID, apiKey, previous string) {
+		t.Helper()
+		d := runJSON("read", mount+"/static-creds/app")
+		previous, _ = d["previous_key_id"].(string)
+		return d["key_id"].(string), d["api_key"].(string), previous
+	}
+	exists := func(f *climatiqtest.Server, keyID string) bool { _, ok := f.Key(keyID); return ok }
+	switchTo := func(version string) {
+		t.Helper()
+		start := time.Now()
+		run("secrets", "tune", "-plugin-version="+version, mount+"/")
+		run("write", "sys/plugins/reload/backend", "mounts="+mount+"/")
+		eventually(t, 30*time.Second, "mount runs "+version, func() bool {
+			m, err := s.Client.Logical().Read("sys/mounts/" + mount)
+			return err == nil && m != nil && m.Data["running_plugin_version"] == version
+		})
+		t.Logf("switched %s/ to %s in %s", mount, version, time.Since(start).Round(time.Millisecond))
+	}
+
+	run("plugin", "register", "-sha256="+oldSHA, "-version="+oldVersion, "-command="+oldCommand, "secret", devvault.PluginName)
+	run("plugin", "register", "-sha256="+newSHA, "-version="+upgradedVersion, "-command=vault-plugin-carbon", "secret", devvault.PluginName)
+	run("secrets", "enable", "-path="+mount, "-plugin-version="+oldVersion, devvault.PluginName)
+
+	// ---- on the previous release ----
+	run("write", mount+"/config/cq", "provider=climatiq", "management_key="+managementKey,
+		"management_url="+fake.ManagementURL(), "api_url="+fake.APIURL())
+	run("write", mount+"/roles/ci", "config=cq", "project_id="+project, "ttl=1h", "max_ttl=2h")
+	oldLease := runJSON("read", mount+"/creds/ci")
+	oldLeaseKey := oldLease["key_id"].(string)
+
+	// An interrupted issuance: the create lands upstream but its answer
+	// times out, and so does the rollback in the request, which leaves the
+	// WAL entry for later.
+	run("write", mount+"/config/cq-hang", "provider=climatiq", "management_key="+managementKey,
+		"management_url="+hang.ManagementURL(), "api_url="+hang.APIURL(), "request_timeout=1s", "max_retries=0")
+	run("write", mount+"/roles/hang", "config=cq-hang", "project_id="+hangProject, "ttl=1h")
+	hang.SetCompleteAbandoned(true)
+	hang.SetLatency(3 * time.Second)
+	// One attempt: the CLI would retry the 5xx and interrupt three issuances.
+	once, err := api.NewClient(&api.Config{Address: "http://" + s.Addr, Timeout: 30 * time.Second, MaxRetries: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	once.SetToken(s.Token)
+	if _, err := once.Logical().Read(mount + "/creds/hang"); err == nil {
+		t.Fatal("issuance against a hanging upstream succeeded")
+	}
+	eventually(t, 10*time.Second, "the interrupted create lands upstream", func() bool { return len(hang.Keys()) == 1 })
+	strandedKey := hang.Keys()[0].ID
+	time.Sleep(3 * time.Second) // the in-request rollback's calls finish (and fail) before the upstream recovers
+	hang.SetLatency(0)
+	if !exists(hang, strandedKey) {
+		t.Fatal("the interrupted issuance was rolled back in the request: no pending WAL entry to carry over")
+	}
+
+	const rotationPeriod, overlap = 20 * time.Second, 10 * time.Second
+	run("write", mount+"/static-roles/app", "config=cq", "project_id="+project,
+		"rotation_period="+rotationPeriod.String(), "overlap_period="+overlap.String())
+	firstKey, _, _ := staticKey()
+	run("write", "-f", mount+"/rotate-role/app")
+	rotatedAt := time.Now()
+	currentKey, currentValue, previous := staticKey()
+	if previous != firstKey || currentKey == firstKey {
+		t.Fatalf("no overlap running on the previous release: current %s previous %q (first %s)", currentKey, previous, firstKey)
+	}
+
+	// ---- upgrade ----
+	switchTo(upgradedVersion)
+
+	if id, value, prev := staticKey(); id != currentKey || value != currentValue || prev != firstKey {
+		t.Fatalf("static role after the upgrade: key %s previous %q, want key %s (same value) previous %s", id, prev, currentKey, firstKey)
+	}
+	renewed := runJSON("lease", "renew", "-increment=1h", oldLease["lease_id"].(string))
+	if renewed["lease_id"] != oldLease["lease_id"] {
+		t.Fatalf("renewing the old lease answered %v", renewed)
+	}
+	run("lease", "revoke", "-sync", oldLease["lease_id"].(string))
+	if exists(fake, oldLeaseKey) {
+		t.Fatal("a lease of the previous release revoked under the new one left its key upstream")
+	}
+	overlapEnd := rotatedAt.Add(overlap)
+	eventually(t, time.Until(overlapEnd)+8*time.Second, "the overlap begun on the previous release ends", func() bool {
+		return !exists(fake, firstKey)
+	})
+	if early := time.Until(overlapEnd); early > time.Second {
+		t.Fatalf("the replaced key was deleted %s before its overlap ended", early)
+	}
+
+	// The plugin reload started a new instance, so tidy rolls back the WAL
+	// entry written before it at once.
+	tidy := runJSON("write", mount+"/tidy", "min_age=0s")
+	if n, _ := tidy["wal_rolled_back"].(json.Number).Int64(); n != 1 || exists(hang, strandedKey) {
+		t.Fatalf("tidy after the upgrade: %v; stranded key still upstream: %v", tidy, exists(hang, strandedKey))
+	}
+	if orphans, _ := tidy["orphans"].([]any); len(orphans) != 0 {
+		t.Fatalf("tidy after the upgrade found orphans: %v", tidy)
+	}
+	tidy = runJSON("write", mount+"/tidy", "min_age=0s", "dry_run=true")
+	if n, _ := tidy["wal_rolled_back"].(json.Number).Int64(); n != 0 || len(tidy["orphans"].([]any)) != 0 {
+		t.Fatalf("a second tidy found work: %v", tidy)
+	}
+
+	eventually(t, time.Until(rotatedAt.Add(rotationPeriod))+10*time.Second, "the static role rotates on schedule after the upgrade", func() bool {
+		id, _, _ := staticKey()
+		return id != currentKey
+	})
+	rotatedAt = time.Now()
+	newKey, newValue, previous := staticKey()
+	if previous != currentKey || !exists(fake, currentKey) {
+		t.Fatalf("the rotation after the upgrade: previous %q, want %s kept for its overlap", previous, currentKey)
+	}
+	newLease := runJSON("read", mount+"/creds/ci")
+
+	// ---- downgrade ----
+	switchTo(oldVersion)
+
+	if id, value, prev := staticKey(); id != newKey || value != newValue || prev != currentKey {
+		t.Fatalf("static role after the downgrade: key %s previous %q, want key %s (same value) previous %s", id, prev, newKey, currentKey)
+	}
+	runJSON("lease", "renew", "-increment=1h", newLease["lease_id"].(string))
+	run("lease", "revoke", "-sync", newLease["lease_id"].(string))
+	if exists(fake, newLease["key_id"].(string)) {
+		t.Fatal("a lease of the new version revoked under the previous release left its key upstream")
+	}
+	overlapEnd = rotatedAt.Add(overlap)
+	eventually(t, time.Until(overlapEnd)+8*time.Second, "the overlap begun on the new version ends under the previous release", func() bool {
+		return !exists(fake, currentKey)
+	})
+	if early := time.Until(overlapEnd); early > time.Second {
+		t.Fatalf("the replaced key was deleted %s before its overlap ended", early)
+	}
+	tidy = runJSON("write", mount+"/tidy", "min_age=0s")
+	if len(tidy["orphans"].([]any)) != 0 {
+		t.Fatalf("tidy after the downgrade found orphans: %v", tidy)
+	}
+	run("delete", mount+"/static-roles/app")
+	if left := fake.Keys(); len(left) != 0 {
+		t.Fatalf("keys left upstream after the last lease and the static role are gone: %v", left)
+	}
+}
