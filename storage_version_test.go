@@ -2,6 +2,7 @@ package carbon
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -69,7 +70,7 @@ func TestStorageFormatVersion(t *testing.T) {
 				if err == nil {
 					t.Fatalf("%s %s served from a newer storage format", req.Operation, req.Path)
 				}
-				for _, want := range []string{"format 3", "v9.9.9", "vault secrets tune -plugin-version=v9.9.9 carbon/", "sys/plugins/reload/backend mounts=carbon/"} {
+				for _, want := range []string{fmt.Sprintf("format %d", storageFormatVersion+1), "v9.9.9", "vault secrets tune -plugin-version=v9.9.9 carbon/", "sys/plugins/reload/backend mounts=carbon/"} {
 					if !strings.Contains(err.Error(), want) {
 						t.Fatalf("%s %s: refusal %q does not say %q", req.Operation, req.Path, err, want)
 					}
