@@ -270,9 +270,16 @@ func TestUpgradeAndDowngradeInPlace(t *testing.T) {
 	if early := time.Until(overlapEnd); early > time.Second {
 		t.Fatalf("the replaced key was deleted %s before its overlap ended", early)
 	}
-	tidy = runJSON("write", mount+"/tidy", "min_age=0s")
-	if len(tidy["orphans"].([]any)) != 0 {
-		t.Fatalf("tidy after the downgrade found orphans: %v", tidy)
+	// The previous release cannot read the moved inventory: its tidy must
+	// refuse (the tombstone in the old layout fails its walk) rather than
+	// take the moved keys for orphans.
+	keysBefore := len(fake.Keys())
+	out, err := s.Vault("write", "-format=json", mount+"/tidy", "min_age=0s")
+	if err == nil || !strings.Contains(err.Error()+out, "moved-to-key-and-keylist") {
+		t.Fatalf("tidy under the previous release did not refuse the moved inventory: %v %s", err, out)
+	}
+	if n := len(fake.Keys()); n != keysBefore {
+		t.Fatalf("the refused tidy deleted %d keys", keysBefore-n)
 	}
 	run("delete", mount+"/static-roles/app")
 	if left := fake.Keys(); len(left) != 0 {
