@@ -16,6 +16,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -119,6 +121,8 @@ func runSuite(vaultBin string, s suite, logPath string) result {
 }
 
 func render(versions []string, results map[string]map[string]result, took time.Duration) string {
+	versions = slices.Clone(versions)
+	slices.SortFunc(versions, compareVersions)
 	var b strings.Builder
 	commit := gitOutput("rev-parse", "--short=12", "HEAD")
 	if gitOutput("status", "--porcelain", "--untracked-files=no") != "" {
@@ -169,6 +173,19 @@ func render(versions []string, results map[string]map[string]result, took time.D
 		fmt.Fprintf(&b, "| %s | %s |\n", v, strings.ReplaceAll(state, "|", "\\|"))
 	}
 	return b.String()
+}
+
+// compareVersions orders dotted release numbers numerically (1.9 < 1.16).
+func compareVersions(a, b string) int {
+	as, bs := strings.Split(a, "."), strings.Split(b, ".")
+	for i := 0; i < len(as) && i < len(bs); i++ {
+		x, _ := strconv.Atoi(as[i])
+		y, _ := strconv.Atoi(bs[i])
+		if x != y {
+			return x - y
+		}
+	}
+	return len(as) - len(bs)
 }
 
 func gitOutput(args ...string) string {
