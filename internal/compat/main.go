@@ -155,9 +155,12 @@ func render(versions []string, results map[string]map[string]result, took time.D
 		fmt.Fprintf(&b, "| %s |", v)
 		for _, s := range suites {
 			r := results[v][s.name]
-			if r.pass {
+			switch {
+			case r.pass:
 				fmt.Fprintf(&b, " pass (%s) |", r.duration.Round(time.Second))
-			} else {
+			case len(r.failed) == 1 && strings.HasPrefix(r.failed[0], "not run"):
+				fmt.Fprintf(&b, " %s |", r.failed[0])
+			default:
 				fmt.Fprintf(&b, " **fail**: %s |", strings.Join(r.failed, ", "))
 			}
 		}
