@@ -210,3 +210,33 @@ func TestVerifyIssuedKeys(t *testing.T) {
 		t.Fatalf("issuance took %s, want about the bounded wait %s", took, issuedKeyWait)
 	}
 }
+
+func TestNewFieldsRefuseBadInput(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	tests := []struct {
+		op          logical.Operation
+		path, field string
+		data        map[string]any
+	}{
+		{logical.ListOperation, "keys/", "limit", map[string]any{"limit": -1}},
+		{logical.UpdateOperation, "config/cq", "verify_issued_keys", map[string]any{"verify_issued_keys": "maybe"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.field, func(t *testing.T) {
+			resp, err := e.doErr(tc.op, tc.path, tc.data)
+			if err == nil && (resp == nil || !resp.IsError()) {
+				t.Fatalf("%s %s with a bad %s was accepted", tc.op, tc.path, tc.field)
+			}
+			msg := ""
+			if err != nil {
+				msg = err.Error()
+			} else {
+				msg = resp.Error().Error()
+			}
+			if !strings.Contains(msg, tc.field) {
+				t.Fatalf("error %q does not name %s", msg, tc.field)
+			}
+		})
+	}
+}
