@@ -54,13 +54,14 @@ func TestClimatiqIssueAndRevoke(t *testing.T) {
 		t.Fatal("the inventory shows a key value")
 	}
 
-	// The issuance's WAL entry is spent: the rollback manager drops it
-	// without deleting the key and without asking the upstream.
+	// The issuance's WAL entry is spent and retired off the request path;
+	// once it is gone the rollback manager has nothing to undo and neither
+	// deletes the key nor asks the upstream.
+	waitSpentWALRetired(t, e)
 	requests := e.climatiq.Stats().Requests
 	runRollbackManager(t, e)
-	assertNoWAL(t, e)
 	if !e.upstreamHas(keyID) || e.climatiq.Stats().Requests != requests {
-		t.Fatal("rolling back a spent WAL entry touched the issued key or the upstream")
+		t.Fatal("the rollback manager touched the issued key or the upstream after the issuance finished")
 	}
 
 	if _, err := e.revoke(resp.Secret); err != nil {
@@ -75,6 +76,35 @@ func TestClimatiqIssueAndRevoke(t *testing.T) {
 	// someone already deleted upstream both succeed.
 	if _, err := e.revoke(resp.Secret); err != nil {
 		t.Fatalf("second revoke: %v", err)
+	}
+}
+
+// A plugin that stops between recording a key and deleting the issuance's
+// WAL entry leaves a spent entry without the key's id. The rollback manager
+// finds the key by its unique name, sees it recorded, keeps it and drops the
+// entry, with one listing call upstream.
+func TestSpentWALEntryLeftByAStopKeepsTheKey(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
+	resp := e.mustOK(logical.ReadOperation, "creds/ci", nil)
+	keyID, keyName := resp.Data["key_id"].(string), resp.Data["key_name"].(string)
+	waitSpentWALRetired(t, e)
+
+	// The entry exactly as issuance writes it before the create.
+	left := &ownedKey{Kind: keyKindDynamic, Config: "cq", Role: "ci", ProjectID: e.projectID, KeyName: keyName}
+	if _, err := framework.PutWAL(context.Background(), e.storage, walKindClimatiqKey, left); err != nil {
+		t.Fatal(err)
+	}
+	requests := e.climatiq.Stats().Requests
+	runRollbackManager(t, e)
+	assertNoWAL(t, e)
+	if !e.upstreamHas(keyID) {
+		t.Fatal("the rollback manager deleted a key its lease still holds")
+	}
+	assertInventory(t, e, "ci", keyName, true)
+	if got := e.climatiq.Stats().Requests - requests; got != 1 {
+		t.Fatalf("dropping the spent entry took %d upstream requests, want 1 listing", got)
 	}
 }
 
@@ -288,6 +318,22 @@ func assertNoWAL(t *testing.T, e *testEnv) {
 	if len(ids) != 0 {
 		t.Fatalf("%d WAL entries left", len(ids))
 	}
+}
+
+// waitSpentWALRetired waits (bounded) for the background deletion of
+// finished issuances' WAL entries, then asserts none is left.
+func waitSpentWALRetired(t *testing.T, e *testEnv) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		ids, err := framework.ListWAL(context.Background(), e.storage)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ids) == 0 {
+			return
+		}
+	}
+	assertNoWAL(t, e)
 }
 
 // runRollbackManager runs the framework's WAL rollback as Vault's rollback
