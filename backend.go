@@ -19,7 +19,6 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
-	"github.com/hashicorp/vault/sdk/queue"
 )
 
 // Version is the plugin version reported to Vault (`vault plugin register
@@ -54,7 +53,7 @@ type backend struct {
 	// schedulerTick 0 starts no ticker: tests run ticks themselves.
 	schedulerTick      time.Duration
 	schedulerLock      sync.Mutex
-	rotationQueue      *queue.PriorityQueue
+	rotationQueue      *rotationQueues
 	schedulerCtx       context.Context
 	stopScheduler      context.CancelFunc
 	schedulerDone      chan struct{}

@@ -294,12 +294,12 @@ func TestRotationQueueRebuiltAfterRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer restarted.clean(context.Background())
-	if n := restarted.rotationQueue.Len(); n != 2 {
+	if n := restarted.rotationQueue.len(); n != 2 {
 		t.Fatalf("queue holds %d roles, want 2 (the manual role has no schedule)", n)
 	}
 	later := e.staticRole("later").KeyID
 	restarted.runDueRotations(e.storage)
-	if n := restarted.rotationQueue.Len(); n != 2 {
+	if n := restarted.rotationQueue.len(); n != 2 {
 		t.Fatalf("after the tick the queue holds %d roles, want 2", n)
 	}
 	if e.staticRole("later").KeyID != later {

@@ -10,8 +10,8 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
-	"github.com/hashicorp/vault/sdk/queue"
 	"github.com/hashicorp/vault/sdk/rotation"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiq"
 )
@@ -217,27 +217,18 @@ func (role *staticRole) dueAt() time.Time {
 	return due
 }
 
-// queueItem is the role's place in the rotation queue, or nil when nothing
-// is ever due. The item carries the role's connection, for the
-// per-connection limit on work in flight.
-func (role *staticRole) queueItem(name string) *queue.Item {
-	due := role.dueAt()
-	if due.IsZero() {
-		return nil
-	}
-	return &queue.Item{Key: name, Value: role.Config, Priority: due.UnixMilli()}
-}
-
-// scheduleStaticRole (re)places the role in the rotation queue.
+// scheduleStaticRole (re)places the role in the rotation queue, or takes
+// it out when nothing is ever due.
 func (b *backend) scheduleStaticRole(name string, role *staticRole) {
 	b.schedulerLock.Lock()
 	defer b.schedulerLock.Unlock()
 	if b.rotationQueue == nil {
 		return // not the node that rotates
 	}
-	_, _ = b.rotationQueue.PopByKey(name)
-	if item := role.queueItem(name); item != nil {
-		_ = b.rotationQueue.Push(item)
+	if due := role.dueAt(); due.IsZero() {
+		b.rotationQueue.remove(name)
+	} else {
+		b.rotationQueue.put(name, role.Config, due)
 	}
 }
 
@@ -245,30 +236,29 @@ func (b *backend) unscheduleStaticRole(name string) {
 	b.schedulerLock.Lock()
 	defer b.schedulerLock.Unlock()
 	if b.rotationQueue != nil {
-		_, _ = b.rotationQueue.PopByKey(name)
+		b.rotationQueue.remove(name)
 	}
 }
 
 // startRotationScheduler rebuilds the queue from storage, so rotations
 // missed while Vault was down run at once, and starts the ticker.
 func (b *backend) startRotationScheduler(ctx context.Context, s logical.Storage) error {
+	began := time.Now()
 	names, err := s.List(ctx, staticRoleStoragePrefix)
 	if err != nil {
 		return err
 	}
-	q := queue.New()
-	for _, name := range names {
-		role, err := getStaticRole(ctx, s, name)
-		if err != nil {
-			return err
-		}
+	roles, err := loadStaticRoles(ctx, s, names)
+	if err != nil {
+		return err
+	}
+	q := newRotationQueues()
+	for i, role := range roles {
 		if role == nil {
 			continue
 		}
-		if item := role.queueItem(name); item != nil {
-			if err := q.Push(item); err != nil {
-				return err
-			}
+		if due := role.dueAt(); !due.IsZero() {
+			q.put(names[i], role.Config, due)
 		}
 	}
 	schedCtx, cancel := context.WithCancel(context.Background())
@@ -281,8 +271,29 @@ func (b *backend) startRotationScheduler(ctx context.Context, s logical.Storage)
 		go b.runScheduler(schedCtx, s, b.schedulerDone)
 	}
 	b.schedulerLock.Unlock()
-	b.Logger().Debug("rotation scheduler started", "static_roles", len(names))
+	b.Logger().Info("rotation scheduler started", "static_roles", len(names), "scheduled", q.len(),
+		"took", time.Since(began).Round(time.Millisecond).String())
 	return nil
+}
+
+// roleLoaders bounds the parallel storage reads that rebuild the queue:
+// each read of an external plugin is a round trip to Vault, so thousands of
+// roles read one after another would hold initialize for seconds.
+const roleLoaders = 16
+
+// loadStaticRoles reads the static roles named, in parallel, in the order
+// of names (nil for one deleted meanwhile).
+func loadStaticRoles(ctx context.Context, s logical.Storage, names []string) ([]*staticRole, error) {
+	roles := make([]*staticRole, len(names))
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(roleLoaders)
+	for i, name := range names {
+		g.Go(func() (err error) {
+			roles[i], err = getStaticRole(ctx, s, name)
+			return err
+		})
+	}
+	return roles, g.Wait()
 }
 
 // runScheduler starts what is due once per tick. A tick never waits for the
@@ -302,50 +313,39 @@ func (b *backend) runScheduler(ctx context.Context, s logical.Storage, done chan
 }
 
 // startDueRotations pops the roles due now and works on each in its own
-// goroutine, at most maxRotationsRunning at once and rotationsPerConfig per
-// connection, so one hanging connection cannot hold every worker. Roles
+// goroutine, at most maxRotationsRunning at once and rotationsPerConnection
+// per connection, so one hanging connection cannot hold every worker. Roles
 // left over stay queued until a place frees up or the next tick.
 func (b *backend) startDueRotations(s logical.Storage) {
-	now := b.now().UnixMilli()
+	now := b.now()
 	b.schedulerLock.Lock()
 	defer b.schedulerLock.Unlock()
 	if b.rotationQueue == nil || b.schedulerCtx.Err() != nil {
 		return
 	}
-	var deferred []*queue.Item
-	for b.rotationQueue.Len() > 0 && b.rotationsRunning < maxRotationsRunning {
-		item, err := b.rotationQueue.Pop()
-		if err != nil {
-			break
+	for _, config := range b.rotationQueue.configs() {
+		for b.rotationsRunning < maxRotationsRunning && b.rotationsPerConfig[config] < rotationsPerConnection {
+			name, due := b.rotationQueue.popDue(config, now)
+			if !due {
+				break
+			}
+			b.rotationsPerConfig[config]++
+			b.rotationsRunning++
+			b.rotations.Add(1)
+			go func() {
+				defer b.rotations.Done()
+				b.processStaticRole(b.schedulerCtx, s, name, config)
+				b.schedulerLock.Lock()
+				b.rotationsPerConfig[config]--
+				b.rotationsRunning--
+				b.schedulerLock.Unlock()
+				// A freed place goes to the next due role at once rather
+				// than at the next tick: a burst of due roles on one
+				// connection runs back to back, rotationsPerConnection at
+				// a time.
+				b.startDueRotations(s)
+			}()
 		}
-		if item.Priority > now {
-			deferred = append(deferred, item)
-			break
-		}
-		config, _ := item.Value.(string)
-		if b.rotationsPerConfig[config] >= rotationsPerConnection {
-			deferred = append(deferred, item)
-			continue
-		}
-		b.rotationsPerConfig[config]++
-		b.rotationsRunning++
-		b.rotations.Add(1)
-		go func(name, config string) {
-			defer b.rotations.Done()
-			b.processStaticRole(b.schedulerCtx, s, name)
-			b.schedulerLock.Lock()
-			b.rotationsPerConfig[config]--
-			b.rotationsRunning--
-			b.schedulerLock.Unlock()
-			// A freed place goes to the next due role at once rather
-			// than at the next tick: a burst of due roles on one
-			// connection runs back to back, rotationsPerConnection at
-			// a time.
-			b.startDueRotations(s)
-		}(item.Key, config)
-	}
-	for _, item := range deferred {
-		_ = b.rotationQueue.Push(item)
 	}
 }
 
@@ -358,7 +358,7 @@ func (b *backend) runDueRotations(s logical.Storage) {
 
 // processStaticRole does whatever is due for one role: end an overlap,
 // rotate, or retry a failed attempt; then puts the role back in the queue.
-func (b *backend) processStaticRole(ctx context.Context, s logical.Storage, name string) {
+func (b *backend) processStaticRole(ctx context.Context, s logical.Storage, name, config string) {
 	ctx, cancel := context.WithTimeout(ctx, rotationTimeout)
 	defer cancel()
 	lock := b.staticRoleLock(name)
@@ -368,7 +368,7 @@ func (b *backend) processStaticRole(ctx context.Context, s logical.Storage, name
 	role, err := getStaticRole(ctx, s, name)
 	if err != nil {
 		b.Logger().Error("loading static role for rotation", "role", name, "error", err)
-		b.requeueLater(name)
+		b.requeueLater(name, config)
 		return
 	}
 	if role == nil {
@@ -414,13 +414,13 @@ func (b *backend) endOverlapOrRotate(ctx context.Context, s logical.Storage, nam
 	return b.rotateStaticRole(ctx, s, name, role, client, attempt, false)
 }
 
-// requeueLater puts a role back after a storage error, a little later.
-func (b *backend) requeueLater(name string) {
+// requeueLater puts a role back after a storage error, a little later,
+// still counted against its connection's limit.
+func (b *backend) requeueLater(name, config string) {
 	b.schedulerLock.Lock()
 	defer b.schedulerLock.Unlock()
 	if b.rotationQueue != nil {
-		_, _ = b.rotationQueue.PopByKey(name)
-		_ = b.rotationQueue.Push(&queue.Item{Key: name, Priority: b.now().Add(rotationBackoffMin).UnixMilli()})
+		b.rotationQueue.put(name, config, b.now().Add(rotationBackoffMin))
 	}
 }
 
