@@ -27,10 +27,12 @@ const (
 	// bounded by it. Idle ticks pop nothing and scan nothing.
 	schedulerTick = time.Second
 	// Due roles are worked on in parallel, so a burst of due roles waits
-	// on the upstream's latency once rather than once each; a connection
-	// gets only a few workers, so a hanging one delays only its own roles.
-	maxRotationsRunning    = 32
-	rotationsPerConnection = 4
+	// on the upstream's latency once rather than once each. A connection
+	// gets a quarter of the workers, so a hanging one delays only its own
+	// roles; 16 keep up with 10,000 roles on one connection falling due
+	// at 700 a second (BENCHMARKS.md, section 4), where 4 fell behind.
+	maxRotationsRunning    = 64
+	rotationsPerConnection = 16
 
 	rotationBackoffMin = 5 * time.Second
 	rotationBackoffMax = 5 * time.Minute
