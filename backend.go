@@ -44,8 +44,8 @@ type backend struct {
 	markerLock sync.Mutex
 	marker     string
 
-	// roleLocks serialise issuance per role where a role caps its live
-	// keys, and all changes to one static role's key.
+	// roleLocks serialise all changes to one static role's key, and the
+	// renewals and revocations of one leased key.
 	roleLocks []*locksutil.LockEntry
 
 	// The rotation scheduler of static roles (rotation.go); rotationQueue
@@ -84,7 +84,7 @@ type backend struct {
 
 	// roles caches dynamic roles for issuance; dropped on write, delete
 	// and Invalidate.
-	// liveCounts counts live keys per role and connection (inventory.go);
+	// liveCounts counts live keys per role and connection (livecounts.go);
 	// legacyInventoryMoved is set once no v0.1 inventory entry is left.
 	liveCounts           liveCounts
 	legacyInventoryMoved atomic.Bool

@@ -8,7 +8,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -28,8 +27,7 @@ import (
 // Listing entries are spread over 256 buckets by a hash of the id, so a
 // page of LIST keys/ costs a few small storage Lists, and a walk (tidy,
 // counting) costs 256 of them. Live keys per role and per connection are
-// counted in memory, built by one walk the first time they are needed, and
-// kept under the locks that already serialise issuance.
+// counted in memory (livecounts.go).
 //
 // Mounts written by v0.1 keep their keys at inventory/<kind>/<role>/<name>;
 // initialize moves them to this layout, and readers fall back to it until
@@ -111,8 +109,9 @@ func getKey(ctx context.Context, s logical.Storage, id string) (*ownedKey, error
 }
 
 // recordKey adds a key to the inventory: its record, its listing entry
-// and the live counts.
-func (b *backend) recordKey(ctx context.Context, s logical.Storage, k *ownedKey) error {
+// and the live counts, where it takes the place of its issuance's slot
+// (nil when the role has no max_keys).
+func (b *backend) recordKey(ctx context.Context, s logical.Storage, k *ownedKey, slot *keySlot) error {
 	k.Kind = k.kind()
 	b.liveCounts.RLock()
 	defer b.liveCounts.RUnlock()
@@ -122,7 +121,7 @@ func (b *backend) recordKey(ctx context.Context, s logical.Storage, k *ownedKey)
 	if err := s.Put(ctx, &logical.StorageEntry{Key: k.listingPath()}); err != nil {
 		return err
 	}
-	b.liveCounts.add(k, 1)
+	b.liveCounts.add(k, 1, slot)
 	return nil
 }
 
@@ -143,7 +142,7 @@ func (b *backend) forgetKey(ctx context.Context, s logical.Storage, k *ownedKey)
 		if err := s.Delete(ctx, keyRecordPath(record.KeyID)); err != nil {
 			return err
 		}
-		b.liveCounts.add(record, -1)
+		b.liveCounts.add(record, -1, nil)
 	}
 	if !b.legacyInventoryMoved.Load() {
 		return s.Delete(ctx, legacyInventoryPath(k.kind(), k.Role, k.KeyName))
@@ -224,90 +223,6 @@ func listKeysPage(ctx context.Context, s logical.Storage, after string, limit in
 		}
 	}
 	return page, nil
-}
-
-// liveCounts counts the live keys per role and per connection. The write
-// lock is held while the counts are built from storage, so no key recorded
-// or forgotten meanwhile is counted twice or missed; recording and
-// forgetting hold the read lock, and do not wait for each other.
-type liveCounts struct {
-	sync.RWMutex
-	mu       sync.Mutex // guards the maps
-	built    bool
-	byRole   map[string]int
-	byConfig map[string]int
-}
-
-func roleCountKey(kind, role string) string { return kind + "/" + role }
-
-// add is called with the read lock held.
-func (c *liveCounts) add(k *ownedKey, delta int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !c.built {
-		return
-	}
-	c.byRole[roleCountKey(k.kind(), k.Role)] += delta
-	c.byConfig[k.Config] += delta
-}
-
-// ensureBuilt counts the inventory once per plugin instance.
-func (b *backend) ensureLiveCounts(ctx context.Context, s logical.Storage) error {
-	c := &b.liveCounts
-	c.mu.Lock()
-	built := c.built
-	c.mu.Unlock()
-	if built {
-		return nil
-	}
-	c.Lock()
-	defer c.Unlock()
-	if c.built {
-		return nil
-	}
-	byRole, byConfig := map[string]int{}, map[string]int{}
-	err := walkKeys(ctx, s, func(k *ownedKey) error {
-		byRole[roleCountKey(k.kind(), k.Role)]++
-		byConfig[k.Config]++
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	c.mu.Lock()
-	c.byRole, c.byConfig, c.built = byRole, byConfig, true
-	c.mu.Unlock()
-	return nil
-}
-
-// liveKeysOfRole is how many live keys a role holds.
-func (b *backend) liveKeysOfRole(ctx context.Context, s logical.Storage, kind, role string) (int, error) {
-	if err := b.ensureLiveCounts(ctx, s); err != nil {
-		return 0, err
-	}
-	b.liveCounts.mu.Lock()
-	defer b.liveCounts.mu.Unlock()
-	return b.liveCounts.byRole[roleCountKey(kind, role)], nil
-}
-
-// liveKeysOfConfig is how many live keys were issued through a connection.
-func (b *backend) liveKeysOfConfig(ctx context.Context, s logical.Storage, config string) (int, error) {
-	if err := b.ensureLiveCounts(ctx, s); err != nil {
-		return 0, err
-	}
-	b.liveCounts.mu.Lock()
-	defer b.liveCounts.mu.Unlock()
-	return b.liveCounts.byConfig[config], nil
-}
-
-// resetLiveCounts drops the counts, to be rebuilt: another node changed
-// the inventory.
-func (b *backend) resetLiveCounts() {
-	b.liveCounts.Lock()
-	defer b.liveCounts.Unlock()
-	b.liveCounts.mu.Lock()
-	b.liveCounts.built = false
-	b.liveCounts.mu.Unlock()
 }
 
 // findKey returns the inventory entry of a key id, or nil.

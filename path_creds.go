@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
-	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiq"
@@ -86,23 +85,24 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *fr
 }
 
 // issueClimatiqKey creates a key upstream under a WAL entry, records it in
-// the inventory and returns it leased. The request makes two storage writes:
-// the WAL entry and the inventory entry. Once the inventory holds the key
-// the WAL entry is spent; it is deleted off the request path.
+// the inventory and returns it leased. The request makes three storage
+// writes: the WAL entry, the key's record and its listing entry. Once the
+// inventory holds the key the WAL entry is spent; it is deleted off the
+// request path. A role with max_keys takes a slot first (livecounts.go).
 func (b *backend) issueClimatiqKey(ctx context.Context, req *logical.Request, roleName string, role *roleEntry, conn *connection) (*logical.Response, error) {
+	var slot *keySlot
 	if role.MaxKeys > 0 {
-		// Only capped roles pay for serialising issuance: the count and
-		// the create must not interleave with another issuance.
-		lock := locksutil.LockForKey(b.roleLocks, roleName)
-		lock.Lock()
-		defer lock.Unlock()
-		live, err := b.liveKeysOfRole(ctx, req.Storage, keyKindDynamic, roleName)
+		var taken int
+		var err error
+		slot, taken, err = b.takeKeySlot(ctx, req.Storage, keyKindDynamic, roleName, role.MaxKeys)
 		if err != nil {
 			return nil, err
 		}
-		if live >= role.MaxKeys {
-			return logical.ErrorResponse("max_keys: role %q already has %d live keys (max_keys=%d); revoke a lease or raise max_keys", roleName, live, role.MaxKeys), nil
+		if slot == nil {
+			return logical.ErrorResponse("max_keys: role %q already has %d live keys or keys being issued (max_keys=%d); revoke a lease or raise max_keys", roleName, taken, role.MaxKeys), nil
 		}
+		// Recording the key ends the slot; any other way out gives it back.
+		defer b.releaseKeySlot(slot)
 	}
 
 	marker, err := b.mountMarker(ctx, req.Storage)
@@ -156,7 +156,7 @@ func (b *backend) issueClimatiqKey(ctx context.Context, req *logical.Request, ro
 		maxTTL = mountMax
 	}
 	key.Created, key.Expires = now.UTC(), now.Add(maxTTL).UTC()
-	if err := b.recordKey(ctx, req.Storage, key); err != nil {
+	if err := b.recordKey(ctx, req.Storage, key, slot); err != nil {
 		b.rollbackNow(ctx, req.Storage, walID, key)
 		return nil, fmt.Errorf("recording key in inventory: %w", err)
 	}

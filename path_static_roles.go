@@ -468,7 +468,7 @@ func (b *backend) adoptKey(ctx context.Context, s logical.Storage, name string, 
 		role.KeyID, role.KeyName, role.KeyValue = k.ID, k.Name, k.Key
 		role.LastRotated = now
 		role.NextRotation = role.nextRotationAfter(now)
-		if err := b.recordKey(ctx, s, role.ownedKey(name, k.ID, k.Name, now)); err != nil {
+		if err := b.recordKey(ctx, s, role.ownedKey(name, k.ID, k.Name, now), nil); err != nil {
 			return nil, err
 		}
 		if err := unreleaseKey(ctx, s, k.ID); err != nil {

@@ -112,7 +112,7 @@ func (b *backend) replaceStaticKey(ctx context.Context, s logical.Storage, name 
 	role.LastRotated = now
 	role.NextRotation = role.nextRotationAfter(now)
 	role.clearRotationFailure()
-	err = b.recordKey(ctx, s, key)
+	err = b.recordKey(ctx, s, key, nil)
 	if err == nil {
 		err = putStaticRole(ctx, s, name, role)
 	}

@@ -3,6 +3,7 @@ package carbon
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -78,7 +79,7 @@ func TestOperationCostsDoNotGrowWithKeys(t *testing.T) {
 			k := &ownedKey{Kind: keyKindDynamic, Config: "cq", Role: "ci", ProjectID: e.projectID,
 				KeyID: fmt.Sprintf("key_fill%06d", i), KeyName: fmt.Sprintf("vault-abcdefgh-1795000000-%06d-ci", i),
 				Created: time.Now(), Expires: time.Now().Add(time.Hour)}
-			if err := e.b.recordKey(context.Background(), s, k); err != nil {
+			if err := e.b.recordKey(context.Background(), s, k, nil); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -142,12 +143,67 @@ func TestMaxKeysExactUnderConcurrency(t *testing.T) {
 	}
 }
 
+// TestMaxKeysExactWhenIssuancesFail: issuances that fail upstream give
+// their place back, and 64 issuers against a flaky upstream still never get
+// more than max_keys keys.
+func TestMaxKeysExactWhenIssuancesFail(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", map[string]any{"max_retries": 0})
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID, "max_keys": 1})
+
+	e.climatiq.FailNextMethod(http.MethodPost, 1, http.StatusServiceUnavailable)
+	if _, err := e.doErr(logical.ReadOperation, "creds/ci", nil); err == nil {
+		t.Fatal("the injected failure did not fail the issuance")
+	}
+	e.mustOK(logical.ReadOperation, "creds/ci", nil) // the failed issuance's place is free again
+	e.mustFail(logical.ReadOperation, "creds/ci", nil, "max_keys")
+
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID, "max_keys": 10})
+	e.climatiq.SetFailureRate(0.3)
+	var wg sync.WaitGroup
+	for range 64 {
+		wg.Add(1)
+		go func() { defer wg.Done(); _, _ = e.doErr(logical.ReadOperation, "creds/ci", nil) }()
+	}
+	wg.Wait()
+	e.climatiq.SetFailureRate(0)
+	for range 20 { // fill what the failures left free
+		_, _ = e.doErr(logical.ReadOperation, "creds/ci", nil)
+	}
+	runRollbackManager(t, e)
+	if n := len(e.climatiq.Keys()); n != 10 {
+		t.Fatalf("%d keys upstream, want exactly max_keys=10", n)
+	}
+}
+
+// TestCappedIssuanceRunsConcurrently: max_keys does not serialise a role's
+// issuances, so a slow upstream is waited on once, not once per request.
+func TestCappedIssuanceRunsConcurrently(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID, "max_keys": 100})
+	const latency, issuers = 400 * time.Millisecond, 6
+	e.climatiq.SetLatency(latency)
+	defer e.climatiq.SetLatency(0)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range issuers {
+		wg.Add(1)
+		go func() { defer wg.Done(); e.mustOK(logical.ReadOperation, "creds/ci", nil) }()
+	}
+	wg.Wait()
+	// Serialised, the six creates alone take 6 × 400 ms.
+	if took := time.Since(start); took >= issuers*latency/2 {
+		t.Fatalf("%d capped issuances against a %s upstream took %s: they ran one after another", issuers, latency, took)
+	}
+}
+
 // TestKeysListPagesCoverEveryKeyOnce walks LIST keys/ a page at a time.
 func TestKeysListPagesCoverEveryKeyOnce(t *testing.T) {
 	e := newTestEnv(t)
 	for i := range 537 {
 		k := &ownedKey{Kind: keyKindDynamic, Config: "cq", Role: "ci", KeyID: fmt.Sprintf("key_%d", i), KeyName: fmt.Sprintf("n%d", i)}
-		if err := e.b.recordKey(context.Background(), e.storage, k); err != nil {
+		if err := e.b.recordKey(context.Background(), e.storage, k, nil); err != nil {
 			t.Fatal(err)
 		}
 	}

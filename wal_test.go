@@ -94,7 +94,7 @@ func TestWALRollback(t *testing.T) {
 			name: "tracked key is kept",
 			setup: func(e *testEnv) *ownedKey {
 				k := e.climatiq.AddKey(e.projectID, "vault-abcdefgh-1700000000-nonce4-ci")
-				if err := e.b.recordKey(context.Background(), e.storage, &ownedKey{KeyID: k.ID, KeyName: k.Name, Role: "ci", Kind: keyKindDynamic, Config: "cq"}); err != nil {
+				if err := e.b.recordKey(context.Background(), e.storage, &ownedKey{KeyID: k.ID, KeyName: k.Name, Role: "ci", Kind: keyKindDynamic, Config: "cq"}, nil); err != nil {
 					e.t.Fatal(err)
 				}
 				return &ownedKey{Config: "cq", Role: "ci", ProjectID: e.projectID, KeyName: k.Name}
