@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -154,4 +155,21 @@ func cpuTime(pid int) (time.Duration, error) {
 	utime, _ := strconv.ParseInt(fields[11], 10, 64)
 	stime, _ := strconv.ParseInt(fields[12], 10, 64)
 	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+}
+
+// killPluginAndTime kills the plugin process and times the first success
+// of op, retried until limit: Vault starts the plugin again, and runs its
+// initialize, for that request.
+func killPluginAndTime(pid int, limit time.Duration, op func() error) (time.Duration, error) {
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	time.Sleep(500 * time.Millisecond)
+	start := time.Now()
+	var err error
+	for time.Since(start) < limit {
+		if err = op(); err == nil {
+			return time.Since(start), nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return time.Since(start), err
 }

@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	hclog "github.com/hashicorp/go-hclog"
@@ -357,20 +356,13 @@ func (e *env) staticRoles() error {
 	if err != nil {
 		return err
 	}
-	_ = syscall.Kill(pid, syscall.SIGKILL)
-	time.Sleep(500 * time.Millisecond)
-	restarted := time.Now()
-	var restartErr error
-	for time.Since(restarted) < 60*time.Second {
-		if _, restartErr = c.Logical().Read(mount + "/static-roles/s00000"); restartErr == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
+	firstAnswer, err := killPluginAndTime(pid, 60*time.Second, func() error {
+		_, err := c.Logical().Read(mount + "/static-roles/s00000")
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("the plugin did not answer within 60 s of a restart: %w", err)
 	}
-	if restartErr != nil {
-		return fmt.Errorf("the plugin did not answer within 60 s of a restart: %w", restartErr)
-	}
-	firstAnswer := time.Since(restarted)
 	initialize, queued, err := scanSchedulerStart(e.vault.LogPath, restartLog)
 	if err != nil {
 		return err
@@ -543,17 +535,10 @@ func (e *env) footprintLoaded() error {
 
 	// Cold start: kill the plugin; Vault starts it again on the next request.
 	warm := runBatch(20, 1, func() error { _, err := c.Logical().List(mount + "/roles"); return err })
-	_ = syscall.Kill(pid, syscall.SIGKILL)
-	time.Sleep(500 * time.Millisecond)
-	coldStart := time.Now()
-	var coldErr error
-	for time.Since(coldStart) < 30*time.Second {
-		if _, coldErr = c.Logical().List(mount + "/roles"); coldErr == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	cold := time.Since(coldStart)
+	cold, coldErr := killPluginAndTime(pid, 30*time.Second, func() error {
+		_, err := c.Logical().List(mount + "/roles")
+		return err
+	})
 
 	r := e.report
 	r.section("5. Footprint")
