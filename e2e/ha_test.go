@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -34,7 +33,7 @@ func TestHAFailover(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), vaultStartBudget)
 		defer cancel()
 		s, err := devvault.Start(ctx, devvault.Options{
-			VaultBin: vaultBin, Dir: filepath.Join(workDir, name), PluginDir: pluginDir, LogLevel: "info", Raft: raft,
+			VaultBin: vaultBin, Dir: serverDir(t, name), PluginDir: pluginDir, LogLevel: "info", Raft: raft,
 		})
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)

@@ -18,7 +18,7 @@ import (
 // HMACs secrets in the audit log by default; the test keeps it so.
 func TestNoSecretInLogs(t *testing.T) {
 	s := startVault(t, "leak", "trace")
-	auditLog := filepath.Join(workDir, "leak", "audit.log")
+	auditLog := filepath.Join(filepath.Dir(s.LogPath), "audit.log")
 	run := func(args ...string) string {
 		t.Helper()
 		out, err := s.Vault(args...)

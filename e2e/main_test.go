@@ -117,7 +117,7 @@ func startVault(t *testing.T, name, logLevel string) *devvault.Server {
 	defer cancel()
 	s, err := devvault.Start(ctx, devvault.Options{
 		VaultBin:  vaultBin,
-		Dir:       filepath.Join(workDir, name),
+		Dir:       serverDir(t, name),
 		PluginDir: pluginDir,
 		LogLevel:  logLevel,
 	})
@@ -129,6 +129,18 @@ func startVault(t *testing.T, name, logLevel string) *devvault.Server {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// serverDir is a fresh directory for one Vault server of a test, so a test
+// run again in the same process (go test -count=2) never meets the storage
+// its previous run initialised.
+func serverDir(t *testing.T, name string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp(workDir, name+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
 
 // reportFeatures prints one line per optional Vault feature the engine uses,

@@ -89,7 +89,7 @@ func TestUpgradeAndDowngradeInPlace(t *testing.T) {
 		t.Fatal(err)
 	}
 	commit, oldVersion := previousRelease(t)
-	plugins := filepath.Join(workDir, "upgrade-plugins")
+	plugins := serverDir(t, "upgrade-plugins")
 	if err := os.MkdirAll(plugins, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +102,7 @@ func TestUpgradeAndDowngradeInPlace(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), vaultStartBudget)
 	defer cancel()
 	s, err := devvault.Start(ctx, devvault.Options{
-		VaultBin: vaultBin, Dir: filepath.Join(workDir, "upgrade"), PluginDir: plugins, LogLevel: "debug",
+		VaultBin: vaultBin, Dir: serverDir(t, "upgrade"), PluginDir: plugins, LogLevel: "debug",
 	})
 	if err != nil {
 		t.Fatal(err)
