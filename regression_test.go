@@ -129,6 +129,19 @@ type fakeClock struct {
 
 func newFakeClock() *fakeClock { return &fakeClock{now: time.Now()} }
 
+// schedulerByHand gives the backend a fake clock and starts its rotation
+// scheduler without a ticker: the test moves the clock and runs the ticks.
+func (e *testEnv) schedulerByHand() *fakeClock {
+	e.t.Helper()
+	clock := newFakeClock()
+	e.b.clock = clock.Now
+	e.b.schedulerTick = 0
+	if err := e.b.initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
+		e.t.Fatal(err)
+	}
+	return clock
+}
+
 func (c *fakeClock) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -516,12 +529,7 @@ func TestRegressionStaticCredsTTLCountsToTheRetry(t *testing.T) {
 
 func TestRegressionSlowConnectionDoesNotDelayOthers(t *testing.T) {
 	e := newTestEnv(t)
-	clock := newFakeClock()
-	e.b.clock = clock.Now
-	e.b.schedulerTick = 0
-	if err := e.b.initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
-		t.Fatal(err)
-	}
+	clock := e.schedulerByHand()
 	e.writeClimatiqConfig("fast", nil)
 	slow := climatiqtest.NewServer(testManagementKey)
 	t.Cleanup(slow.Close)
@@ -581,12 +589,7 @@ func TestRegressionUpstreamFailuresAreNot500(t *testing.T) {
 
 func TestRegressionOneTickRotatesEveryDueRoleOfAConnection(t *testing.T) {
 	e := newTestEnv(t)
-	clock := newFakeClock()
-	e.b.clock = clock.Now
-	e.b.schedulerTick = 0
-	if err := e.b.initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
-		t.Fatal(err)
-	}
+	clock := e.schedulerByHand()
 	e.writeClimatiqConfig("cq", nil)
 	const roles = 5 * rotationsPerConnection
 	before := map[string]string{}
