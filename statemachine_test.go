@@ -1208,7 +1208,19 @@ func (m *model) Check(*rapid.T) {
 	m.syncStatics()
 	m.checkHeldKeysExist()
 	m.checkInventory()
+	m.checkNoSlotOutlivesItsRequest()
 	m.prunePrevious()
+}
+
+// checkNoSlotOutlivesItsRequest: the model's requests run one at a time, so
+// between steps no issuance holds a max_keys slot; one left over would
+// refuse a later issuance that max_keys allows.
+func (m *model) checkNoSlotOutlivesItsRequest() {
+	m.b.liveCounts.mu.Lock()
+	defer m.b.liveCounts.mu.Unlock()
+	if len(m.b.liveCounts.slots) != 0 {
+		m.t.Fatalf("max_keys slots held after their requests ended: %v", m.b.liveCounts.slots)
+	}
 }
 
 // held returns the keys the engine must not delete: live leases', static
