@@ -95,6 +95,10 @@ type backend struct {
 	roles           map[string]*roleEntry
 	rolesGeneration uint64
 
+	// blocks are the WAL entries covering this instance's issuances
+	// (issuance_wal.go).
+	blocks issuanceBlocks
+
 	// Work taken off the request path: events to send and spent WAL
 	// entries to delete. stopBackground ends both workers in Clean.
 	events             chan pendingEvent
@@ -177,6 +181,13 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 	if err := b.moveLegacyInventory(ctx, req.Storage); err != nil {
 		return fmt.Errorf("moving the inventory to the current storage layout: %w", err)
 	}
+	b.backgroundDone.Add(1)
+	go func() {
+		defer b.backgroundDone.Done()
+		ctx, cancel := contextUntil(b.stopBackground)
+		defer cancel()
+		b.deleteFormat3Records(ctx, req.Storage)
+	}()
 	return b.startRotationScheduler(ctx, req.Storage)
 }
 
@@ -197,8 +208,11 @@ func (b *backend) invalidate(_ context.Context, key string) {
 	}
 }
 
-func (b *backend) clean(_ context.Context) {
+func (b *backend) clean(ctx context.Context) {
 	b.stopRotationScheduler()
+	// Idle blocks are retired now (queued for the deleter, which drains
+	// its queue before it stops); busy ones by their last issuance.
+	b.closeBlocks(ctx, "")
 	b.stopBackgroundOnce.Do(func() {
 		close(b.stopBackground)
 		b.backgroundDone.Wait()
@@ -231,3 +245,16 @@ Not offered, by the upstreams' design: rotating the Climatiq management key or
 the Altruistiq client secret. Both can only be created, rotated and deleted in
 the platforms' web interfaces; write the new value to config/<name> instead.
 `
+
+// contextUntil is a context cancelled when done is closed.
+func contextUntil(done <-chan struct{}) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		select {
+		case <-done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}

@@ -15,31 +15,38 @@ import (
 
 // The inventory records every upstream key this mount owns, so that
 // max_keys can be enforced, a WAL rollback can tell a tracked key from a
-// stranded one, and tidy can find keys nobody tracks. Its layout is chosen
-// so that no operation's cost grows with the number of live keys:
+// stranded one, and tidy can find keys nobody tracks. Each key is one
+// storage entry with no value: its name is the record.
 //
-//	key/<escaped id>                   the full record: read by id in one Get
-//	keylist/<bucket>/<listing name>    no value: the listing name carries
-//	                                   what a listing or tidy needs (id,
-//	                                   kind, role, config, project, times,
-//	                                   key name), so pages need no reads
+//	keylist/<bucket>/<listing name>
 //
-// Listing entries are spread over 256 buckets by a hash of the id, so a
-// page of LIST keys/ costs a few small storage Lists, and a walk (tidy,
-// counting) costs 256 of them. Live keys per role and per connection are
-// counted in memory (livecounts.go).
+// The listing name carries everything known of the key (id, kind, role,
+// config, project, times, key name), so recording a key, and revoking it,
+// is one write, and a page of LIST keys/ or a tidy reads no entry.
+// Entries are spread over 256 buckets by a hash of the id: a page costs a
+// few small storage Lists, a walk (tidy, counting) 256, and finding one id
+// one List of its bucket.
 //
-// Mounts written by v0.1 keep their keys at inventory/<kind>/<role>/<name>;
-// initialize moves them to this layout, and readers fall back to it until
-// that is done.
+// A renewal that moves a key's recorded expiry writes the key's entry
+// again with the new expiry and leaves the old one: one write, and no
+// moment in which the key is recorded twice with different meanings or
+// not at all. Readers take an id's latest expiry; revocation removes every
+// entry of the id. Live keys per role and per connection are counted in
+// memory (livecounts.go).
+//
+// Format 3 also kept a copy of each record at key/<escaped id>; nothing
+// reads it any more, and initialize deletes those entries in the
+// background. Mounts written by v0.1 keep their keys at
+// inventory/<kind>/<role>/<name>; initialize moves them, and readers fall
+// back to that layout until it is done.
 const (
-	keyRecordPrefix       = "key/"
 	keyListPrefix         = "keylist/"
 	legacyInventoryPrefix = "inventory/"
 	listBuckets           = 256
-)
 
-func keyRecordPath(id string) string { return keyRecordPrefix + url.PathEscape(id) }
+	// format3RecordPrefix held format 3's per-key copies of the records.
+	format3RecordPrefix = "key/"
+)
 
 func bucketOf(id string) string {
 	h := fnv.New32a()
@@ -64,7 +71,23 @@ func (k *ownedKey) listingName() string {
 }
 
 func (k *ownedKey) listingPath() string {
-	return keyListPrefix + bucketOf(k.KeyID) + "/" + k.listingName()
+	return bucketPath(k.KeyID) + k.listingName()
+}
+
+func bucketPath(id string) string { return keyListPrefix + bucketOf(id) + "/" }
+
+// listingID is the escaped id a listing name starts with.
+func listingID(name string) string {
+	id, _, _ := strings.Cut(name, " ")
+	return id
+}
+
+// newest keeps, of two entries of one id, the one with the later expiry.
+func newest(a, b *ownedKey) *ownedKey {
+	if a == nil || b.Expires.After(a.Expires) {
+		return b
+	}
+	return a
 }
 
 func parseListingName(name string) (*ownedKey, bool) {
@@ -100,24 +123,52 @@ func fromUnix(s string) time.Time {
 	return time.Unix(secs, 0).UTC()
 }
 
-// getKey reads a key's record by id; nil when the mount does not hold it.
-func getKey(ctx context.Context, s logical.Storage, id string) (*ownedKey, error) {
+// keyEntries lists the entries of one key id: one, or more after a
+// renewal moved the recorded expiry. Their names are returned with them.
+func keyEntries(ctx context.Context, s logical.Storage, id string) ([]*ownedKey, []string, error) {
 	if id == "" {
-		return nil, nil
+		return nil, nil, nil
 	}
-	return getEntry[ownedKey](ctx, s, keyRecordPath(id))
+	names, err := s.List(ctx, bucketPath(id))
+	if err != nil {
+		return nil, nil, err
+	}
+	want := url.PathEscape(id)
+	var keys []*ownedKey
+	var matched []string
+	for _, name := range names {
+		if listingID(name) != want {
+			continue
+		}
+		if k, ok := parseListingName(name); ok {
+			keys = append(keys, k)
+			matched = append(matched, name)
+		}
+	}
+	return keys, matched, nil
 }
 
-// recordKey adds a key to the inventory: its record, its listing entry
-// and the live counts, where it takes the place of its issuance's slot
-// (nil when the role has no max_keys).
+// getKey reads a key's record by id: its latest entry; nil when the mount
+// does not hold it.
+func getKey(ctx context.Context, s logical.Storage, id string) (*ownedKey, error) {
+	keys, _, err := keyEntries(ctx, s, id)
+	if err != nil {
+		return nil, err
+	}
+	var latest *ownedKey
+	for _, k := range keys {
+		latest = newest(latest, k)
+	}
+	return latest, nil
+}
+
+// recordKey adds a key to the inventory in one write, then to the live
+// counts, where it takes the place of its issuance's slot (nil when the
+// role has no max_keys). A failed write counts nothing.
 func (b *backend) recordKey(ctx context.Context, s logical.Storage, k *ownedKey, slot *keySlot) error {
 	k.Kind = k.kind()
 	b.liveCounts.RLock()
 	defer b.liveCounts.RUnlock()
-	if err := putEntry(ctx, s, keyRecordPath(k.KeyID), k); err != nil {
-		return err
-	}
 	if err := s.Put(ctx, &logical.StorageEntry{Key: k.listingPath()}); err != nil {
 		return err
 	}
@@ -125,43 +176,53 @@ func (b *backend) recordKey(ctx context.Context, s logical.Storage, k *ownedKey,
 	return nil
 }
 
-// forgetKey removes a key from the inventory. Only its id, role, kind and
-// name need be known: the record says the rest. A key the inventory no
-// longer holds is forgotten already.
+// forgetKey removes a key from the inventory: every entry of its id
+// (normally one write). Only its id, role, kind and name need be known. A
+// key the inventory no longer holds is forgotten already. The counts move
+// once the last entry is gone; a stop in between leaves the key recorded
+// with its latest expiry, and the caller's retry (Vault retries a failed
+// revocation) finishes the job.
 func (b *backend) forgetKey(ctx context.Context, s logical.Storage, k *ownedKey) error {
 	b.liveCounts.RLock()
 	defer b.liveCounts.RUnlock()
-	record, err := getKey(ctx, s, k.KeyID)
+	entries, names, err := keyEntries(ctx, s, k.KeyID)
 	if err != nil {
 		return err
 	}
-	if record != nil {
-		if err := s.Delete(ctx, record.listingPath()); err != nil {
+	for _, name := range names {
+		if err := s.Delete(ctx, bucketPath(k.KeyID)+name); err != nil {
 			return err
 		}
-		if err := s.Delete(ctx, keyRecordPath(record.KeyID)); err != nil {
-			return err
-		}
-		b.liveCounts.add(record, -1, nil)
 	}
-	if !b.legacyInventoryMoved.Load() {
-		return s.Delete(ctx, legacyInventoryPath(k.kind(), k.Role, k.KeyName))
+	if len(entries) > 0 {
+		b.liveCounts.add(entries[0], -1, nil)
+	}
+	if b.legacyInventoryMoved.Load() {
+		return nil
+	}
+	// A v0.1 entry not yet moved: counted once by id (walkKeys), so it
+	// gives its place back here when no current entry did.
+	legacy, err := getLegacyKey(ctx, s, k.kind(), k.Role, k.KeyName)
+	if err != nil || legacy == nil {
+		return err
+	}
+	if err := s.Delete(ctx, legacyInventoryPath(k.kind(), k.Role, k.KeyName)); err != nil {
+		return err
+	}
+	if len(entries) == 0 {
+		b.liveCounts.add(legacy, -1, nil)
 	}
 	return nil
 }
 
-// updateKeyExpiry moves a key's recorded expiry: its record and listing
-// entry (the listing carries the expiry, for tidy).
-func updateKeyExpiry(ctx context.Context, s logical.Storage, k *ownedKey, expires time.Time) error {
-	oldListing := k.listingPath()
-	k.Expires = expires
-	if err := putEntry(ctx, s, keyRecordPath(k.KeyID), k); err != nil {
-		return err
-	}
-	if err := s.Put(ctx, &logical.StorageEntry{Key: k.listingPath()}); err != nil {
-		return err
-	}
-	return s.Delete(ctx, oldListing)
+// recordExpiry records a later expiry for a key the inventory holds: one
+// write of the key's entry with the new expiry. The entry with the old
+// expiry stays until the key is forgotten; readers take the latest.
+func recordExpiry(ctx context.Context, s logical.Storage, k *ownedKey, expires time.Time) error {
+	moved := *k
+	moved.Kind = moved.kind()
+	moved.Expires = expires
+	return s.Put(ctx, &logical.StorageEntry{Key: moved.listingPath()})
 }
 
 // walkKeys calls fn for every key in the inventory, from the listing alone.
@@ -181,9 +242,8 @@ func walkKeys(ctx context.Context, s logical.Storage, fn func(*ownedKey) error) 
 		if err != nil {
 			return err
 		}
-		for _, name := range names {
-			k, ok := parseListingName(name)
-			if !ok || seen[k.KeyID] {
+		for _, k := range latestByID(names) {
+			if seen[k.KeyID] {
 				continue
 			}
 			if err := fn(k); err != nil {
@@ -192,6 +252,25 @@ func walkKeys(ctx context.Context, s logical.Storage, fn func(*ownedKey) error) 
 		}
 	}
 	return nil
+}
+
+// latestByID parses one bucket's listing names into one key per id (the
+// entry with the latest expiry), in the order of the names' ids.
+func latestByID(names []string) []*ownedKey {
+	sort.Strings(names)
+	var keys []*ownedKey
+	for _, name := range names {
+		k, ok := parseListingName(name)
+		if !ok {
+			continue
+		}
+		if n := len(keys); n > 0 && keys[n-1].KeyID == k.KeyID {
+			keys[n-1] = newest(keys[n-1], k)
+			continue
+		}
+		keys = append(keys, k)
+	}
+	return keys
 }
 
 // listKeysPage returns up to limit keys after the key id after, in the
@@ -203,22 +282,18 @@ func listKeysPage(ctx context.Context, s logical.Storage, after string, limit in
 	if after != "" {
 		fmt.Sscanf(bucketOf(after), "%02x", &first)
 	}
-	afterName := url.PathEscape(after) + " \U0010FFFF"
 	for i := first; i < listBuckets; i++ {
 		names, err := s.List(ctx, fmt.Sprintf("%s%02x/", keyListPrefix, i))
 		if err != nil {
 			return nil, err
 		}
-		sort.Strings(names)
-		for _, name := range names {
-			if i == first && after != "" && name <= afterName {
+		for _, k := range latestByID(names) {
+			if i == first && after != "" && url.PathEscape(k.KeyID) <= url.PathEscape(after) {
 				continue
 			}
-			if k, ok := parseListingName(name); ok {
-				page = append(page, k)
-				if limit > 0 && len(page) == limit {
-					return page, nil
-				}
+			page = append(page, k)
+			if limit > 0 && len(page) == limit {
+				return page, nil
 			}
 		}
 	}
@@ -238,4 +313,24 @@ func (b *backend) findKey(ctx context.Context, s logical.Storage, id string) (*o
 		return nil
 	})
 	return k, err
+}
+
+// deleteFormat3Records deletes the per-key copies of the records that
+// format 3 kept at key/<id>. Nothing reads them; they only take space, so
+// they go in the background after an upgrade, and a stop part-way is
+// finished by the next start.
+func (b *backend) deleteFormat3Records(ctx context.Context, s logical.Storage) {
+	ids, err := s.List(ctx, format3RecordPrefix)
+	deleted := 0
+	for _, id := range ids {
+		if err = s.Delete(ctx, format3RecordPrefix+id); err != nil {
+			break
+		}
+		deleted++
+	}
+	if err != nil && ctx.Err() == nil {
+		b.Logger().Warn("deleting the format 3 copies of inventory records failed; the next start retries", "deleted", deleted, "error", err)
+	} else if deleted > 0 {
+		b.Logger().Info("deleted the format 3 copies of inventory records", "entries", deleted)
+	}
 }

@@ -98,9 +98,6 @@ func (b *backend) moveLegacyInventory(ctx context.Context, s logical.Storage) er
 // deletes it; the live counts, which count each id once, do not change.
 func moveLegacyKey(ctx context.Context, s logical.Storage, k *ownedKey) error {
 	k.Kind = k.kind()
-	if err := putEntry(ctx, s, keyRecordPath(k.KeyID), k); err != nil {
-		return err
-	}
 	if err := s.Put(ctx, &logical.StorageEntry{Key: k.listingPath()}); err != nil {
 		return err
 	}

@@ -53,6 +53,10 @@ func (k *ownedKey) leaseData() map[string]any {
 		"key_name":          k.KeyName,
 		"project_id":        k.ProjectID,
 		"project_per_lease": k.ProjectPerLease,
+		// The recorded times let a renewal tell, without a storage call,
+		// whether the record must move (secrets.go).
+		"created": k.Created,
+		"expires": k.Expires,
 	}
 }
 

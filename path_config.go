@@ -556,6 +556,7 @@ func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, d 
 	}
 	// A pending WAL entry's rollback needs the connection to delete what
 	// the interrupted issuance may have created.
+	b.closeBlocks(ctx, name)
 	b.deleteQueuedSpentWAL(ctx)
 	pending, err := pendingWALForConfig(ctx, req.Storage, name)
 	if err != nil {
@@ -606,7 +607,7 @@ func pendingWALForConfig(ctx context.Context, s logical.Storage, config string) 
 			return 0, err
 		}
 		var key ownedKey
-		if entry != nil && entry.Kind == walKindClimatiqKey && decodeInto(entry.Data, &key) == nil && key.Config == config {
+		if entry != nil && (entry.Kind == walKindClimatiqKey || entry.Kind == walKindIssuanceBlock) && decodeInto(entry.Data, &key) == nil && key.Config == config {
 			n++
 		}
 	}

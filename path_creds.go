@@ -85,10 +85,10 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *fr
 }
 
 // issueClimatiqKey creates a key upstream under a WAL entry, records it in
-// the inventory and returns it leased. The request makes three storage
-// writes: the WAL entry, the key's record and its listing entry. Once the
-// inventory holds the key the WAL entry is spent; it is deleted off the
-// request path. A role with max_keys takes a slot first (livecounts.go).
+// the inventory and returns it leased. The WAL entry covers a block of
+// names (issuance_wal.go), written once for many issuances, so the
+// request's one storage write is the key's inventory entry. A role with
+// max_keys takes a slot first (livecounts.go).
 func (b *backend) issueClimatiqKey(ctx context.Context, req *logical.Request, roleName string, role *roleEntry, conn *connection) (*logical.Response, error) {
 	var slot *keySlot
 	if role.MaxKeys > 0 {
@@ -114,10 +114,17 @@ func (b *backend) issueClimatiqKey(ctx context.Context, req *logical.Request, ro
 		return logical.ErrorResponse("key_name_template: %s; fix the role's template", err), nil
 	}
 	now := b.now()
-	keyName, err := newKeyName(marker, now, rendered)
+	scope := blockScope{config: role.Config, project: role.ProjectID, perLease: role.ProjectPerLease}
+	if role.ProjectPerLease {
+		scope.project = ""
+	}
+	issuance, err := b.takeIssuanceName(ctx, req.Storage, scope, marker, now, rendered)
 	if err != nil {
 		return nil, err
 	}
+	resolved := true
+	defer func() { b.finishIssuance(ctx, issuance, resolved) }()
+	keyName := issuance.name
 
 	key := &ownedKey{
 		Kind:            keyKindDynamic,
@@ -127,40 +134,34 @@ func (b *backend) issueClimatiqKey(ctx context.Context, req *logical.Request, ro
 		ProjectPerLease: role.ProjectPerLease,
 		KeyName:         keyName,
 	}
-	walID, err := framework.PutWAL(ctx, req.Storage, walKindClimatiqKey, key)
-	if err != nil {
-		return nil, fmt.Errorf("writing WAL entry before creating key: %w", err)
-	}
-
 	client := conn.climatiq
 	if role.ProjectPerLease {
 		project, err := client.CreateProject(ctx, keyName)
 		if err != nil {
-			b.rollbackNow(ctx, req.Storage, walID, key)
+			resolved = b.rollbackNow(ctx, req.Storage, key)
 			return b.issuanceRefused(req, roleName, role, key, "creating project", err)
 		}
 		key.ProjectID = project.ID
 	}
 	created, err := client.CreateKey(ctx, key.ProjectID, keyName)
 	if err != nil {
-		b.rollbackNow(ctx, req.Storage, walID, key)
+		resolved = b.rollbackNow(ctx, req.Storage, key)
 		return b.issuanceRefused(req, roleName, role, key, "creating key", err)
 	}
 	key.KeyID = created.ID
 
 	// The lease is capped at the expiry the inventory records, so tidy
-	// can never take a live lease's key for an expired one. Renewals
-	// move both together (secrets.go).
+	// can never take a live lease's key for an expired one. A renewal
+	// moves the record only if max_ttl was raised since (secrets.go).
 	maxTTL := role.MaxTTL
 	if mountMax := b.mountMaxTTL(); maxTTL == 0 || maxTTL > mountMax {
 		maxTTL = mountMax
 	}
-	key.Created, key.Expires = now.UTC(), now.Add(maxTTL).UTC()
+	key.Created, key.Expires = now.UTC().Truncate(time.Second), now.Add(maxTTL).UTC().Truncate(time.Second)
 	if err := b.recordKey(ctx, req.Storage, key, slot); err != nil {
-		b.rollbackNow(ctx, req.Storage, walID, key)
+		resolved = b.rollbackNow(ctx, req.Storage, key)
 		return nil, fmt.Errorf("recording key in inventory: %w", err)
 	}
-	b.retireWAL(ctx, req.Storage, walID)
 	b.logAndEmit(eventKeyIssue, "role", roleName, "config", role.Config, "key_id", key.KeyID, "key_name", keyName, "project_id", key.ProjectID)
 	resp := b.Secret(secretTypeClimatiqKey).Response(map[string]any{
 		"api_key":    created.Key,

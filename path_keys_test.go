@@ -311,29 +311,26 @@ func assertInventory(t *testing.T, e *testEnv, role, keyName string, want bool) 
 
 func assertNoWAL(t *testing.T, e *testEnv) {
 	t.Helper()
-	ids, err := framework.ListWAL(context.Background(), e.storage)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(ids) != 0 {
-		t.Fatalf("%d WAL entries left", len(ids))
-	}
+	waitSpentWALRetired(t, e)
 }
 
-// waitSpentWALRetired waits (bounded) for the background deletion of
-// finished issuances' WAL entries, then asserts none is left.
+// waitSpentWALRetired closes the instance's issuance blocks, waits
+// (bounded) for the background deletion of their WAL entries, then asserts
+// none is left: every issuance has resolved what it created.
 func waitSpentWALRetired(t *testing.T, e *testEnv) {
 	t.Helper()
+	e.b.closeBlocks(context.Background(), "")
+	var ids []string
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		ids, err := framework.ListWAL(context.Background(), e.storage)
-		if err != nil {
+		var err error
+		if ids, err = framework.ListWAL(context.Background(), e.storage); err != nil {
 			t.Fatal(err)
 		}
 		if len(ids) == 0 {
 			return
 		}
 	}
-	assertNoWAL(t, e)
+	t.Fatalf("%d WAL entries left", len(ids))
 }
 
 // runRollbackManager runs the framework's WAL rollback as Vault's rollback

@@ -468,13 +468,16 @@ func (b *backend) adoptKey(ctx context.Context, s logical.Storage, name string, 
 		role.KeyID, role.KeyName, role.KeyValue = k.ID, k.Name, k.Key
 		role.LastRotated = now
 		role.NextRotation = role.nextRotationAfter(now)
+		// The role first: from that write on the key is held. The
+		// release record goes last, so there is no moment in which tidy
+		// could take the key for an orphan.
+		if err := putStaticRole(ctx, s, name, role); err != nil {
+			return nil, err
+		}
 		if err := b.recordKey(ctx, s, role.ownedKey(name, k.ID, k.Name, now), nil); err != nil {
 			return nil, err
 		}
-		if err := unreleaseKey(ctx, s, k.ID); err != nil {
-			return nil, err
-		}
-		return nil, putStaticRole(ctx, s, name, role)
+		return nil, unreleaseKey(ctx, s, k.ID)
 	}
 	return logical.ErrorResponse("key_id: project %q has no key %q; check the id, or omit key_id to create a new key", role.ProjectID, keyID), nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -330,5 +331,71 @@ func TestSchedulerRotatesOnItsOwn(t *testing.T) {
 	}
 	if msg := e.staticRole("app").LastError; msg != "" && !strings.Contains(msg, "none") {
 		t.Fatalf("rotation recorded an error: %s", msg)
+	}
+}
+
+// Adopting a released key again while a tidy runs: whichever of the
+// adoption's writes a tidy falls between, it keeps the key. The tidy reads
+// the inventory before the adoption starts and the release records and
+// roles just after the release record is gone.
+func TestAdoptingAReleasedKeyIsNeverTidiedAway(t *testing.T) {
+	s := newHookStorage()
+	e := newTestEnvWithStorage(t, s)
+	clock := newFakeClock()
+	e.b.clock = clock.Now
+	e.writeClimatiqConfig("cq", nil)
+	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{
+		"config": "cq", "project_id": e.projectID, "rotation_period": "1h", "delete_key_on_remove": false,
+	})
+	keyID := e.staticRole("app").KeyID
+	e.mustOK(logical.DeleteOperation, "static-roles/app", nil)
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID}) // tidy scans the project
+	clock.Advance(time.Hour) // the key is old enough for any min_age
+
+	tidyWaits, adoptionUnreleased, tidyDone := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	var once, unreleaseOnce sync.Once
+	s.setHook(func(op, key string) error {
+		switch {
+		case op == "list" && key == releasedStoragePrefix:
+			once.Do(func() {
+				close(tidyWaits)
+				select {
+				case <-adoptionUnreleased:
+				case <-time.After(5 * time.Second):
+				}
+			})
+		case op == "delete" && strings.HasPrefix(key, releasedStoragePrefix):
+			var err error
+			unreleaseOnce.Do(func() {
+				if err = s.Storage.Delete(context.Background(), key); err != nil {
+					return
+				}
+				close(adoptionUnreleased)
+				select {
+				case <-tidyDone:
+				case <-time.After(5 * time.Second):
+				}
+			})
+			return err
+		}
+		return nil
+	})
+	go func() {
+		defer close(tidyDone)
+		if resp, err := e.doErr(logical.UpdateOperation, "tidy", map[string]any{"min_age": "0s"}); err != nil || resp.IsError() {
+			t.Errorf("tidy: %v %v", resp, err)
+		}
+	}()
+	<-tidyWaits
+	e.mustOK(logical.CreateOperation, "static-roles/again", map[string]any{
+		"config": "cq", "project_id": e.projectID, "rotation_period": "1h", "key_id": keyID,
+	})
+	<-tidyDone
+	s.setHook(nil)
+	if !e.upstreamHas(keyID) {
+		t.Fatal("a tidy during the adoption deleted the adopted key")
+	}
+	if e.staticRole("again").KeyID != keyID {
+		t.Fatal("the role does not hold the adopted key")
 	}
 }

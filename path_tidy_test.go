@@ -34,7 +34,11 @@ func newTidyFixture(t *testing.T) *tidyFixture {
 	expired := e.mustOK(logical.ReadOperation, "creds/ci", nil)
 	f.expired = expired.Data["key_id"].(string)
 	inv, _ := getKey(context.Background(), e.storage, f.expired)
-	if err := updateKeyExpiry(context.Background(), e.storage, inv, time.Now().Add(-2*time.Hour)); err != nil {
+	if err := e.b.forgetKey(context.Background(), e.storage, inv); err != nil {
+		t.Fatal(err)
+	}
+	inv.Expires = time.Now().Add(-2 * time.Hour)
+	if err := e.b.recordKey(context.Background(), e.storage, inv, nil); err != nil {
 		t.Fatal(err)
 	}
 
@@ -44,7 +48,9 @@ func newTidyFixture(t *testing.T) *tidyFixture {
 		return fmt.Sprintf("vault-%s-%d-%s-x", m, created, nonce)
 	}
 	f.orphanOld = e.climatiq.AddKey(e.projectID, name(marker, old, "aaaaa1")).ID
-	f.orphanYoung = e.climatiq.AddKey(e.projectID, name(marker, time.Now().Unix(), "aaaaa2")).ID
+	// Young for the default min_age, old enough for min_age=0: names
+	// carry whole seconds, and a name of the current second is spared.
+	f.orphanYoung = e.climatiq.AddKey(e.projectID, name(marker, time.Now().Add(-2*time.Second).Unix(), "aaaaa2")).ID
 	f.foreign = e.climatiq.AddKey(e.projectID, "hand-made-key").ID
 	f.otherMount = e.climatiq.AddKey(e.projectID, name("zzzzzzzz", old, "aaaaa3")).ID
 	f.orphanProj = e.climatiq.AddProject(name(marker, old, "aaaaa4")).ID
@@ -59,8 +65,9 @@ func newTidyFixture(t *testing.T) *tidyFixture {
 		&ownedKey{Config: "cq", Role: "ci", ProjectID: e.projectID, KeyName: stranded.Name}); err != nil {
 		t.Fatal(err)
 	}
-	// The issuances' spent WAL entries are deleted off the request path;
+	// The issuances' block is retired once closed, off the request path;
 	// wait for that so only the stranded entry is left.
+	e.b.closeBlocks(context.Background(), "")
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		if ids, _ := framework.ListWAL(context.Background(), e.storage); len(ids) == 1 {
 			break
@@ -173,4 +180,31 @@ func TestTidyBadInput(t *testing.T) {
 	e.mustFail(logical.UpdateOperation, "tidy", map[string]any{"config": "aq"}, "config")
 	e.mustFail(logical.UpdateOperation, "tidy", map[string]any{"config": "nope"}, "config")
 	e.mustFail(logical.UpdateOperation, "tidy", map[string]any{"min_age": "-5s"}, "min_age")
+}
+
+// Tidy with min_age=0 spares a key named in the second tidy started in:
+// names carry whole seconds, so such a key may be younger than tidy (an
+// issuance whose record lands after tidy read the inventory).
+func TestTidyMinAgeZeroSparesKeysOfTheCurrentSecond(t *testing.T) {
+	e := newTestEnv(t)
+	clock := newFakeClock()
+	clock.now = time.Now().Truncate(time.Second).Add(50 * time.Millisecond)
+	e.b.clock = clock.Now
+	e.writeClimatiqConfig("cq", nil)
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
+	marker, _ := e.b.mountMarker(context.Background(), e.storage)
+	name, err := newKeyName(marker, clock.Now().Add(100*time.Millisecond), "ci")
+	if err != nil {
+		t.Fatal(err)
+	}
+	young := e.climatiq.AddKey(e.projectID, name).ID
+	e.mustOK(logical.UpdateOperation, "tidy", map[string]any{"min_age": "0s"})
+	if !e.upstreamHas(young) {
+		t.Fatal("tidy with min_age=0 deleted a key named in its own second")
+	}
+	clock.Advance(2 * time.Second)
+	e.mustOK(logical.UpdateOperation, "tidy", map[string]any{"min_age": "0s"})
+	if e.upstreamHas(young) {
+		t.Fatal("tidy kept an untracked key two seconds old with min_age=0")
+	}
 }

@@ -58,15 +58,27 @@ func (b *backend) renewClimatiqKey(ctx context.Context, req *logical.Request, _ 
 	return resp, nil
 }
 
-// extendRecordedExpiry moves the inventory's expiry of a renewed key to the
-// lease's new end, before Vault learns of that end: tidy deletes keys whose
-// recorded expiry has passed, so the record must never end before the
-// lease. It never moves the record earlier (a renewal whose answer Vault
-// lost must not shorten it).
+// expirySlack is how far a renewed lease may end past the recorded expiry
+// before the record is moved. Tidy deletes a key only an hour past its
+// recorded expiry (expiredGrace), so a few seconds of rounding between the
+// engine's expiry and Vault's issue time cost no write.
+const expirySlack = time.Minute
+
+// extendRecordedExpiry keeps the inventory's expiry of a renewed key at or
+// after the lease's new end, before Vault learns of that end: tidy deletes
+// keys whose recorded expiry has passed. Issuance records the lease's
+// max_ttl, so a renewal writes nothing unless max_ttl was raised since;
+// then it writes the key's entry once with the new expiry (and the lease's
+// internal data carries it, for the next renewal). It never moves the
+// record earlier (a renewal whose answer Vault lost must not shorten it).
 func (b *backend) extendRecordedExpiry(ctx context.Context, s logical.Storage, leaseData map[string]any, ttl time.Duration) error {
 	var lease ownedKey
 	if err := decodeInto(leaseData, &lease); err != nil {
 		return err
+	}
+	end := b.now().Add(ttl).UTC().Truncate(time.Second)
+	if !lease.Expires.IsZero() && !end.After(lease.Expires.Add(expirySlack)) {
+		return nil // the common case: no storage call at all
 	}
 	lock := b.keyLock(lease.KeyName)
 	lock.Lock()
@@ -84,11 +96,15 @@ func (b *backend) extendRecordedExpiry(ctx context.Context, s logical.Storage, l
 		}
 	}
 	if key == nil {
-		return nil
+		return nil // not held: revoked or rolled back meanwhile
 	}
-	if end := b.now().Add(ttl).UTC().Truncate(time.Second); end.After(key.Expires) {
-		return updateKeyExpiry(ctx, s, key, end)
+	if end.After(key.Expires) {
+		if err := recordExpiry(ctx, s, key, end); err != nil {
+			return err
+		}
+		key.Expires = end
 	}
+	leaseData["created"], leaseData["expires"] = key.Created, key.Expires
 	return nil
 }
 

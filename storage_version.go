@@ -25,12 +25,19 @@ import (
 //	   tombstone in inventory/ that fails its inventory walks instead of
 //	   letting its tidy take the moved keys for orphans
 //	   (inventory_legacy.go).
+//	4  one storage entry per key: the keylist/ entry is the record
+//	   (format 3 also wrote key/<id>, which is no longer read and is
+//	   deleted in the background at initialize); a renewal that moves the
+//	   expiry adds an entry instead of moving one; issuance is covered by
+//	   WAL entries of kind climatiq_issuance_block. A format-3 binary would
+//	   look records up at key/ and take held keys for stranded ones, so it
+//	   must refuse this format.
 //
 // A change that an older binary would misread raises the format; the older
 // binary then refuses the mount rather than serve from a layout it cannot
 // read.
 const (
-	storageFormatVersion = 3
+	storageFormatVersion = 4
 	formatStorageKey     = "format-version"
 )
 

@@ -72,6 +72,7 @@ type tidyRun struct {
 	marker string
 
 	inFlight        map[string]bool            // key names of WAL entries too young to roll back
+	inFlightBlocks  []*issuanceBlock           // blocks of names too young to roll back
 	tracked         map[string]bool            // key ids the mount owns
 	trackedProjects map[string]bool            // per-lease projects the mount owns
 	projects        map[string]map[string]bool // config -> projects to scan
@@ -167,9 +168,10 @@ func (run *tidyRun) configs() []string {
 // rollBackStaleWAL rolls back stale WAL entries now, instead of waiting
 // for the rollback manager. An entry is stale once it is older than both
 // min_age and walRollbackMinAge (the longest an issuance can take), or when
-// it was written before this plugin instance started: no issuance of an
-// earlier instance is still in flight. Younger entries cover issuances in
-// flight: their keys are spared by the orphan scan too, whatever min_age.
+// it was written before this plugin instance started and nothing in this
+// process still holds it (blockRollbackDue). Younger entries cover
+// issuances in flight: their keys are spared by the orphan scan too,
+// whatever min_age.
 func (run *tidyRun) rollBackStaleWAL(ctx context.Context) error {
 	ids, err := framework.ListWAL(ctx, run.storage)
 	if err != nil {
@@ -186,7 +188,13 @@ func (run *tidyRun) rollBackStaleWAL(ctx context.Context) error {
 			continue
 		}
 		created := time.Unix(entry.CreatedAt, 0)
-		if !created.Before(walCutoff) && !created.Before(run.b.startedAt) {
+		var blk issuanceBlock
+		isBlock := entry.Kind == walKindIssuanceBlock && decodeInto(entry.Data, &blk) == nil
+		switch {
+		case isBlock && !run.b.blockRollbackDue(&blk, created, walCutoff):
+			run.inFlightBlocks = append(run.inFlightBlocks, &blk)
+			continue
+		case !isBlock && !created.Before(walCutoff) && !created.Before(run.b.startedAt):
 			var key ownedKey
 			if decodeInto(entry.Data, &key) == nil {
 				run.inFlight[key.KeyName] = true
@@ -294,10 +302,20 @@ func (run *tidyRun) deleteExpired(ctx context.Context) {
 }
 
 // ours reports whether an upstream name is this mount's, old enough, and
-// not covered by an issuance in flight.
+// not covered by an issuance in flight. Names carry whole seconds: a name
+// of second S was made at some moment of [S, S+1s), so it is old enough
+// only when all of that second is.
 func (run *tidyRun) ours(name string) bool {
 	m, created, ok := parseKeyName(name)
-	return ok && m == run.marker && created.Before(run.cutoff) && !run.inFlight[name]
+	if !ok || m != run.marker || created.Add(time.Second).After(run.cutoff) || run.inFlight[name] {
+		return false
+	}
+	for _, blk := range run.inFlightBlocks {
+		if blk.covers(name) {
+			return false
+		}
+	}
+	return true
 }
 
 // scanConnection scans one connection's projects for marked keys that
@@ -370,6 +388,7 @@ func (b *backend) periodicTidy(ctx context.Context, req *logical.Request) error 
 	if !b.WriteSafeReplicationState() {
 		return nil
 	}
+	b.closeSpentBlocks(ctx)
 	names, err := req.Storage.List(ctx, configStoragePrefix)
 	if err != nil {
 		return err

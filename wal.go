@@ -12,10 +12,11 @@ import (
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiq"
 )
 
-// walKindClimatiqKey covers the creation of a Climatiq key (and, for
-// project_per_lease roles, its project). Its data is the ownedKey about to
-// be created. It is written before the upstream create and deleted once the
-// key is in the mount's records.
+// walKindClimatiqKey covers the creation of one Climatiq key: a static
+// role's rotation, and (written by format 3 and earlier) an issuance, with
+// its per-lease project. Its data is the ownedKey about to be created. It is
+// written before the upstream create and deleted once the key is in the
+// mount's records. Issuance now writes blocks (issuance_wal.go).
 const walKindClimatiqKey = "climatiq_key"
 
 // rollbackTimeout bounds an in-request rollback after a failed issuance.
@@ -30,6 +31,12 @@ func (b *backend) walRollback(ctx context.Context, req *logical.Request, kind st
 			return err
 		}
 		return b.rollbackClimatiqKey(ctx, req.Storage, &key)
+	case walKindIssuanceBlock:
+		var blk issuanceBlock
+		if err := decodeInto(data, &blk); err != nil {
+			return err
+		}
+		return b.rollbackIssuanceBlock(ctx, req.Storage, &blk)
 	default:
 		b.Logger().Warn("dropping WAL entry of unknown kind", "kind", kind)
 		return nil
@@ -115,11 +122,26 @@ func createdUpstream(ctx context.Context, client *climatiq.Client, key *ownedKey
 			return nil, err
 		}
 		for _, p := range projects {
-			if p.Name == key.KeyName || (key.ProjectID != "" && p.ID == key.ProjectID) {
-				k := *key
-				k.ProjectID = p.ID
-				found = append(found, &k)
+			if p.Name != key.KeyName && (key.ProjectID == "" || p.ID != key.ProjectID) {
+				continue
 			}
+			// The project's key, when one was made, decides whether the
+			// mount holds the project: an entry written before the
+			// create carries no key id.
+			k := *key
+			k.ProjectID = p.ID
+			if k.KeyID == "" {
+				keys, err := client.ListKeys(ctx, p.ID)
+				if ignoreNotFound(err) != nil {
+					return nil, err
+				}
+				for _, listed := range keys {
+					if listed.Name == key.KeyName {
+						k.KeyID = listed.ID
+					}
+				}
+			}
+			found = append(found, &k)
 		}
 	case key.KeyID != "":
 		found = append(found, key)
@@ -140,9 +162,15 @@ func createdUpstream(ctx context.Context, client *climatiq.Client, key *ownedKey
 }
 
 // keyTracked reports whether the key covered by the WAL entry made it into
-// the mount's records: a lease's inventory entry (by id, once known), or a
-// static role that names it as its current or previous key.
+// the mount's records: a lease's inventory entry (by id, once known), a
+// static role that names it as its current or previous key, or a release
+// record (a key the operator took over is never the mount's to delete).
 func (b *backend) keyTracked(ctx context.Context, s logical.Storage, key *ownedKey) (bool, error) {
+	if key.KeyID != "" {
+		if released, err := s.Get(ctx, releasedPath(key.KeyID)); err != nil || released != nil {
+			return released != nil, err
+		}
+	}
 	if key.kind() == keyKindStatic {
 		role, err := getStaticRole(ctx, s, key.Role)
 		if err != nil || role == nil {
@@ -160,20 +188,19 @@ func (b *backend) keyTracked(ctx context.Context, s logical.Storage, key *ownedK
 	return legacy != nil, err
 }
 
-// rollbackNow undoes a failed issuance at once instead of waiting for the
-// rollback manager, and removes the WAL entry when that worked. It runs
+// rollbackNow undoes a failed issuance or rotation at once instead of
+// waiting for the rollback manager, and reports whether that worked; when
+// it did not, the WAL entry must stay for the rollback manager. It runs
 // detached from the request's cancellation: a client that gave up must not
 // stop the cleanup.
-func (b *backend) rollbackNow(ctx context.Context, s logical.Storage, walID string, key *ownedKey) {
+func (b *backend) rollbackNow(ctx context.Context, s logical.Storage, key *ownedKey) bool {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
 	defer cancel()
 	if err := b.rollbackClimatiqKey(ctx, s, key); err != nil {
-		b.Logger().Warn("rollback after failed issuance failed; the rollback manager will retry", "key_name", key.KeyName, "error", err)
-		return
+		b.Logger().Warn("rollback after a failed key creation failed; the rollback manager will retry", "key_name", key.KeyName, "error", err)
+		return false
 	}
-	if err := framework.DeleteWAL(ctx, s, walID); err != nil {
-		b.Logger().Warn("deleting WAL entry after rollback failed", "key_name", key.KeyName, "error", err)
-	}
+	return true
 }
 
 // spentWALQueueSize bounds the spent WAL entries waiting for deletion; when
@@ -185,16 +212,20 @@ type spentWALEntry struct {
 	id      string
 }
 
-// retireWAL drops the WAL entry of a finished issuance off the request path:
-// the key is in the inventory, so the entry is spent. If the plugin stops
-// first, the rollback manager finds the key tracked and drops the entry.
+// retireWAL drops a spent WAL entry off the request path. After Clean,
+// or when the queue is full, it is deleted at once.
 func (b *backend) retireWAL(ctx context.Context, s logical.Storage, id string) {
 	select {
-	case b.spentWAL <- spentWALEntry{storage: s, id: id}:
+	case <-b.stopBackground:
 	default:
-		if err := framework.DeleteWAL(ctx, s, id); err != nil {
-			b.Logger().Warn("deleting a spent WAL entry failed; the rollback manager will", "error", err)
+		select {
+		case b.spentWAL <- spentWALEntry{storage: s, id: id}:
+			return
+		default:
 		}
+	}
+	if err := framework.DeleteWAL(context.WithoutCancel(ctx), s, id); err != nil {
+		b.Logger().Warn("deleting a spent WAL entry failed; the rollback manager will", "error", err)
 	}
 }
 
@@ -213,15 +244,34 @@ func (b *backend) deleteQueuedSpentWAL(ctx context.Context) {
 	}
 }
 
+// spentWALDrainTimeout bounds how long a stopping instance spends deleting
+// the spent entries still queued; what is left is resolved by the rollback
+// manager (the keys are held, so nothing is deleted upstream).
+const spentWALDrainTimeout = 5 * time.Second
+
 func (b *backend) deleteSpentWAL(done <-chan struct{}) {
 	for {
 		select {
 		case <-done:
+			ctx, cancel := context.WithTimeout(context.Background(), spentWALDrainTimeout)
+			b.deleteQueuedSpentWAL(ctx)
+			cancel()
 			return
 		case e := <-b.spentWAL:
 			if err := framework.DeleteWAL(context.Background(), e.storage, e.id); err != nil {
 				b.Logger().Debug("deleting a spent WAL entry failed; the rollback manager will", "error", err)
 			}
 		}
+	}
+}
+
+// dropWALAfterRollback undoes a failed rotation's create at once and drops
+// its WAL entry when that worked.
+func (b *backend) dropWALAfterRollback(ctx context.Context, s logical.Storage, walID string, key *ownedKey) {
+	if !b.rollbackNow(ctx, s, key) {
+		return
+	}
+	if err := framework.DeleteWAL(context.WithoutCancel(ctx), s, walID); err != nil {
+		b.Logger().Warn("deleting WAL entry after rollback failed; the rollback manager will", "key_name", key.KeyName, "error", err)
 	}
 }

@@ -48,7 +48,7 @@ func TestIssuanceRollsBackWhenInventoryWriteFails(t *testing.T) {
 	e.writeRole("isolated", map[string]any{"config": "cq", "project_per_lease": true})
 	projects := len(e.climatiq.Projects())
 
-	s.failPutPrefix = keyRecordPrefix
+	s.failPutPrefix = keyListPrefix
 	for _, role := range []string{"ci", "isolated"} {
 		if _, err := e.doErr(logical.ReadOperation, "creds/"+role, nil); err == nil {
 			t.Fatalf("%s: issuance succeeded without an inventory entry", role)
@@ -160,4 +160,87 @@ func TestWALRollbackRunsFromRollbackManager(t *testing.T) {
 		t.Fatal("rollback manager did not delete the stranded key")
 	}
 	assertNoWAL(t, e)
+}
+
+// A rotation whose WAL entry could not be deleted (only logged), then the
+// role removed with delete_key_on_remove=false: the rollback of that entry
+// keeps the released key.
+func TestRollbackKeepsAReleasedKey(t *testing.T) {
+	s := newHookStorage()
+	e := newTestEnvWithStorage(t, s)
+	e.writeClimatiqConfig("cq", nil)
+	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{
+		"config": "cq", "project_id": e.projectID, "rotation_period": "1h", "delete_key_on_remove": false,
+	})
+	s.setHook(failAlways("delete", "wal/"))
+	e.mustOK(logical.UpdateOperation, "rotate-role/app", nil)
+	s.setHook(nil)
+	released := e.staticRole("app").KeyID
+	e.mustOK(logical.DeleteOperation, "static-roles/app", nil)
+
+	runRollbackManager(t, e)
+	if !e.upstreamHas(released) {
+		t.Fatal("the rollback of a rotation deleted the key released to the operator")
+	}
+	e.mustOK(logical.UpdateOperation, "tidy", map[string]any{"min_age": "0s"})
+	if !e.upstreamHas(released) {
+		t.Fatal("tidy deleted the released key")
+	}
+}
+
+// A failed inventory write during a rotation or an issuance counts
+// nothing and leaves nothing: the live counts stay exact (a connection with
+// a live lease can still not be deleted) and no key stays upstream or in
+// keys/.
+func TestFailedInventoryWriteCountsAndLeavesNothing(t *testing.T) {
+	s := newHookStorage()
+	e := newTestEnvWithStorage(t, s)
+	e.writeClimatiqConfig("cq", nil)
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
+	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{"config": "cq", "project_id": e.projectID, "rotation_period": "1h"})
+	lease := e.mustOK(logical.ReadOperation, "creds/ci", nil)
+	live := func() int {
+		n, err := e.b.liveKeysOfConfig(context.Background(), e.storage, "cq")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := live(); n != 2 {
+		t.Fatalf("%d live keys, want 2 (a lease and a static key)", n)
+	}
+	upstream := len(e.climatiq.Keys())
+
+	for _, step := range []struct {
+		op   string
+		req  logical.Operation
+		path string
+	}{{"rotate", logical.UpdateOperation, "rotate-role/app"}, {"issue", logical.ReadOperation, "creds/ci"}} {
+		s.setHook(failOnce("put", keyListPrefix))
+		if resp, err := e.doErr(step.req, step.path, nil); err == nil && !resp.IsError() {
+			t.Fatalf("%s succeeded without its inventory entry", step.op)
+		}
+		s.setHook(nil)
+		if n := live(); n != 2 {
+			t.Fatalf("after a failed %s: %d live keys counted, want 2", step.op, n)
+		}
+		e.b.resetLiveCounts()
+		if n := live(); n != 2 {
+			t.Fatalf("after a failed %s: %d live keys recorded, want 2", step.op, n)
+		}
+		if n := len(e.climatiq.Keys()); n != upstream {
+			t.Fatalf("after a failed %s: %d keys upstream, want %d", step.op, n, upstream)
+		}
+		if ids := e.mustOK(logical.ListOperation, "keys/", nil).Data["keys"].([]string); len(ids) != 2 {
+			t.Fatalf("after a failed %s: keys/ = %v, want the lease's and the static role's", step.op, ids)
+		}
+	}
+	assertNoWAL(t, e)
+	e.mustOK(logical.DeleteOperation, "static-roles/app", nil)
+	e.mustOK(logical.DeleteOperation, "roles/ci", nil)
+	e.mustFail(logical.DeleteOperation, "config/cq", nil, "name")
+	if _, err := e.revoke(lease.Secret); err != nil {
+		t.Fatal(err)
+	}
+	e.mustOK(logical.DeleteOperation, "config/cq", nil)
 }

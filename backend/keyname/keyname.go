@@ -26,7 +26,7 @@ const (
 var (
 	// The time has no leading zero: Format never writes one, and a name
 	// that parsed as a time near 1970 would look old enough for any cut-off.
-	prefixRegex = regexp.MustCompile(`^vault-([a-z0-9]{8})-([1-9][0-9]{8,11})-[a-z0-9]{6}-`)
+	prefixRegex = regexp.MustCompile(`^vault-([a-z0-9]{8})-([1-9][0-9]{8,11})-([a-z0-9]{6})-`)
 	partRegex   = regexp.MustCompile(`^[a-z0-9]+$`)
 )
 
@@ -59,6 +59,16 @@ func Parse(name string) (marker string, created time.Time, ok bool) {
 		return "", time.Time{}, false
 	}
 	return m[1], time.Unix(secs, 0), true
+}
+
+// Nonce returns the nonce a name carries, and ok=false for a name the
+// plugin did not create.
+func Nonce(name string) (nonce string, ok bool) {
+	m := prefixRegex.FindStringSubmatch(name + "-")
+	if m == nil {
+		return "", false
+	}
+	return m[3], true
 }
 
 // ValidMarker reports whether m has the shape of a mount marker.
