@@ -350,7 +350,7 @@ func TestAdoptingAReleasedKeyIsNeverTidiedAway(t *testing.T) {
 	keyID := e.staticRole("app").KeyID
 	e.mustOK(logical.DeleteOperation, "static-roles/app", nil)
 	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID}) // tidy scans the project
-	clock.Advance(time.Hour) // the key is old enough for any min_age
+	clock.Advance(time.Hour)                                                     // the key is old enough for any min_age
 
 	tidyWaits, adoptionUnreleased, tidyDone := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	var once, unreleaseOnce sync.Once
