@@ -199,3 +199,37 @@ func TestRevokingAV01LeaseGivesBackItsMaxKeysPlace(t *testing.T) {
 	}
 	e.mustOK(logical.ReadOperation, "creds/ci", nil)
 }
+
+// After an upgrade from format 3, initialize deletes format 3's copies of
+// the records (key/<id>) in the background and leaves the listing entries,
+// which are the records now.
+func TestInitializeDeletesFormat3RecordCopies(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
+	lease := e.mustOK(logical.ReadOperation, "creds/ci", nil)
+	keyID := lease.Data["key_id"].(string)
+	k, _ := getKey(context.Background(), e.storage, keyID)
+	if err := putEntry(context.Background(), e.storage, format3RecordPrefix+keyID, k); err != nil {
+		t.Fatal(err)
+	}
+	e.b.schedulerTick = 0
+	if err := e.b.Initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		left, err := e.storage.List(context.Background(), format3RecordPrefix)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("format 3 records left: %v", left)
+		}
+	}
+	if got, _ := getKey(context.Background(), e.storage, keyID); got == nil {
+		t.Fatal("the key's record went with its format 3 copy")
+	}
+}

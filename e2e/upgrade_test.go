@@ -22,11 +22,12 @@ import (
 // the previous release, as a real upgrade is.
 const upgradedVersion = "v0.2.0-e2e"
 
-// previousRelease reads e2e/testdata/previous-release: the commit of the
-// previous release and the version it is registered as.
-func previousRelease(t *testing.T) (commit, version string) {
+// previousRelease reads a release file of e2e/testdata (previous-release:
+// the release before this one; first-release: v0.1): the commit of the
+// release and the version it is registered as.
+func previousRelease(t *testing.T, file string) (commit, version string) {
 	t.Helper()
-	f, err := os.Open(filepath.Join("testdata", "previous-release"))
+	f, err := os.Open(filepath.Join("testdata", file))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,9 +41,9 @@ func previousRelease(t *testing.T) (commit, version string) {
 		if fields := strings.Fields(line); len(fields) == 2 && len(fields[0]) == 40 {
 			return fields[0], fields[1]
 		}
-		t.Fatalf("testdata/previous-release: want `<40-hex commit> <version>`, got %q", line)
+		t.Fatalf("testdata/%s: want `<40-hex commit> <version>`, got %q", file, line)
 	}
-	t.Fatal("testdata/previous-release names no commit")
+	t.Fatalf("testdata/%s names no commit", file)
 	return "", ""
 }
 
@@ -71,7 +72,7 @@ func buildPreviousRelease(t *testing.T, root, commit, version, dir string) (comm
 	return command, sha
 }
 
-// TestUpgradeAndDowngradeInPlace registers the previous release and the
+// TestUpgradeFromV01AndDowngradeInPlace registers the first release and the
 // working tree as two versions of carbon, runs a mount on the old one with
 // config, leases, a static role in overlap and a WAL entry of an interrupted
 // issuance, switches it to the new version the way an operator does (tune
@@ -83,12 +84,12 @@ func buildPreviousRelease(t *testing.T, root, commit, version, dir string) (comm
 // inventory and WAL entries keep their v0.1 shape). Leases issued by the new
 // version renew and revoke under the old one, and the overlap that began
 // under the new version ends on time under the old one.
-func TestUpgradeAndDowngradeInPlace(t *testing.T) {
+func TestUpgradeFromV01AndDowngradeInPlace(t *testing.T) {
 	root, err := devvault.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	commit, oldVersion := previousRelease(t)
+	commit, oldVersion := previousRelease(t, "first-release")
 	plugins := serverDir(t, "upgrade-plugins")
 	if err := os.MkdirAll(plugins, 0o755); err != nil {
 		t.Fatal(err)
@@ -284,5 +285,198 @@ func TestUpgradeAndDowngradeInPlace(t *testing.T) {
 	run("delete", mount+"/static-roles/app")
 	if left := fake.Keys(); len(left) != 0 {
 		t.Fatalf("keys left upstream after the last lease and the static role are gone: %v", left)
+	}
+}
+
+// formatUpgradeVersion is the working tree's version in the format 3 → 4
+// upgrade test: above the previous release.
+const formatUpgradeVersion = "v0.3.0-e2e"
+
+// TestUpgradeFromFormat3AndBack runs a mount on the previous release
+// (storage format 3) with a live lease, a static role in overlap, a
+// released key and the WAL entry of an interrupted issuance, switches it to
+// the working tree (format 4), back to the previous release, and up again.
+//
+// The previous release reads at most format 3: after the upgrade its format
+// gate refuses every request (revocations included, which Vault keeps and
+// retries) with a 503 naming the version to switch back to, and touches
+// nothing upstream. Switching up again picks everything up.
+func TestUpgradeFromFormat3AndBack(t *testing.T) {
+	root, err := devvault.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	commit, oldVersion := previousRelease(t, "previous-release")
+	plugins := serverDir(t, "format-upgrade-plugins")
+	if err := os.MkdirAll(plugins, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	oldCommand, oldSHA := buildPreviousRelease(t, root, commit, oldVersion, plugins)
+	_, newSHA, err := devvault.BuildPluginAs(root, plugins, "vault-plugin-carbon", formatUpgradeVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), vaultStartBudget)
+	defer cancel()
+	s, err := devvault.Start(ctx, devvault.Options{
+		VaultBin: vaultBin, Dir: serverDir(t, "format-upgrade"), PluginDir: plugins, LogLevel: "debug",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.KillAll)
+	fake := climatiqtest.NewServer(managementKey)
+	defer fake.Close()
+	project := fake.AddProject("upgrade").ID
+	hang := climatiqtest.NewServer(managementKey)
+	defer hang.Close()
+	hangProject := hang.AddProject("hang").ID
+
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := s.Vault(args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	runJSON := func(args ...string) map[string]any {
+		t.Helper()
+		n := 1
+		if args[0] == "lease" {
+			n = 2
+		}
+		secret := decodeSecret(t, run(append(append(append([]string{}, args[:n]...), "-format=json"), args[n:]...)...))
+		if secret.Data == nil {
+			return map[string]any{"lease_id": secret.LeaseID}
+		}
+		secret.Data["lease_id"] = secret.LeaseID
+		return secret.Data
+	}
+	staticKey := func() (keyID, previous string) {
+		t.Helper()
+		d := runJSON("read", mount+"/static-creds/app")
+		previous, _ = d["previous_key_id"].(string)
+		return d["key_id"].(string), previous
+	}
+	exists := func(f *climatiqtest.Server, keyID string) bool { _, ok := f.Key(keyID); return ok }
+	switchTo := func(version string) {
+		t.Helper()
+		run("secrets", "tune", "-plugin-version="+version, mount+"/")
+		run("write", "sys/plugins/reload/backend", "mounts="+mount+"/")
+		eventually(t, 30*time.Second, "mount runs "+version, func() bool {
+			m, err := s.Client.Logical().Read("sys/mounts/" + mount)
+			return err == nil && m != nil && m.Data["running_plugin_version"] == version
+		})
+	}
+
+	run("plugin", "register", "-sha256="+oldSHA, "-version="+oldVersion, "-command="+oldCommand, "secret", devvault.PluginName)
+	run("plugin", "register", "-sha256="+newSHA, "-version="+formatUpgradeVersion, "-command=vault-plugin-carbon", "secret", devvault.PluginName)
+	run("secrets", "enable", "-path="+mount, "-plugin-version="+oldVersion, devvault.PluginName)
+
+	// ---- on the previous release (format 3) ----
+	run("write", mount+"/config/cq", "provider=climatiq", "management_key="+managementKey,
+		"management_url="+fake.ManagementURL(), "api_url="+fake.APIURL())
+	run("write", mount+"/roles/ci", "config=cq", "project_id="+project, "ttl=1h", "max_ttl=2h")
+	oldLease := runJSON("read", mount+"/creds/ci")
+
+	// An interrupted issuance whose WAL entry is left pending.
+	run("write", mount+"/config/cq-hang", "provider=climatiq", "management_key="+managementKey,
+		"management_url="+hang.ManagementURL(), "api_url="+hang.APIURL(), "request_timeout=1s", "max_retries=0")
+	run("write", mount+"/roles/hang", "config=cq-hang", "project_id="+hangProject, "ttl=1h")
+	hang.SetCompleteAbandoned(true)
+	hang.SetLatency(3 * time.Second)
+	once, err := api.NewClient(&api.Config{Address: "http://" + s.Addr, Timeout: 30 * time.Second, MaxRetries: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	once.SetToken(s.Token)
+	if _, err := once.Logical().Read(mount + "/creds/hang"); err == nil {
+		t.Fatal("issuance against a hanging upstream succeeded")
+	}
+	eventually(t, 10*time.Second, "the interrupted create lands upstream", func() bool { return len(hang.Keys()) == 1 })
+	strandedKey := hang.Keys()[0].ID
+	time.Sleep(3 * time.Second)
+	hang.SetLatency(0)
+	if !exists(hang, strandedKey) {
+		t.Fatal("the interrupted issuance was rolled back in the request: no pending WAL entry to carry over")
+	}
+
+	// A released key and a static role in overlap.
+	run("write", mount+"/static-roles/rel", "config=cq", "project_id="+project, "rotation_period=1h", "delete_key_on_remove=false")
+	releasedKey := runJSON("read", mount+"/static-creds/rel")["key_id"].(string)
+	run("delete", mount+"/static-roles/rel")
+	const rotationPeriod, overlap = 20 * time.Second, 10 * time.Second
+	run("write", mount+"/static-roles/app", "config=cq", "project_id="+project,
+		"rotation_period="+rotationPeriod.String(), "overlap_period="+overlap.String())
+	firstKey, _ := staticKey()
+	run("write", "-f", mount+"/rotate-role/app")
+	rotatedAt := time.Now()
+	currentKey, previous := staticKey()
+	if previous != firstKey {
+		t.Fatalf("no overlap running on the previous release: current %s previous %q (first %s)", currentKey, previous, firstKey)
+	}
+
+	// ---- upgrade to format 4 ----
+	switchTo(formatUpgradeVersion)
+	if id, prev := staticKey(); id != currentKey || prev != firstKey {
+		t.Fatalf("static role after the upgrade: key %s previous %q, want %s previous %s", id, prev, currentKey, firstKey)
+	}
+	runJSON("lease", "renew", "-increment=1h", oldLease["lease_id"].(string))
+	if ids := inventoryIDs(t, s.Client); len(ids) != 3 { // the lease's key and the static role's two
+		t.Fatalf("keys/ after the upgrade = %v, want the lease's key and the static role's current and previous", ids)
+	}
+	run("lease", "revoke", "-sync", oldLease["lease_id"].(string))
+	if exists(fake, oldLease["key_id"].(string)) {
+		t.Fatal("a lease of the previous release revoked under the new one left its key upstream")
+	}
+	eventually(t, time.Until(rotatedAt.Add(overlap))+8*time.Second, "the overlap begun on the previous release ends", func() bool {
+		return !exists(fake, firstKey)
+	})
+	tidy := runJSON("write", mount+"/tidy", "min_age=0s")
+	if n, _ := tidy["wal_rolled_back"].(json.Number).Int64(); n != 1 || exists(hang, strandedKey) {
+		t.Fatalf("tidy after the upgrade: %v; stranded key still upstream: %v", tidy, exists(hang, strandedKey))
+	}
+	if orphans, _ := tidy["orphans"].([]any); len(orphans) != 0 || !exists(fake, releasedKey) {
+		t.Fatalf("tidy after the upgrade: %v; released key upstream: %v", tidy, exists(fake, releasedKey))
+	}
+	eventually(t, time.Until(rotatedAt.Add(rotationPeriod))+10*time.Second, "the static role rotates on schedule after the upgrade", func() bool {
+		id, _ := staticKey()
+		return id != currentKey
+	})
+	newKey, previous := staticKey()
+	if previous != currentKey || !exists(fake, currentKey) {
+		t.Fatalf("the rotation after the upgrade: previous %q, want %s kept for its overlap", previous, currentKey)
+	}
+	newLease := runJSON("read", mount+"/creds/ci")
+
+	// ---- back to the previous release: refused, nothing touched ----
+	switchTo(oldVersion)
+	keysBefore := len(fake.Keys())
+	out, err := s.Vault("read", mount+"/static-creds/app")
+	if err == nil || !strings.Contains(err.Error()+out, "vault secrets tune -plugin-version="+formatUpgradeVersion) {
+		t.Fatalf("the previous release served a format 4 mount: %v %s", err, out)
+	}
+	if _, err := s.Vault("lease", "revoke", "-sync", newLease["lease_id"].(string)); err == nil {
+		t.Fatal("the previous release revoked a lease of a format 4 mount it cannot read")
+	}
+	if _, err := s.Vault("write", mount+"/tidy", "min_age=0s"); err == nil {
+		t.Fatal("the previous release ran tidy on a format 4 mount")
+	}
+	time.Sleep(overlap) // the overlap's end falls due: nothing may run it
+	if n := len(fake.Keys()); n != keysBefore {
+		t.Fatalf("the refusing previous release changed the upstream: %d keys, was %d", n, keysBefore)
+	}
+
+	// ---- up again: everything is picked up ----
+	switchTo(formatUpgradeVersion)
+	if id, _ := staticKey(); id != newKey {
+		t.Fatalf("static role after upgrading again: key %s, want %s", id, newKey)
+	}
+	run("lease", "revoke", "-sync", newLease["lease_id"].(string))
+	eventually(t, 15*time.Second, "the overlap that fell due while refused ends", func() bool { return !exists(fake, currentKey) })
+	run("delete", mount+"/static-roles/app")
+	if left := fake.Keys(); len(left) != 1 || left[0].ID != releasedKey {
+		t.Fatalf("keys upstream after the lease and the static role are gone: %v, want only the released key %s", left, releasedKey)
 	}
 }
