@@ -31,6 +31,13 @@ var Version = "v0.0.0-dev"
 // times retries plus the 429 budget of the upstream client.
 const walRollbackMinAge = 10 * time.Minute
 
+// A failed Initialize is retried after initRetryFirstDelay, doubling up to
+// initRetryMaxDelay: quick after a blip, one warning a minute in an outage.
+const (
+	initRetryFirstDelay = time.Second
+	initRetryMaxDelay   = time.Minute
+)
+
 type backend struct {
 	*framework.Backend
 
@@ -60,6 +67,14 @@ type backend struct {
 	rotationsRunning   int
 	rotationsPerConfig map[string]int
 	rotations          sync.WaitGroup
+
+	// A failed Initialize is retried in the background until it succeeds
+	// or Clean runs (retryInitialize); initRetryDelay is the first wait.
+	initRetryDelay   time.Duration
+	initRetryLock    sync.Mutex
+	stopInitRetry    context.CancelFunc
+	initRetryDone    chan struct{}
+	initRetryStopped bool
 
 	// lastTidy is when periodic tidy last ran per connection, on this node.
 	tidyLock sync.Mutex
@@ -133,6 +148,7 @@ func newBackend() *backend {
 		clock:          time.Now,
 		startedAt:      time.Now().Truncate(time.Second),
 		schedulerTick:  schedulerTick,
+		initRetryDelay: initRetryFirstDelay,
 	}
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
@@ -191,6 +207,56 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 	return b.startRotationScheduler(ctx, req.Storage)
 }
 
+// retryInitialize runs Initialize's steps again in the background until
+// they succeed: Vault only logs an error from Initialize and serves on, so
+// without this one storage error would leave the mount without rotations
+// and overlap ends until its next restart. Clean stops it.
+func (b *backend) retryInitialize(req *logical.InitializationRequest, err error) {
+	b.initRetryLock.Lock()
+	defer b.initRetryLock.Unlock()
+	if b.stopInitRetry != nil || b.initRetryStopped {
+		return // Vault initializes an instance once; one loop suffices
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	b.stopInitRetry, b.initRetryDone = cancel, done
+	go func() {
+		defer close(done)
+		delay := b.initRetryDelay
+		for {
+			b.Logger().Warn("initializing the mount failed; retrying, the rotation scheduler starts once it succeeds",
+				"error", err, "retry_in", delay.String())
+			timer := time.NewTimer(delay)
+			select {
+			case <-ctx.Done():
+				timer.Stop()
+				return
+			case <-timer.C:
+			}
+			if err = b.initializeOnce(ctx, req); err == nil {
+				b.Logger().Info("initialized the mount after retrying")
+				return
+			}
+			delay = min(2*delay, initRetryMaxDelay)
+		}
+	}()
+}
+
+// stopInitializeRetries ends retryInitialize and keeps it from starting
+// again. It waits for an attempt in flight, so that Clean stops the
+// scheduler the attempt may have started.
+func (b *backend) stopInitializeRetries() {
+	b.initRetryLock.Lock()
+	b.initRetryStopped = true
+	stop, done := b.stopInitRetry, b.initRetryDone
+	b.stopInitRetry, b.initRetryDone = nil, nil
+	b.initRetryLock.Unlock()
+	if stop != nil {
+		stop()
+		<-done
+	}
+}
+
 // invalidate drops cached state that another node (or a replicated write)
 // has changed underneath this one.
 func (b *backend) invalidate(_ context.Context, key string) {
@@ -209,6 +275,7 @@ func (b *backend) invalidate(_ context.Context, key string) {
 }
 
 func (b *backend) clean(ctx context.Context) {
+	b.stopInitializeRetries()
 	b.stopRotationScheduler()
 	// Idle blocks are retired now (queued for the deleter, which drains
 	// its queue before it stops); busy ones by their last issuance.

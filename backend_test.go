@@ -2,8 +2,12 @@ package carbon
 
 import (
 	"context"
+	"errors"
+	"math"
 	"os"
+	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -226,4 +230,119 @@ func envOr(name, fallback string) string {
 		return v
 	}
 	return fallback
+}
+
+// unavailableStorage fails Get, List and Put, the calls initialize makes,
+// of keys under prefix while failures are left.
+type unavailableStorage struct {
+	logical.Storage
+	prefix   string
+	mu       sync.Mutex
+	failures int
+	calls    int
+}
+
+func (s *unavailableStorage) fail(key string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls++
+	if s.failures > 0 && strings.HasPrefix(key, s.prefix) {
+		s.failures--
+		return errors.New("storage unavailable")
+	}
+	return nil
+}
+
+func (s *unavailableStorage) callCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.calls
+}
+
+func (s *unavailableStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
+	if err := s.fail(key); err != nil {
+		return nil, err
+	}
+	return s.Storage.Get(ctx, key)
+}
+
+func (s *unavailableStorage) List(ctx context.Context, prefix string) ([]string, error) {
+	if err := s.fail(prefix); err != nil {
+		return nil, err
+	}
+	return s.Storage.List(ctx, prefix)
+}
+
+func (s *unavailableStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
+	if err := s.fail(e.Key); err != nil {
+		return err
+	}
+	return s.Storage.Put(ctx, e)
+}
+
+// TestInitializeRetriesUntilTheSchedulerStarts: Vault only logs an error from
+// Initialize, so a storage error there must not leave the mount without its
+// rotation scheduler; and Clean during the retries leaves nothing running.
+func TestInitializeRetriesUntilTheSchedulerStarts(t *testing.T) {
+	queued := func(b *backend) int {
+		b.schedulerLock.Lock()
+		defer b.schedulerLock.Unlock()
+		if b.rotationQueue == nil {
+			return -1
+		}
+		return b.rotationQueue.len()
+	}
+	for _, tc := range []struct {
+		step   string
+		prefix string
+	}{
+		{"every step", ""},
+		{"the format check", formatStorageKey},
+		{"the inventory move", legacyInventoryPrefix},
+		{"the queue rebuild", staticRoleStoragePrefix},
+	} {
+		t.Run(tc.step+" fails 3 times", func(t *testing.T) {
+			e := newTestEnv(t)
+			e.writeClimatiqConfig("cq", nil)
+			e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{"config": "cq", "project_id": e.projectID, "rotation_period": "1h"})
+			e.b.initRetryDelay = 10 * time.Millisecond
+			s := &unavailableStorage{Storage: e.storage, prefix: tc.prefix, failures: 3}
+			if err := e.b.Initialize(context.Background(), &logical.InitializationRequest{Storage: s}); err != nil {
+				t.Logf("Initialize: %v", err)
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for queued(e.b) != 1 {
+				if time.Now().After(deadline) {
+					t.Fatalf("the rotation scheduler did not start after the storage recovered (queued %d, %d storage calls)", queued(e.b), s.callCount())
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if format, err := getEntry[storageFormat](context.Background(), e.storage, formatStorageKey); err != nil || format == nil || format.Version != storageFormatVersion {
+				t.Fatalf("format entry %+v, %v after the retries", format, err)
+			}
+		})
+	}
+
+	t.Run("Clean during the retries", func(t *testing.T) {
+		e := newTestEnv(t)
+		e.b.initRetryDelay = 10 * time.Millisecond
+		s := &unavailableStorage{Storage: e.storage, failures: math.MaxInt}
+		if err := e.b.Initialize(context.Background(), &logical.InitializationRequest{Storage: s}); err != nil {
+			t.Logf("Initialize: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+		e.b.clean(context.Background())
+		calls := s.callCount()
+		time.Sleep(100 * time.Millisecond)
+		if n := s.callCount() - calls; n != 0 {
+			t.Fatalf("storage called %d times after Clean", n)
+		}
+		if queued(e.b) != -1 {
+			t.Fatal("the rotation scheduler runs after Clean")
+		}
+		buf := make([]byte, 1<<20)
+		if stacks := string(buf[:runtime.Stack(buf, true)]); strings.Contains(stacks, "retryInitialize") {
+			t.Fatalf("a retry is left running after Clean:\n%s", stacks)
+		}
+	})
 }

@@ -47,7 +47,7 @@ func renderKeyName(tmpl string, data keyNameData) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	name, err := t.Generate(data)
+	name, err := executeKeyNameTemplate(t, data)
 	if err != nil {
 		return "", err
 	}

@@ -86,8 +86,18 @@ func (b *backend) storageRefusal(ctx context.Context, s logical.Storage, mountPo
 }
 
 // Initialize records the format version (on nodes that may write) before
-// the rotation scheduler starts, and starts nothing on a newer layout.
+// the rotation scheduler starts, and starts nothing on a newer layout. A
+// storage error is retried in the background (retryInitialize) rather than
+// returned: Vault would only log it.
 func (b *backend) Initialize(ctx context.Context, req *logical.InitializationRequest) error {
+	if err := b.initializeOnce(ctx, req); err != nil {
+		b.retryInitialize(req, err)
+	}
+	return nil
+}
+
+// initializeOnce is one attempt at Initialize; every step is idempotent.
+func (b *backend) initializeOnce(ctx context.Context, req *logical.InitializationRequest) error {
 	refusal, err := b.storageRefusal(ctx, req.Storage, "")
 	if err != nil {
 		return err
