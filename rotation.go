@@ -121,9 +121,9 @@ func (b *backend) replaceStaticKey(ctx context.Context, s logical.Storage, name 
 		b.dropWALAfterRollback(ctx, s, walID, key)
 		return fmt.Errorf("recording the new key: %w", err)
 	}
-	if err := framework.DeleteWAL(ctx, s, walID); err != nil {
-		b.Logger().Warn("deleting WAL entry after rotation failed", "role", name, "error", err)
-	}
+	// The role holds the key now: the entry is spent (a stop before it is
+	// gone leaves it to the rollback manager, which finds the key held).
+	b.retireWAL(ctx, s, walID)
 	return nil
 }
 

@@ -72,6 +72,125 @@ func buildPreviousRelease(t *testing.T, root, commit, version, dir string) (comm
 	return command, sha
 }
 
+// upgradeRig is a Vault with two versions of the plugin registered, the
+// previous release (built from this clone's history) and the working tree,
+// and the mount enabled on the previous one.
+type upgradeRig struct {
+	t                      *testing.T
+	s                      *devvault.Server
+	oldVersion, newVersion string
+}
+
+func newUpgradeRig(t *testing.T, releaseFile, newVersion string) *upgradeRig {
+	t.Helper()
+	root, err := devvault.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	commit, oldVersion := previousRelease(t, releaseFile)
+	plugins := serverDir(t, releaseFile+"-plugins")
+	if err := os.MkdirAll(plugins, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	oldCommand, oldSHA := buildPreviousRelease(t, root, commit, oldVersion, plugins)
+	_, newSHA, err := devvault.BuildPluginAs(root, plugins, "vault-plugin-carbon", newVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), vaultStartBudget)
+	defer cancel()
+	s, err := devvault.Start(ctx, devvault.Options{
+		VaultBin: vaultBin, Dir: serverDir(t, releaseFile), PluginDir: plugins, LogLevel: "debug",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.KillAll)
+	r := &upgradeRig{t: t, s: s, oldVersion: oldVersion, newVersion: newVersion}
+	r.run("plugin", "register", "-sha256="+oldSHA, "-version="+oldVersion, "-command="+oldCommand, "secret", devvault.PluginName)
+	r.run("plugin", "register", "-sha256="+newSHA, "-version="+newVersion, "-command=vault-plugin-carbon", "secret", devvault.PluginName)
+	r.run("secrets", "enable", "-path="+mount, "-plugin-version="+oldVersion, devvault.PluginName)
+	return r
+}
+
+func (r *upgradeRig) run(args ...string) string {
+	r.t.Helper()
+	out, err := r.s.Vault(args...)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return out
+}
+
+// runJSON runs a command with -format=json and returns its data, with the
+// lease id under "lease_id".
+func (r *upgradeRig) runJSON(args ...string) map[string]any {
+	r.t.Helper()
+	// -format goes after the subcommand: `read`, `write`, `lease renew`.
+	n := 1
+	if args[0] == "lease" {
+		n = 2
+	}
+	secret := decodeSecret(r.t, r.run(append(append(append([]string{}, args[:n]...), "-format=json"), args[n:]...)...))
+	if secret.Data == nil {
+		return map[string]any{"lease_id": secret.LeaseID}
+	}
+	secret.Data["lease_id"] = secret.LeaseID
+	return secret.Data
+}
+
+// switchTo moves the mount to a version the way an operator does.
+func (r *upgradeRig) switchTo(version string) {
+	r.t.Helper()
+	start := time.Now()
+	r.run("secrets", "tune", "-plugin-version="+version, mount+"/")
+	r.run("write", "sys/plugins/reload/backend", "mounts="+mount+"/")
+	eventually(r.t, 30*time.Second, "mount runs "+version, func() bool {
+		m, err := r.s.Client.Logical().Read("sys/mounts/" + mount)
+		return err == nil && m != nil && m.Data["running_plugin_version"] == version
+	})
+	r.t.Logf("switched %s/ to %s in %s", mount, version, time.Since(start).Round(time.Millisecond))
+}
+
+// interruptIssuance leaves the WAL entry of an interrupted issuance
+// pending: the create lands upstream (on hang, which answers late) but its
+// answer times out, and so does the rollback in the request. It returns
+// the stranded key's id.
+func (r *upgradeRig) interruptIssuance(hang *climatiqtest.Server) string {
+	r.t.Helper()
+	hangProject := hang.AddProject("hang").ID
+	r.run("write", mount+"/config/cq-hang", "provider=climatiq", "management_key="+managementKey,
+		"management_url="+hang.ManagementURL(), "api_url="+hang.APIURL(), "request_timeout=1s", "max_retries=0")
+	r.run("write", mount+"/roles/hang", "config=cq-hang", "project_id="+hangProject, "ttl=1h")
+	hang.SetCompleteAbandoned(true)
+	hang.SetLatency(3 * time.Second)
+	// One attempt: the CLI would retry the 5xx and interrupt three issuances.
+	once, err := api.NewClient(&api.Config{Address: "http://" + r.s.Addr, Timeout: 30 * time.Second, MaxRetries: 0})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	once.SetToken(r.s.Token)
+	if _, err := once.Logical().Read(mount + "/creds/hang"); err == nil {
+		r.t.Fatal("issuance against a hanging upstream succeeded")
+	}
+	eventually(r.t, 10*time.Second, "the interrupted create lands upstream", func() bool { return len(hang.Keys()) == 1 })
+	stranded := hang.Keys()[0].ID
+	time.Sleep(3 * time.Second) // the in-request rollback's calls finish (and fail) before the upstream recovers
+	hang.SetLatency(0)
+	if _, ok := hang.Key(stranded); !ok {
+		r.t.Fatal("the interrupted issuance was rolled back in the request: no pending WAL entry to carry over")
+	}
+	return stranded
+}
+
+// staticKey reads static-creds/app.
+func (r *upgradeRig) staticKey() (keyID, apiKey, previous string) {
+	r.t.Helper()
+	d := r.runJSON("read", mount+"/static-creds/app")
+	previous, _ = d["previous_key_id"].(string)
+	return d["key_id"].(string), d["api_key"].(string), previous
+}
+
 // TestUpgradeFromV01AndDowngradeInPlace registers the first release and the
 // working tree as two versions of carbon, runs a mount on the old one with
 // config, leases, a static role in overlap and a WAL entry of an interrupted
@@ -85,83 +204,16 @@ func buildPreviousRelease(t *testing.T, root, commit, version, dir string) (comm
 // version renew and revoke under the old one, and the overlap that began
 // under the new version ends on time under the old one.
 func TestUpgradeFromV01AndDowngradeInPlace(t *testing.T) {
-	root, err := devvault.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	commit, oldVersion := previousRelease(t, "first-release")
-	plugins := serverDir(t, "upgrade-plugins")
-	if err := os.MkdirAll(plugins, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	oldCommand, oldSHA := buildPreviousRelease(t, root, commit, oldVersion, plugins)
-	_, newSHA, err := devvault.BuildPluginAs(root, plugins, "vault-plugin-carbon", upgradedVersion)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), vaultStartBudget)
-	defer cancel()
-	s, err := devvault.Start(ctx, devvault.Options{
-		VaultBin: vaultBin, Dir: serverDir(t, "upgrade"), PluginDir: plugins, LogLevel: "debug",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.KillAll)
+	r := newUpgradeRig(t, "first-release", upgradedVersion)
+	s, run, runJSON, switchTo, staticKey := r.s, r.run, r.runJSON, r.switchTo, r.staticKey
+	oldVersion := r.oldVersion
 	fake := climatiqtest.NewServer(managementKey)
 	defer fake.Close()
 	project := fake.AddProject("upgrade").ID
 	// A second upstream that hangs, for the interrupted issuance.
 	hang := climatiqtest.NewServer(managementKey)
 	defer hang.Close()
-	hangProject := hang.AddProject("hang").ID
-
-	run := func(args ...string) string {
-		t.Helper()
-		out, err := s.Vault(args...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return out
-	}
-	runJSON := func(args ...string) map[string]any {
-		t.Helper()
-		// -format goes after the subcommand: `read`, `write`, `lease renew`.
-		n := 1
-		if args[0] == "lease" {
-			n = 2
-		}
-		out := run(append(append(append([]string{}, args[:n]...), "-format=json"), args[n:]...)...)
-		secret := decodeSecret(t, out)
-		if secret.Data == nil {
-			return map[string]any{"lease_id": secret.LeaseID}
-		}
-		secret.Data["lease_id"] = secret.LeaseID
-		return secret.Data
-	}
-	staticKey := func() (keyID, apiKey, previous string) {
-		t.Helper()
-		d := runJSON("read", mount+"/static-creds/app")
-		previous, _ = d["previous_key_id"].(string)
-		return d["key_id"].(string), d["api_key"].(string), previous
-	}
 	exists := func(f *climatiqtest.Server, keyID string) bool { _, ok := f.Key(keyID); return ok }
-	switchTo := func(version string) {
-		t.Helper()
-		start := time.Now()
-		run("secrets", "tune", "-plugin-version="+version, mount+"/")
-		run("write", "sys/plugins/reload/backend", "mounts="+mount+"/")
-		eventually(t, 30*time.Second, "mount runs "+version, func() bool {
-			m, err := s.Client.Logical().Read("sys/mounts/" + mount)
-			return err == nil && m != nil && m.Data["running_plugin_version"] == version
-		})
-		t.Logf("switched %s/ to %s in %s", mount, version, time.Since(start).Round(time.Millisecond))
-	}
-
-	run("plugin", "register", "-sha256="+oldSHA, "-version="+oldVersion, "-command="+oldCommand, "secret", devvault.PluginName)
-	run("plugin", "register", "-sha256="+newSHA, "-version="+upgradedVersion, "-command=vault-plugin-carbon", "secret", devvault.PluginName)
-	run("secrets", "enable", "-path="+mount, "-plugin-version="+oldVersion, devvault.PluginName)
 
 	// ---- on the previous release ----
 	run("write", mount+"/config/cq", "provider=climatiq", "management_key="+managementKey,
@@ -170,30 +222,7 @@ func TestUpgradeFromV01AndDowngradeInPlace(t *testing.T) {
 	oldLease := runJSON("read", mount+"/creds/ci")
 	oldLeaseKey := oldLease["key_id"].(string)
 
-	// An interrupted issuance: the create lands upstream but its answer
-	// times out, and so does the rollback in the request, which leaves the
-	// WAL entry for later.
-	run("write", mount+"/config/cq-hang", "provider=climatiq", "management_key="+managementKey,
-		"management_url="+hang.ManagementURL(), "api_url="+hang.APIURL(), "request_timeout=1s", "max_retries=0")
-	run("write", mount+"/roles/hang", "config=cq-hang", "project_id="+hangProject, "ttl=1h")
-	hang.SetCompleteAbandoned(true)
-	hang.SetLatency(3 * time.Second)
-	// One attempt: the CLI would retry the 5xx and interrupt three issuances.
-	once, err := api.NewClient(&api.Config{Address: "http://" + s.Addr, Timeout: 30 * time.Second, MaxRetries: 0})
-	if err != nil {
-		t.Fatal(err)
-	}
-	once.SetToken(s.Token)
-	if _, err := once.Logical().Read(mount + "/creds/hang"); err == nil {
-		t.Fatal("issuance against a hanging upstream succeeded")
-	}
-	eventually(t, 10*time.Second, "the interrupted create lands upstream", func() bool { return len(hang.Keys()) == 1 })
-	strandedKey := hang.Keys()[0].ID
-	time.Sleep(3 * time.Second) // the in-request rollback's calls finish (and fail) before the upstream recovers
-	hang.SetLatency(0)
-	if !exists(hang, strandedKey) {
-		t.Fatal("the interrupted issuance was rolled back in the request: no pending WAL entry to carry over")
-	}
+	strandedKey := r.interruptIssuance(hang)
 
 	const rotationPeriod, overlap = 20 * time.Second, 10 * time.Second
 	run("write", mount+"/static-roles/app", "config=cq", "project_id="+project,
@@ -302,77 +331,20 @@ const formatUpgradeVersion = "v0.3.0-e2e"
 // retries) with a 503 naming the version to switch back to, and touches
 // nothing upstream. Switching up again picks everything up.
 func TestUpgradeFromFormat3AndBack(t *testing.T) {
-	root, err := devvault.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	commit, oldVersion := previousRelease(t, "previous-release")
-	plugins := serverDir(t, "format-upgrade-plugins")
-	if err := os.MkdirAll(plugins, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	oldCommand, oldSHA := buildPreviousRelease(t, root, commit, oldVersion, plugins)
-	_, newSHA, err := devvault.BuildPluginAs(root, plugins, "vault-plugin-carbon", formatUpgradeVersion)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), vaultStartBudget)
-	defer cancel()
-	s, err := devvault.Start(ctx, devvault.Options{
-		VaultBin: vaultBin, Dir: serverDir(t, "format-upgrade"), PluginDir: plugins, LogLevel: "debug",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.KillAll)
+	r := newUpgradeRig(t, "previous-release", formatUpgradeVersion)
+	s, run, runJSON, switchTo := r.s, r.run, r.runJSON, r.switchTo
+	oldVersion := r.oldVersion
 	fake := climatiqtest.NewServer(managementKey)
 	defer fake.Close()
 	project := fake.AddProject("upgrade").ID
 	hang := climatiqtest.NewServer(managementKey)
 	defer hang.Close()
-	hangProject := hang.AddProject("hang").ID
-
-	run := func(args ...string) string {
-		t.Helper()
-		out, err := s.Vault(args...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return out
-	}
-	runJSON := func(args ...string) map[string]any {
-		t.Helper()
-		n := 1
-		if args[0] == "lease" {
-			n = 2
-		}
-		secret := decodeSecret(t, run(append(append(append([]string{}, args[:n]...), "-format=json"), args[n:]...)...))
-		if secret.Data == nil {
-			return map[string]any{"lease_id": secret.LeaseID}
-		}
-		secret.Data["lease_id"] = secret.LeaseID
-		return secret.Data
-	}
 	staticKey := func() (keyID, previous string) {
 		t.Helper()
-		d := runJSON("read", mount+"/static-creds/app")
-		previous, _ = d["previous_key_id"].(string)
-		return d["key_id"].(string), previous
+		keyID, _, previous = r.staticKey()
+		return keyID, previous
 	}
 	exists := func(f *climatiqtest.Server, keyID string) bool { _, ok := f.Key(keyID); return ok }
-	switchTo := func(version string) {
-		t.Helper()
-		run("secrets", "tune", "-plugin-version="+version, mount+"/")
-		run("write", "sys/plugins/reload/backend", "mounts="+mount+"/")
-		eventually(t, 30*time.Second, "mount runs "+version, func() bool {
-			m, err := s.Client.Logical().Read("sys/mounts/" + mount)
-			return err == nil && m != nil && m.Data["running_plugin_version"] == version
-		})
-	}
-
-	run("plugin", "register", "-sha256="+oldSHA, "-version="+oldVersion, "-command="+oldCommand, "secret", devvault.PluginName)
-	run("plugin", "register", "-sha256="+newSHA, "-version="+formatUpgradeVersion, "-command=vault-plugin-carbon", "secret", devvault.PluginName)
-	run("secrets", "enable", "-path="+mount, "-plugin-version="+oldVersion, devvault.PluginName)
 
 	// ---- on the previous release (format 3) ----
 	run("write", mount+"/config/cq", "provider=climatiq", "management_key="+managementKey,
@@ -380,27 +352,7 @@ func TestUpgradeFromFormat3AndBack(t *testing.T) {
 	run("write", mount+"/roles/ci", "config=cq", "project_id="+project, "ttl=1h", "max_ttl=2h")
 	oldLease := runJSON("read", mount+"/creds/ci")
 
-	// An interrupted issuance whose WAL entry is left pending.
-	run("write", mount+"/config/cq-hang", "provider=climatiq", "management_key="+managementKey,
-		"management_url="+hang.ManagementURL(), "api_url="+hang.APIURL(), "request_timeout=1s", "max_retries=0")
-	run("write", mount+"/roles/hang", "config=cq-hang", "project_id="+hangProject, "ttl=1h")
-	hang.SetCompleteAbandoned(true)
-	hang.SetLatency(3 * time.Second)
-	once, err := api.NewClient(&api.Config{Address: "http://" + s.Addr, Timeout: 30 * time.Second, MaxRetries: 0})
-	if err != nil {
-		t.Fatal(err)
-	}
-	once.SetToken(s.Token)
-	if _, err := once.Logical().Read(mount + "/creds/hang"); err == nil {
-		t.Fatal("issuance against a hanging upstream succeeded")
-	}
-	eventually(t, 10*time.Second, "the interrupted create lands upstream", func() bool { return len(hang.Keys()) == 1 })
-	strandedKey := hang.Keys()[0].ID
-	time.Sleep(3 * time.Second)
-	hang.SetLatency(0)
-	if !exists(hang, strandedKey) {
-		t.Fatal("the interrupted issuance was rolled back in the request: no pending WAL entry to carry over")
-	}
+	strandedKey := r.interruptIssuance(hang)
 
 	// A released key and a static role in overlap.
 	run("write", mount+"/static-roles/rel", "config=cq", "project_id="+project, "rotation_period=1h", "delete_key_on_remove=false")
