@@ -113,29 +113,58 @@ var blocksHeld sync.Map // issuanceBlock.ID -> struct{}
 
 // issuanceName is a name handed out for one issuance.
 type issuanceName struct {
-	name  string
-	block *heldBlock
+	name string
+	// created is the time the name carries: taken once the block's entry
+	// is stored, so a tidy that did not see the entry started before it.
+	created time.Time
+	block   *heldBlock
 }
 
 // takeIssuanceName hands out the next name of the scope's block, opening
 // a block (one WAL write) when there is none or it is spent. Call
 // finishIssuance once the issuance has ended, whatever its outcome.
-func (b *backend) takeIssuanceName(ctx context.Context, s logical.Storage, scope blockScope, marker string, now time.Time, rendered string) (*issuanceName, error) {
+func (b *backend) takeIssuanceName(ctx context.Context, s logical.Storage, scope blockScope, marker, rendered string) (*issuanceName, error) {
 	b.blocks.lock.Lock()
 	defer b.blocks.lock.Unlock()
+	for attempt := 1; ; attempt++ {
+		blk, err := b.usableBlockLocked(ctx, s, scope, marker, b.now())
+		if err != nil {
+			return nil, err
+		}
+		now := b.now()
+		if !blk.usable(now, marker) {
+			// The block's window passed while its entry was written.
+			if attempt < 3 {
+				continue
+			}
+			return nil, fmt.Errorf("writing WAL entry before creating keys: took longer than %s", blockSpan)
+		}
+		counter := strconv.FormatInt(int64(blk.next), 36)
+		nonce := blk.entry.NoncePrefix + strings.Repeat("0", blockCounterLength-len(counter)) + counter
+		name, err := keyname.Format(marker, now, nonce, rendered)
+		if err != nil {
+			return nil, err
+		}
+		blk.next++
+		blk.inFlight++
+		return &issuanceName{name: name, created: now, block: blk}, nil
+	}
+}
+
+// usableBlockLocked returns the scope's open block, or the one opened
+// ahead, or a new one; past half its span it has the next one opened.
+func (b *backend) usableBlockLocked(ctx context.Context, s logical.Storage, scope blockScope, marker string, now time.Time) (*heldBlock, error) {
 	blk := b.blocks.open[scope]
 	if blk != nil && !blk.usable(now, marker) {
 		b.closeBlockLocked(ctx, scope, blk)
 		blk = nil
 	}
-	if blk == nil {
-		if next := b.blocks.next[scope]; next != nil {
-			delete(b.blocks.next, scope)
-			if next.usable(now, marker) {
-				blk = next
-			} else {
-				b.closeBlockLocked(ctx, scope, next)
-			}
+	if next := b.blocks.next[scope]; blk == nil && next != nil {
+		delete(b.blocks.next, scope)
+		if next.usable(now, marker) {
+			blk = next
+		} else {
+			b.closeBlockLocked(ctx, scope, next)
 		}
 	}
 	if blk == nil {
@@ -152,15 +181,7 @@ func (b *backend) takeIssuanceName(ctx context.Context, s logical.Storage, scope
 		b.blocks.opening[scope] = true
 		go b.openNextBlock(s, scope, marker)
 	}
-	counter := strconv.FormatInt(int64(blk.next), 36)
-	nonce := blk.entry.NoncePrefix + strings.Repeat("0", blockCounterLength-len(counter)) + counter
-	name, err := keyname.Format(marker, now, nonce, rendered)
-	if err != nil {
-		return nil, err
-	}
-	blk.next++
-	blk.inFlight++
-	return &issuanceName{name: name, block: blk}, nil
+	return blk, nil
 }
 
 func (blk *heldBlock) usable(now time.Time, marker string) bool {

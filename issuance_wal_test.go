@@ -108,7 +108,7 @@ func TestIssuanceBlockRollbackDeletesOnlyWhatNobodyHolds(t *testing.T) {
 	// A create whose answer was lost under the same block, and keys of
 	// other origins in the same project.
 	strandedName := blk.entry.NoncePrefix
-	issuance, err := e.b.takeIssuanceName(context.Background(), e.storage, blk.scope(), blk.entry.Marker, e.b.now(), "x")
+	issuance, err := e.b.takeIssuanceName(context.Background(), e.storage, blk.scope(), blk.entry.Marker, "x")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -113,15 +113,15 @@ func (b *backend) issueClimatiqKey(ctx context.Context, req *logical.Request, ro
 	if err != nil {
 		return logical.ErrorResponse("key_name_template: %s; fix the role's template", err), nil
 	}
-	now := b.now()
 	scope := blockScope{config: role.Config, project: role.ProjectID, perLease: role.ProjectPerLease}
 	if role.ProjectPerLease {
 		scope.project = ""
 	}
-	issuance, err := b.takeIssuanceName(ctx, req.Storage, scope, marker, now, rendered)
+	issuance, err := b.takeIssuanceName(ctx, req.Storage, scope, marker, rendered)
 	if err != nil {
 		return nil, err
 	}
+	now := issuance.created
 	resolved := true
 	defer func() { b.finishIssuance(ctx, issuance, resolved) }()
 	keyName := issuance.name
