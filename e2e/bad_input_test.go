@@ -171,9 +171,15 @@ func rawRequest(method, path string, data map[string]any) error {
 			return err
 		}
 	}
-	resp, err := vault.Client.RawRequest(req)
-	if resp != nil {
-		resp.Body.Close()
+	httpReq, err := req.ToHTTP()
+	if err != nil {
+		return err
 	}
-	return err
+	resp, err := http.DefaultClient.Do(httpReq)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	// As the api client does: an error status is an *api.ResponseError.
+	return (&api.Response{Response: resp}).Error()
 }

@@ -14,10 +14,9 @@ import (
 
 // exampleLine is one line the Go example printed, and when.
 type exampleLine struct {
-	at      time.Time
-	event   string // issued, works, renewed, "renewal stopped"
-	keyID   string
-	leaseID string
+	at    time.Time
+	event string // issued, works, renewed, "renewal stopped"
+	keyID string
 }
 
 // TestGoClientExample builds examples/go and runs it against the e2e Vault:
