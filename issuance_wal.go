@@ -92,6 +92,8 @@ type heldBlock struct {
 	// retireNow deletes the entry in the closing call instead of off the
 	// request path (closeBlocks: Clean, config delete).
 	retireNow bool
+	// owner is the backend instance that holds the block.
+	owner *backend
 }
 
 // issuanceBlocks are the blocks of one backend instance.
@@ -109,7 +111,7 @@ type issuanceBlocks struct {
 // instance still holds. A reload of the mount starts a new instance in the
 // same process while the old one finishes its requests: a block the old
 // instance holds is not the new one's to roll back.
-var blocksHeld sync.Map // issuanceBlock.ID -> struct{}
+var blocksHeld sync.Map // issuanceBlock.ID -> *heldBlock
 
 // issuanceName is a name handed out for one issuance.
 type issuanceName struct {
@@ -169,7 +171,7 @@ func (b *backend) usableBlockLocked(ctx context.Context, s logical.Storage, scop
 	}
 	if blk == nil {
 		var err error
-		if blk, err = openBlock(ctx, s, scope, marker, now); err != nil {
+		if blk, err = b.openBlock(ctx, s, scope, marker, now); err != nil {
 			return nil, err
 		}
 	}
@@ -189,7 +191,7 @@ func (blk *heldBlock) usable(now time.Time, marker string) bool {
 		time.Since(blk.opened) < blockSpan && !now.Before(blk.entry.From) && !now.After(blk.entry.Until)
 }
 
-func openBlock(ctx context.Context, s logical.Storage, scope blockScope, marker string, now time.Time) (*heldBlock, error) {
+func (b *backend) openBlock(ctx context.Context, s logical.Storage, scope blockScope, marker string, now time.Time) (*heldBlock, error) {
 	id, err := randomLowerAlnum(16)
 	if err != nil {
 		return nil, err
@@ -205,20 +207,22 @@ func openBlock(ctx context.Context, s logical.Storage, scope blockScope, marker 
 	}
 	// Registered before the write: a WAL entry that exists is always
 	// either held here or free to roll back.
-	blocksHeld.Store(id, struct{}{})
+	blk := &heldBlock{entry: entry, storage: s, opened: time.Now(), owner: b}
+	blocksHeld.Store(id, blk)
 	walID, err := framework.PutWAL(ctx, s, walKindIssuanceBlock, &entry)
 	if err != nil {
 		blocksHeld.Delete(id)
 		return nil, fmt.Errorf("writing WAL entry before creating keys: %w", err)
 	}
-	return &heldBlock{entry: entry, walID: walID, storage: s, opened: time.Now()}, nil
+	blk.walID = walID
+	return blk, nil
 }
 
 // openNextBlock writes the scope's next block ahead of need.
 func (b *backend) openNextBlock(s logical.Storage, scope blockScope, marker string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	next, err := openBlock(ctx, s, scope, marker, b.now())
+	next, err := b.openBlock(ctx, s, scope, marker, b.now())
 	b.blocks.lock.Lock()
 	defer b.blocks.lock.Unlock()
 	delete(b.blocks.opening, scope)
@@ -343,14 +347,39 @@ func (b *backend) blockRollbackDue(blk *issuanceBlock, created, cutoff time.Time
 	return !held && created.Before(b.startedAt)
 }
 
+// giveUp ends a block its holder still has open, for a rollback that came
+// early (Vault's immediate rollback, when a mount is disabled or moved):
+// with no issuance in flight under it, every one of them has resolved what
+// it created, so the entry is spent; the holder hands out no more of its
+// names. With issuances in flight the entry stays, and the last of them
+// retires it.
+func (blk *heldBlock) giveUp() error {
+	b := blk.owner
+	b.blocks.lock.Lock()
+	defer b.blocks.lock.Unlock()
+	if blk.inFlight > 0 {
+		return errBlockHeld
+	}
+	blk.closed = true
+	for _, blocks := range []map[blockScope]*heldBlock{b.blocks.open, b.blocks.next} {
+		if blocks[blk.scope()] == blk {
+			delete(blocks, blk.scope())
+		}
+	}
+	// An unresolved block is closed and let go by its last issuance, so
+	// one still held here resolved everything.
+	blocksHeld.Delete(blk.entry.ID)
+	return nil
+}
+
 // errBlockHeld keeps a block's entry for a later rollback.
 var errBlockHeld = errors.New("the block is still in use by an issuance in flight")
 
 // rollbackIssuanceBlock deletes what the block's issuances created upstream
 // and the mount does not hold.
 func (b *backend) rollbackIssuanceBlock(ctx context.Context, s logical.Storage, blk *issuanceBlock) error {
-	if _, held := blocksHeld.Load(blk.ID); held {
-		return errBlockHeld
+	if holder, held := blocksHeld.Load(blk.ID); held {
+		return holder.(*heldBlock).giveUp()
 	}
 	client, err := b.climatiqClient(ctx, s, blk.Config)
 	if err != nil {
