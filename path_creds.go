@@ -138,14 +138,14 @@ func (b *backend) issueClimatiqKey(ctx context.Context, req *logical.Request, ro
 	if role.ProjectPerLease {
 		project, err := client.CreateProject(ctx, keyName)
 		if err != nil {
-			resolved = b.rollbackNow(ctx, req.Storage, key)
+			resolved = b.rollbackNow(ctx, req.Storage, key, err)
 			return b.issuanceRefused(req, roleName, role, key, "creating project", err)
 		}
 		key.ProjectID = project.ID
 	}
 	created, err := client.CreateKey(ctx, key.ProjectID, keyName)
 	if err != nil {
-		resolved = b.rollbackNow(ctx, req.Storage, key)
+		resolved = b.rollbackNow(ctx, req.Storage, key, err)
 		return b.issuanceRefused(req, roleName, role, key, "creating key", err)
 	}
 	key.KeyID = created.ID
@@ -159,7 +159,7 @@ func (b *backend) issueClimatiqKey(ctx context.Context, req *logical.Request, ro
 	}
 	key.Created, key.Expires = now.UTC().Truncate(time.Second), now.Add(maxTTL).UTC().Truncate(time.Second)
 	if err := b.recordKey(ctx, req.Storage, key, slot); err != nil {
-		resolved = b.rollbackNow(ctx, req.Storage, key)
+		resolved = b.rollbackNow(ctx, req.Storage, key, nil)
 		return nil, fmt.Errorf("recording key in inventory: %w", err)
 	}
 	b.logAndEmit(eventKeyIssue, "role", roleName, "config", role.Config, "key_id", key.KeyID, "key_name", keyName, "project_id", key.ProjectID)

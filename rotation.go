@@ -97,7 +97,7 @@ func (b *backend) replaceStaticKey(ctx context.Context, s logical.Storage, name 
 	}
 	created, err := client.CreateKey(ctx, role.ProjectID, keyName)
 	if err != nil {
-		b.dropWALAfterRollback(ctx, s, walID, key)
+		b.dropWALAfterRollback(ctx, s, walID, key, err)
 		return upstreamError("creating key", err)
 	}
 	key.KeyID = created.ID
@@ -118,7 +118,7 @@ func (b *backend) replaceStaticKey(ctx context.Context, s logical.Storage, name 
 	}
 	if err != nil {
 		*role = *previous
-		b.dropWALAfterRollback(ctx, s, walID, key)
+		b.dropWALAfterRollback(ctx, s, walID, key, nil)
 		return fmt.Errorf("recording the new key: %w", err)
 	}
 	// The role holds the key now: the entry is spent (a stop before it is

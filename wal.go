@@ -3,7 +3,9 @@ package carbon
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -189,18 +191,32 @@ func (b *backend) keyTracked(ctx context.Context, s logical.Storage, key *ownedK
 }
 
 // rollbackNow undoes a failed issuance or rotation at once instead of
-// waiting for the rollback manager, and reports whether that worked; when
-// it did not, the WAL entry must stay for the rollback manager. It runs
+// waiting for the rollback manager, and reports whether that resolved it;
+// when not, the WAL entry must stay for the rollback manager. cause is why
+// the issuance failed: a create that got no clear answer may still land
+// upstream after this rollback looked, so it never resolves. It runs
 // detached from the request's cancellation: a client that gave up must not
 // stop the cleanup.
-func (b *backend) rollbackNow(ctx context.Context, s logical.Storage, key *ownedKey) bool {
+func (b *backend) rollbackNow(ctx context.Context, s logical.Storage, key *ownedKey, cause error) bool {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
 	defer cancel()
 	if err := b.rollbackClimatiqKey(ctx, s, key); err != nil {
 		b.Logger().Warn("rollback after a failed key creation failed; the rollback manager will retry", "key_name", key.KeyName, "error", err)
 		return false
 	}
-	return true
+	return !createMayStillLand(cause)
+}
+
+// createMayStillLand reports whether a failed create may yet take effect
+// upstream: anything but a clear refusal (a 4xx other than 408 and 429)
+// leaves that open. nil is a create that answered.
+func createMayStillLand(err error) bool {
+	if err == nil || errors.Is(err, climatiq.ErrNotFound) {
+		return false
+	}
+	var refused *climatiq.Error
+	return !errors.As(err, &refused) || refused.StatusCode < 400 || refused.StatusCode >= 500 ||
+		refused.StatusCode == http.StatusRequestTimeout || refused.StatusCode == http.StatusTooManyRequests
 }
 
 // spentWALQueueSize bounds the spent WAL entries waiting for deletion; when
@@ -267,8 +283,8 @@ func (b *backend) deleteSpentWAL(done <-chan struct{}) {
 
 // dropWALAfterRollback undoes a failed rotation's create at once and drops
 // its WAL entry when that worked.
-func (b *backend) dropWALAfterRollback(ctx context.Context, s logical.Storage, walID string, key *ownedKey) {
-	if !b.rollbackNow(ctx, s, key) {
+func (b *backend) dropWALAfterRollback(ctx context.Context, s logical.Storage, walID string, key *ownedKey, cause error) {
+	if !b.rollbackNow(ctx, s, key, cause) {
 		return
 	}
 	if err := framework.DeleteWAL(context.WithoutCancel(ctx), s, walID); err != nil {

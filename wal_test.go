@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -243,4 +244,45 @@ func TestFailedInventoryWriteCountsAndLeavesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.mustOK(logical.DeleteOperation, "config/cq", nil)
+}
+
+// A create whose answer timed out may land upstream after the request's own
+// rollback looked and found nothing: its WAL entry stays, and the rollback
+// manager deletes the key that landed. Found by the state machine (an
+// abandoned create on a static role's first key).
+func TestCreateThatLandsAfterItsRollbackLookedIsStillRolledBack(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		op   logical.Operation
+		path string
+	}{
+		{"rotation", logical.UpdateOperation, "rotate-role/app"},
+		{"issuance", logical.ReadOperation, "creds/ci"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newTestEnv(t)
+			e.writeClimatiqConfig("cq", map[string]any{"request_timeout": "1s", "max_retries": 0})
+			e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
+			e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{"config": "cq", "project_id": e.projectID, "rotation_period": "1h"})
+			before := len(e.climatiq.Keys())
+			// The create hangs past the request timeout and commits later;
+			// the request's own rollback, once the create timed out, gets
+			// quick answers and finds nothing yet.
+			e.climatiq.SetLatency(2 * time.Second)
+			e.climatiq.SetCompleteAbandoned(true)
+			time.AfterFunc(500*time.Millisecond, func() { e.climatiq.SetLatency(0) })
+			if resp, err := e.doErr(tc.op, tc.path, nil); err == nil && !resp.IsError() {
+				t.Fatal("the request succeeded against an upstream slower than its timeout")
+			}
+			for deadline := time.Now().Add(5 * time.Second); len(e.climatiq.Keys()) == before; time.Sleep(20 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("the abandoned create never landed")
+				}
+			}
+			runRollbackManager(t, e)
+			if n := len(e.climatiq.Keys()); n != before {
+				t.Fatalf("%d keys stranded upstream after the rollback manager ran", n-before)
+			}
+		})
+	}
 }
