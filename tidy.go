@@ -288,10 +288,7 @@ func (run *tidyRun) deleteExpired(ctx context.Context) {
 		}
 		client, err := run.b.climatiqClient(ctx, run.storage, k.Config)
 		if err == nil {
-			err = deleteUpstream(ctx, client, k)
-		}
-		if err == nil {
-			err = run.b.forgetKey(ctx, run.storage, k)
+			err = run.b.deleteExpiredKey(ctx, run.storage, client, k)
 		}
 		if err != nil {
 			run.fail(fmt.Errorf("config %q: deleting expired key %s: %w", k.Config, k.KeyID, err))
@@ -299,6 +296,23 @@ func (run *tidyRun) deleteExpired(ctx context.Context) {
 		}
 		run.report.Deleted++
 	}
+}
+
+// deleteExpiredKey deletes a key whose recorded expiry passed long ago,
+// under the lock a renewal holds while it moves that expiry: a renewal
+// that got there first has moved it, and the key is kept.
+func (b *backend) deleteExpiredKey(ctx context.Context, s logical.Storage, client *climatiq.Client, listed *ownedKey) error {
+	lock := b.keyLock(listed.KeyName)
+	lock.Lock()
+	defer lock.Unlock()
+	k, err := getKey(ctx, s, listed.KeyID)
+	if err != nil || k == nil || !k.Expires.Equal(listed.Expires) {
+		return err // revoked or renewed meanwhile
+	}
+	if err := deleteUpstream(ctx, client, k); err != nil {
+		return err
+	}
+	return b.forgetKey(ctx, s, k)
 }
 
 // ours reports whether an upstream name is this mount's, old enough, and
