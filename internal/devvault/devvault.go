@@ -110,6 +110,11 @@ type Options struct {
 	// Dev runs `vault server -dev` (in-memory storage, unsealed, root
 	// token "root") instead of a configured server.
 	Dev bool
+
+	// Telemetry exposes Vault's metrics in Prometheus format at
+	// sys/metrics?format=prometheus (retained for an hour, metric names
+	// without the host name), for counting storage operations.
+	Telemetry bool
 }
 
 // RaftOptions make the server a node of an integrated-storage (Raft)
@@ -199,8 +204,17 @@ plugin_directory = %q
 api_addr         = "http://%s"
 %sdisable_mlock    = true
 log_level        = %q
-`, storage, s.Addr, listenerCluster, s.opts.PluginDir, s.Addr, cluster, s.opts.LogLevel)
+%s`, storage, s.Addr, listenerCluster, s.opts.PluginDir, s.Addr, cluster, s.opts.LogLevel, s.telemetryConfig())
 	return os.WriteFile(filepath.Join(s.opts.Dir, "vault.hcl"), []byte(cfg), 0o600)
+}
+
+// telemetryConfig is the server configuration's telemetry stanza, empty
+// unless Options.Telemetry is set.
+func (s *Server) telemetryConfig() string {
+	if !s.opts.Telemetry {
+		return ""
+	}
+	return "telemetry {\n  prometheus_retention_time = \"1h\"\n  disable_hostname          = true\n}\n"
 }
 
 // start launches the server process and waits until it is unsealed.
@@ -213,6 +227,9 @@ func (s *Server) start(ctx context.Context) error {
 	if s.opts.Dev {
 		args = []string{"server", "-dev", "-dev-root-token-id=root", "-dev-listen-address=" + s.Addr,
 			"-dev-plugin-dir=" + s.opts.PluginDir, "-log-level=" + s.opts.LogLevel}
+		if s.opts.Telemetry {
+			args = append(args, "-config", filepath.Join(s.opts.Dir, "telemetry.hcl"))
+		}
 	}
 	cmd := exec.Command(s.opts.VaultBin, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
@@ -245,7 +262,12 @@ func (s *Server) start(ctx context.Context) error {
 		s.Client.SetToken(s.Token)
 		return nil
 	}
-	return s.initAndUnseal(ctx)
+	if err := s.initAndUnseal(ctx); err != nil {
+		// The caller gets no server to stop: stop it here.
+		s.KillAll()
+		return err
+	}
+	return nil
 }
 
 func (s *Server) waitListening(ctx context.Context) error {
