@@ -180,7 +180,8 @@ func (r *report) writeStorages(out *strings.Builder) {
 		"(the `_count` of the barrier summaries) from `GET sys/metrics?format=prometheus` on the active node, read before and "+
 		"after %d operations run one after another, then %s for writes made just after an answer to land. Then the same "+
 		"counters over a quiet interval of the same length, with no request: Vault's background writes. The net figure "+
-		"subtracts the quiet interval's writes from the operations' and divides by %d.\n", stCountN, settle, stCountN)
+		"subtracts the quiet interval's writes from the operations' and divides by %d. The renewal extends leases issued "+
+		"seconds before by an hour, within the role's max_ttl.\n", stCountN, settle, stCountN)
 	for _, st := range r.storages {
 		st.write(w)
 	}
