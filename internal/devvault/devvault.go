@@ -164,6 +164,12 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		if err := s.writeConfig(); err != nil {
 			return nil, err
 		}
+	} else if opts.Telemetry {
+		// A dev server takes configuration files too; this one holds only
+		// the telemetry stanza.
+		if err := os.WriteFile(filepath.Join(opts.Dir, "telemetry.hcl"), []byte(s.telemetryConfig()), 0o600); err != nil {
+			return nil, err
+		}
 	}
 	if err := s.start(ctx); err != nil {
 		return nil, err
@@ -278,7 +284,7 @@ func (s *Server) waitListening(ctx context.Context) error {
 		}
 		select {
 		case <-s.done:
-			return fmt.Errorf("vault exited during start; see %s", s.LogPath)
+			return fmt.Errorf("vault exited during start; see %s, which ends:\n%s", s.LogPath, logTail(s.LogPath, 15))
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(100 * time.Millisecond):
@@ -422,6 +428,20 @@ func (s *Server) KillAll() {
 // Restart starts the server again on the same address and storage.
 func (s *Server) Restart(ctx context.Context) error {
 	return s.start(ctx)
+}
+
+// logTail is the last n lines of a log, for an error that names the log
+// of a server whose directory may be gone by the time someone reads it.
+func logTail(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
 
 // FreeAddr returns a free 127.0.0.1 TCP address.
