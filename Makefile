@@ -101,9 +101,14 @@ bin/vault-%:
 	echo "vault $*: building from $$dir (about 10 minutes)"; \
 	cd $$dir && GONOSUMDB='github.com/hashicorp/vault-plugin-*' $(GO) build -trimpath -ldflags "-s -w -checklinkname=0" -o $(CURDIR)/bin/vault-$* .
 
-# Benchmarks against a real Vault dev server; writes BENCHMARKS.md (about 10 minutes; not part of `make test`).
+# Benchmarks against real Vault servers on 127.0.0.1: integrated storage
+# (Raft) on disk, one node and a three-node cluster, then a dev server;
+# writes BENCHMARKS.md (about 20 minutes on 2 cores; not part of `make test`).
+# BENCH_FLAGS="-only raft -out /tmp/raft.md" runs the Raft part alone;
+# -rounds sets the interleaved rounds (default 3).
+BENCH_FLAGS ?=
 bench: vault
-	$(GO) run ./bench -out BENCHMARKS.md
+	$(GO) run ./bench -out BENCHMARKS.md $(BENCH_FLAGS)
 
 # Model-based state-machine test (statemachine_test.go) looping fresh seeds
 # until SOAK ends; prints sequences and steps run, and the first failure.

@@ -29,6 +29,10 @@ func runBatch(n, conc int, op func() error) batch {
 	return runPacedBatch(n, conc, 0, op)
 }
 
+// batchTimeLimit bounds every batch in time as n bounds it in count: no
+// call starts after it, and the calls not started count as errors.
+const batchTimeLimit = 5 * time.Minute
+
 // runPacedBatch is runBatch with an untimed pause before each call, to see
 // what a machine woken from idle adds to a request.
 func runPacedBatch(n, conc int, pause time.Duration, op func() error) batch {
@@ -37,6 +41,7 @@ func runPacedBatch(n, conc int, pause time.Duration, op func() error) batch {
 	work := make(chan struct{})
 	var wg sync.WaitGroup
 	start := time.Now()
+	deadline := start.Add(batchTimeLimit)
 	for w := 0; w < conc; w++ {
 		wg.Add(1)
 		go func() {
@@ -62,6 +67,15 @@ func runPacedBatch(n, conc int, pause time.Duration, op func() error) batch {
 		}()
 	}
 	for i := 0; i < n; i++ {
+		if time.Now().After(deadline) {
+			mu.Lock()
+			b.errors += n - i
+			if b.firstErr == nil {
+				b.firstErr = fmt.Errorf("batch stopped at its time limit (%s) after %d of %d calls", batchTimeLimit, i, n)
+			}
+			mu.Unlock()
+			break
+		}
 		work <- struct{}{}
 	}
 	close(work)

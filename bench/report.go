@@ -6,23 +6,34 @@ import (
 	"time"
 )
 
-// report collects the sections of BENCHMARKS.md as scenarios finish.
+// report collects the sections of BENCHMARKS.md as scenarios finish: the
+// storage comparison (Raft first, then the dev server) and the dev-server
+// sections, in that order whatever order they ran in.
 type report struct {
-	b       strings.Builder
-	targets []string
+	vaultVersion string
+	rounds       int
+	disk         string
+	storages     []*storageResult
+	b            strings.Builder
+	targets      []string
 }
 
-func newReport() *report { return &report{} }
+func newReport(vaultVersion string, rounds int) *report {
+	return &report{vaultVersion: vaultVersion, rounds: rounds}
+}
 
-func (r *report) header(vaultVersion string, rounds int) {
-	fmt.Fprintf(&r.b, "# Benchmarks\n\n")
-	fmt.Fprintf(&r.b, "Written by `make bench` (`go run ./bench`) on %s.\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
-	fmt.Fprintf(&r.b, "- Machine: %s\n", machine())
-	fmt.Fprintf(&r.b, "- Vault: %s, dev server (in-memory storage) on 127.0.0.1, plugin %s registered by sha256\n", vaultVersion, version)
-	fmt.Fprintf(&r.b, "- Upstreams: in-process fakes (`backend/climatiqtest`, `backend/altruistiqtest`) on 127.0.0.1\n")
-	fmt.Fprintf(&r.b, "- Clients: the Go `vault/api` client over HTTP, from the benchmark process\n")
-	fmt.Fprintf(&r.b, "- Issuance scenarios run in %d interleaved rounds; latencies are pooled over the rounds, throughput is the median of the rounds\n\n", rounds)
-	fmt.Fprintf(&r.b, "Rerun: `make bench` (builds the plugin; uses `$VAULT_BIN`, `vault` on PATH or `bin/vault`).\n\n")
+func (r *report) header(out *strings.Builder) {
+	fmt.Fprintf(out, "# Benchmarks\n\n")
+	fmt.Fprintf(out, "Written by `make bench` (`go run ./bench`) on %s.\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
+	fmt.Fprintf(out, "- Machine: %s\n", machine())
+	fmt.Fprintf(out, "- Disk: %s\n", r.disk)
+	fmt.Fprintf(out, "- Vault: %s, on 127.0.0.1: integrated storage (Raft) on disk, one node and a three-node cluster; "+
+		"then a dev server (in-memory storage). Plugin %s registered by sha256\n", r.vaultVersion, version)
+	fmt.Fprintf(out, "- Upstreams: in-process fakes (`backend/climatiqtest`, `backend/altruistiqtest`) on 127.0.0.1, answering at once unless a section says otherwise\n")
+	fmt.Fprintf(out, "- Clients: the Go `vault/api` client over HTTP, from the benchmark process, with the root token\n")
+	fmt.Fprintf(out, "- Timed scenarios run in %d interleaved rounds; latencies are pooled over the rounds, throughput is the median of the rounds\n\n", r.rounds)
+	fmt.Fprintf(out, "Rerun: `make bench` (builds the plugin; uses `$VAULT_BIN`, `vault` on PATH or `bin/vault`); "+
+		"`go run ./bench -only raft -out /tmp/raft.md` runs the Raft part alone.\n\n")
 }
 
 func (r *report) section(title string) { fmt.Fprintf(&r.b, "## %s\n\n", title) }
@@ -40,10 +51,14 @@ func (r *report) target(name string, met bool, measured string) {
 
 func (r *report) String() string {
 	var out strings.Builder
+	r.header(&out)
+	r.writeStorages(&out)
 	out.WriteString(r.b.String())
-	out.WriteString("## Targets\n\n| target | measured | verdict |\n|---|---|---|\n")
-	for _, t := range r.targets {
-		out.WriteString(t + "\n")
+	if len(r.targets) > 0 {
+		out.WriteString("## Targets\n\n| target | measured | verdict |\n|---|---|---|\n")
+		for _, t := range r.targets {
+			out.WriteString(t + "\n")
+		}
 	}
 	return out.String()
 }

@@ -184,10 +184,8 @@ func (e *env) measureScale(c *api.Client) (scaleFigures, error) {
 		// Control: Vault's own leased issuance, which no plugin code
 		// touches, shows what Vault's growing lease count and the machine
 		// add.
-		b, err := timed(200, 1, func() error {
-			_, err := c.Logical().Write("ssh/creds/otp", map[string]any{"ip": "127.0.0.1"})
-			return err
-		})
+		otp := issueOTP(nil)
+		b, err := timed(200, 1, func() error { return otp(c) })
 		if err != nil {
 			return f, err
 		}

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net/http"
 	"os"
 	"regexp"
 	"strconv"
@@ -21,49 +20,19 @@ import (
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiqtest"
 )
 
-// client is an HTTP client to the benchmark's Vault, pooled for high
-// concurrency and without client-side retries.
-func (e *env) client() *api.Client {
-	cfg := api.DefaultConfig()
-	cfg.Address = "http://" + e.vault.Addr
-	cfg.MaxRetries = 0
-	cfg.Timeout = 2 * time.Minute
-	if t, ok := cfg.HttpClient.Transport.(*http.Transport); ok {
-		t.MaxIdleConnsPerHost = 2048
-		t.MaxConnsPerHost = 0
-	}
-	c, err := api.NewClient(cfg)
-	if err != nil {
-		panic(err)
-	}
-	c.SetToken(e.vault.Token)
-	return c
-}
-
-type issuanceCase struct {
-	name    string
-	conc    int
-	n       int
-	op      func(c *api.Client) error
-	cleanup string        // lease prefix to revoke after each batch
-	pause   time.Duration // untimed pause before each request
-}
+// client is an HTTP client to the benchmark's dev server.
+func (e *env) client() *api.Client { return newClient(e.vault) }
 
 // issuance runs Climatiq issuance (zero-latency and 50 ms upstream) next to
 // ssh OTP creds and kv-v2 writes, at concurrency 1 and 16, interleaved.
 func (e *env) issuance(rounds int) error {
-	read := func(path string) func(c *api.Client) error {
-		return func(c *api.Client) error { _, err := c.Logical().Read(path); return err }
-	}
-	otp := func(c *api.Client) error {
-		_, err := c.Logical().Write("ssh/creds/otp", map[string]any{"ip": "127.0.0.1"})
-		return err
-	}
+	read := func(path string) func(c *api.Client) error { return readCreds(path, nil) }
+	otp := issueOTP(nil)
 	kv := func(c *api.Client) error {
 		_, err := c.Logical().Write("kv/data/bench", map[string]any{"data": map[string]any{"v": "x"}})
 		return err
 	}
-	cases := []issuanceCase{
+	cases := []benchCase{
 		{"carbon creds, 0 ms upstream, c=1", 1, 200, read(mount + "/creds/ci"), mount + "/creds/ci", 0},
 		{"ssh OTP creds, c=1", 1, 200, otp, "ssh/creds/otp", 0},
 		{"kv-v2 write, c=1", 1, 200, kv, "", 0},
@@ -76,36 +45,9 @@ func (e *env) issuance(rounds int) error {
 		{"kv-v2 write, c=16", 16, 1600, kv, "", 0},
 		{"carbon creds, 50 ms upstream, c=16", 16, 480, read(mount + "/creds/ci50"), mount + "/creds/ci50", 0},
 	}
-	c := e.client()
-	// Warm-up: connections, the plugin's connection cache, Vault's caches.
-	for _, ic := range cases {
-		runPacedBatch(20, ic.conc, ic.pause, func() error { return ic.op(c) })
-		if ic.cleanup != "" {
-			if err := e.revokePrefix(ic.cleanup); err != nil {
-				return err
-			}
-		}
-	}
-	lat := map[string][]time.Duration{}
-	tput := map[string][]float64{}
-	errs := map[string]int{}
-	for r := 0; r < rounds; r++ {
-		for i := range cases {
-			// Rotate the order each round so no case always runs first.
-			ic := cases[(i+r)%len(cases)]
-			b := runPacedBatch(ic.n, ic.conc, ic.pause, func() error { return ic.op(c) })
-			if b.firstErr != nil && b.errors > ic.n/100 {
-				return fmt.Errorf("%s: %d errors, first: %v", ic.name, b.errors, b.firstErr)
-			}
-			lat[ic.name] = append(lat[ic.name], b.latencies...)
-			tput[ic.name] = append(tput[ic.name], b.throughput())
-			errs[ic.name] += b.errors
-			if ic.cleanup != "" {
-				if err := e.revokePrefix(ic.cleanup); err != nil {
-					return err
-				}
-			}
-		}
+	res, err := interleave(e.vault, e.client(), rounds, [][]benchCase{cases}, nil)
+	if err != nil {
+		return err
 	}
 
 	r := e.report
@@ -114,11 +56,11 @@ func (e *env) issuance(rounds int) error {
 	r.line("| scenario | n per round | p50 | p99 | throughput (median of rounds) | errors |")
 	r.line("|---|---|---|---|---|---|")
 	for _, ic := range cases {
-		r.line("| %s | %d | %s | %s | %.0f /s | %d |", ic.name, ic.n, ms(percentile(lat[ic.name], 50)), ms(percentile(lat[ic.name], 99)), median(tput[ic.name]), errs[ic.name])
+		r.line("| %s | %d | %s | %s | %.0f /s | %d |", ic.name, ic.n, ms(res.p50(ic.name)), ms(res.p99(ic.name)), res.tput(ic.name), res.errs(ic.name))
 	}
-	p50 := func(name string) time.Duration { return percentile(lat[name], 50) }
+	p50 := res.p50
 	ratio := float64(p50("carbon creds, 0 ms upstream, c=1")) / float64(p50("ssh OTP creds, c=1"))
-	tputRatio := median(tput["carbon creds, 0 ms upstream, c=16"]) / median(tput["ssh OTP creds, c=16"])
+	tputRatio := res.tput("carbon creds, 0 ms upstream, c=16") / res.tput("ssh OTP creds, c=16")
 	added := p50("carbon creds, 50 ms upstream, c=1") - p50("carbon creds, 0 ms upstream, c=1")
 	r.line("\nRatios: carbon/ssh-OTP p50 at c=1 = **%.2f×**; carbon/ssh-OTP throughput at c=16 = **%.2f**; "+
 		"50 ms upstream p50 − 0 ms p50 = **%s** (the upstream's 50 ms is the whole difference if the plugin adds nothing).\n",

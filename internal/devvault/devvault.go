@@ -110,6 +110,11 @@ type Options struct {
 	// Dev runs `vault server -dev` (in-memory storage, unsealed, root
 	// token "root") instead of a configured server.
 	Dev bool
+
+	// Telemetry exposes Vault's metrics in Prometheus format at
+	// sys/metrics?format=prometheus (retained for an hour, metric names
+	// without the host name), for counting storage operations.
+	Telemetry bool
 }
 
 // RaftOptions make the server a node of an integrated-storage (Raft)
@@ -159,6 +164,12 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		if err := s.writeConfig(); err != nil {
 			return nil, err
 		}
+	} else if opts.Telemetry {
+		// A dev server takes configuration files too; this one holds only
+		// the telemetry stanza.
+		if err := os.WriteFile(filepath.Join(opts.Dir, "telemetry.hcl"), []byte(s.telemetryConfig()), 0o600); err != nil {
+			return nil, err
+		}
 	}
 	if err := s.start(ctx); err != nil {
 		return nil, err
@@ -199,8 +210,17 @@ plugin_directory = %q
 api_addr         = "http://%s"
 %sdisable_mlock    = true
 log_level        = %q
-`, storage, s.Addr, listenerCluster, s.opts.PluginDir, s.Addr, cluster, s.opts.LogLevel)
+%s`, storage, s.Addr, listenerCluster, s.opts.PluginDir, s.Addr, cluster, s.opts.LogLevel, s.telemetryConfig())
 	return os.WriteFile(filepath.Join(s.opts.Dir, "vault.hcl"), []byte(cfg), 0o600)
+}
+
+// telemetryConfig is the server configuration's telemetry stanza, empty
+// unless Options.Telemetry is set.
+func (s *Server) telemetryConfig() string {
+	if !s.opts.Telemetry {
+		return ""
+	}
+	return "telemetry {\n  prometheus_retention_time = \"1h\"\n  disable_hostname          = true\n}\n"
 }
 
 // start launches the server process and waits until it is unsealed.
@@ -213,6 +233,9 @@ func (s *Server) start(ctx context.Context) error {
 	if s.opts.Dev {
 		args = []string{"server", "-dev", "-dev-root-token-id=root", "-dev-listen-address=" + s.Addr,
 			"-dev-plugin-dir=" + s.opts.PluginDir, "-log-level=" + s.opts.LogLevel}
+		if s.opts.Telemetry {
+			args = append(args, "-config", filepath.Join(s.opts.Dir, "telemetry.hcl"))
+		}
 	}
 	cmd := exec.Command(s.opts.VaultBin, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
@@ -245,7 +268,12 @@ func (s *Server) start(ctx context.Context) error {
 		s.Client.SetToken(s.Token)
 		return nil
 	}
-	return s.initAndUnseal(ctx)
+	if err := s.initAndUnseal(ctx); err != nil {
+		// The caller gets no server to stop: stop it here.
+		s.KillAll()
+		return err
+	}
+	return nil
 }
 
 func (s *Server) waitListening(ctx context.Context) error {
@@ -256,7 +284,7 @@ func (s *Server) waitListening(ctx context.Context) error {
 		}
 		select {
 		case <-s.done:
-			return fmt.Errorf("vault exited during start; see %s", s.LogPath)
+			return fmt.Errorf("vault exited during start; see %s, which ends:\n%s", s.LogPath, logTail(s.LogPath, 15))
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(100 * time.Millisecond):
@@ -400,6 +428,20 @@ func (s *Server) KillAll() {
 // Restart starts the server again on the same address and storage.
 func (s *Server) Restart(ctx context.Context) error {
 	return s.start(ctx)
+}
+
+// logTail is the last n lines of a log, for an error that names the log
+// of a server whose directory may be gone by the time someone reads it.
+func logTail(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
 
 // FreeAddr returns a free 127.0.0.1 TCP address.
