@@ -2,9 +2,11 @@ package carbon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -274,6 +276,99 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	// tokens fetched with them.
 	b.resetConnection(name)
 	return nil, nil
+}
+
+// A secret field (a string field marked Sensitive: management_key,
+// client_secret) written with another JSON type never reaches the
+// framework: its parse error quotes the value ("expected type 'string', got
+// unconvertible type '[]interface {}', value: '[...]'"), and that error
+// would go to the caller, to Vault's log at ERROR (from the existence
+// check) and to the audit log, whose error field Vault does not HMAC. The
+// framework also turns a number or a boolean into a string silently, and
+// would send it upstream as the credential. HandleExistenceCheck runs the
+// check without such fields; HandleRequest (storage_version.go) answers
+// with the 400 of mistypedSecrets, which names the field and the fix, never
+// the value.
+
+// HandleExistenceCheck is the framework's, minus mistyped secret fields,
+// which the request itself is then refused for.
+func (b *backend) HandleExistenceCheck(ctx context.Context, req *logical.Request) (bool, bool, error) {
+	if mistyped := b.mistypedSecrets(req); len(mistyped) > 0 {
+		data := req.Data
+		req.Data = maps.Clone(data)
+		for _, m := range mistyped {
+			delete(req.Data, m.field)
+		}
+		defer func() { req.Data = data }()
+	}
+	return b.Backend.HandleExistenceCheck(ctx, req)
+}
+
+// refuseMistypedSecrets answers a request that carries a secret field of
+// the wrong JSON type with a 400, and any other with nil.
+func (b *backend) refuseMistypedSecrets(req *logical.Request) *logical.Response {
+	mistyped := b.mistypedSecrets(req)
+	if len(mistyped) == 0 {
+		return nil
+	}
+	msgs := make([]string, len(mistyped))
+	for i, m := range mistyped {
+		msgs[i] = fmt.Sprintf("%s: must be a JSON string, not %s; send the secret as one string (the value is not repeated here: the field is write-only)", m.field, m.got)
+	}
+	return logical.ErrorResponse(strings.Join(msgs, "; "))
+}
+
+type mistypedSecret struct {
+	field, got string // got: the JSON type sent, "an array"
+}
+
+// mistypedSecrets lists, by name, the secret fields of req's path whose
+// value is neither a string nor null.
+func (b *backend) mistypedSecrets(req *logical.Request) []mistypedSecret {
+	if req.Operation == logical.HelpOperation || len(req.Data) == 0 {
+		return nil
+	}
+	path := b.Route(req.Path)
+	if path == nil {
+		return nil
+	}
+	var out []mistypedSecret
+	for _, name := range slices.Sorted(maps.Keys(path.Fields)) {
+		field := path.Fields[name]
+		if field.Type != framework.TypeString || field.DisplayAttrs == nil || !field.DisplayAttrs.Sensitive {
+			continue
+		}
+		if got := jsonTypeUnlessString(req.Data[name]); got != "" {
+			out = append(out, mistypedSecret{field: name, got: got})
+		}
+	}
+	return out
+}
+
+// jsonTypeUnlessString names the JSON type of a decoded request value, or
+// returns "" for a string or null.
+func jsonTypeUnlessString(v any) string {
+	if v == nil {
+		return ""
+	}
+	if _, ok := v.(json.Number); ok { // a string kind, but a JSON number
+		return "a number"
+	}
+	switch reflect.ValueOf(v).Kind() {
+	case reflect.String:
+		return ""
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	case reflect.Map, reflect.Struct:
+		return "an object"
+	case reflect.Bool:
+		return "a boolean"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64,
+		reflect.Float32, reflect.Float64:
+		return "a number"
+	}
+	return "another type"
 }
 
 // checkSecretFollowsURL refuses a write that points an upstream URL

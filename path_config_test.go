@@ -1,6 +1,8 @@
 package carbon
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"reflect"
@@ -182,4 +184,82 @@ func statusOf(resp *logical.Response, err error) int {
 		return http.StatusOK
 	}
 	return status
+}
+
+// TestConfigMistypedSecret: a secret written with the wrong JSON type is
+// refused with a 400 that names the field and the fix, and no answer,
+// existence-check error or log line carries the value. The framework's own
+// parse error quotes it, so the check runs before the framework parses.
+func TestConfigMistypedSecret(t *testing.T) {
+	const marker = "MISTYPED-S3CR3T-9"
+	values := []struct {
+		name  string
+		value any
+		text  []string // what the value would show as
+		got   string
+	}{
+		{"array", []any{marker, "second"}, []string{marker, "second"}, "an array"},
+		{"object", map[string]any{"key": marker}, []string{marker}, "an object"},
+		{"number", json.Number("31415926535"), []string{"31415926535"}, "a number"},
+		{"go number", 27182818284, []string{"27182818284"}, "a number"},
+		{"float", 1.6180339887, []string{"1.6180339887"}, "a number"},
+		{"bool", true, []string{"true"}, "a boolean"},
+	}
+	for _, field := range []string{"management_key", "client_secret"} {
+		for _, v := range values {
+			for _, existing := range []bool{false, true} {
+				name := fmt.Sprintf("%s/%s/existing=%v", field, v.name, existing)
+				t.Run(name, func(t *testing.T) {
+					e := newTestEnv(t)
+					data := map[string]any{"provider": "climatiq", "management_url": e.climatiq.ManagementURL(), "api_url": e.climatiq.APIURL()}
+					if field == "client_secret" {
+						data = map[string]any{"provider": "altruistiq", "client_id": testClientID, "token_url": e.altruistiq.TokenURL(), "api_url": e.altruistiq.APIURL()}
+					}
+					if existing {
+						if field == "client_secret" {
+							e.writeAltruistiqConfig("x", nil)
+						} else {
+							e.writeClimatiqConfig("x", nil)
+						}
+					}
+					data[field] = v.value
+					req := &logical.Request{Operation: logical.UpdateOperation, Path: "config/x", Data: data, Storage: e.storage}
+					checked, exists, err := e.b.HandleExistenceCheck(context.Background(), req)
+					if err != nil || !checked || exists != existing {
+						t.Fatalf("existence check: %v %v %v; want checked, exists=%v and no error (Vault logs it at ERROR)", checked, exists, err, existing)
+					}
+					if !reflect.DeepEqual(req.Data[field], v.value) {
+						t.Fatal("the existence check changed the request's data")
+					}
+					if !exists {
+						req.Operation = logical.CreateOperation
+					}
+					resp, err := e.b.HandleRequest(context.Background(), req)
+					if status := statusOf(resp, err); status != http.StatusBadRequest {
+						t.Fatalf("status %d (%v, %v), want 400", status, resp, err)
+					}
+					msg := resp.Error().Error()
+					if !strings.Contains(msg, field+": must be a JSON string, not "+v.got) {
+						t.Fatalf("message %q does not name %s and what it got", msg, field)
+					}
+					for _, text := range append(v.text, fmt.Sprint(v.value)) {
+						if strings.Contains(msg, text) {
+							t.Fatalf("the value %q shows in the answer %q", text, msg)
+						}
+					}
+					// Nothing changed: a new connection is not created, an
+					// existing one keeps its secret.
+					cfg, err := getConnectionConfig(context.Background(), e.storage, "x")
+					switch {
+					case err != nil:
+						t.Fatal(err)
+					case !existing && cfg != nil:
+						t.Fatal("the connection was created")
+					case existing && cfg.ManagementKey != testManagementKey && cfg.ClientSecret != testClientSecret:
+						t.Fatalf("the stored secret changed: %+v", cfg)
+					}
+				})
+			}
+		}
+	}
 }

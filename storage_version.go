@@ -143,5 +143,10 @@ func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*log
 	if resp := answerUnrouted(req); resp != nil {
 		return resp, nil
 	}
+	// Before the framework parses the fields: its error would quote a
+	// mistyped secret (path_config.go).
+	if resp := b.refuseMistypedSecrets(req); resp != nil {
+		return resp, nil
+	}
 	return b.Backend.HandleRequest(ctx, req)
 }

@@ -123,9 +123,11 @@ func New(o Options) (*Client, error) {
 	paced := wire.RoundTripper()
 	tokenHTTPClient := &http.Client{Transport: tokenResponseCheck{next: paced}, CheckRedirect: upstream.NoRedirects}
 
-	secrets := []string{o.ClientSecret}
+	// Both auth styles' wire forms: the form body's escaped values and
+	// the Basic header's base64 of the pair.
+	redact := upstream.NewRedactor(o.ClientSecret).WithBasicAuth(o.ClientID, o.ClientSecret)
 	if len(o.ClientID) >= minRedactedIDLength {
-		secrets = append(secrets, o.ClientID)
+		redact = redact.With(o.ClientID)
 	}
 	return &Client{
 		apiURL:      strings.TrimRight(o.APIURL, "/"),
@@ -133,7 +135,7 @@ func New(o Options) (*Client, error) {
 		scopes:      normaliseScopes(o.Scopes),
 		logger:      wire.Logger(),
 		wire:        wire,
-		redact:      upstream.NewRedactor(secrets...),
+		redact:      redact,
 		credentials: credentials{
 			clientID:     o.ClientID,
 			clientSecret: o.ClientSecret,
@@ -197,7 +199,7 @@ func (c *Client) CheckToken(ctx context.Context, accessToken string) error {
 		return nil
 	}
 	body := upstream.ReadErrorBody(resp)
-	return &Error{Op: opCheckToken, StatusCode: resp.StatusCode, Message: errorMessage(body, c.redact.With(accessToken))}
+	return &Error{Op: opCheckToken, StatusCode: resp.StatusCode, Message: errorMessage(body, c.redact.With(accessToken).Clean)}
 }
 
 // await runs fetch, which may outlive ctx: oauth2 token sources keep the
@@ -318,7 +320,10 @@ func (f *fetcher) Token() (*oauth2.Token, error) {
 }
 
 // tokenError maps what a token fetch returns to an error that carries the
-// upstream's status and message, and never a body, secret or token.
+// upstream's status and a brief message, and never a body, secret or
+// token. The token endpoint receives nothing but the credentials, so all
+// that passes of its answer is the brief message (upstream.Redactor.Brief):
+// one that echoes them in any form is withheld whole.
 func (c *Client) tokenError(err error) error {
 	var aqErr *Error
 	if errors.As(err, &aqErr) {
@@ -326,10 +331,10 @@ func (c *Client) tokenError(err error) error {
 	}
 	var retrieveErr *oauth2.RetrieveError
 	if errors.As(err, &retrieveErr) && retrieveErr.Response != nil {
-		msg := errorMessage(retrieveErr.Body, c.redact)
+		msg := errorMessage(retrieveErr.Body, c.redact.Brief)
 		if msg == "" {
 			// Form-encoded error answers are parsed by oauth2 only.
-			msg = c.redact.Clean(firstNonEmpty(retrieveErr.ErrorDescription, retrieveErr.ErrorCode))
+			msg = joinMessage(c.redact.Brief(retrieveErr.ErrorDescription), c.redact.Brief(retrieveErr.ErrorCode))
 		}
 		return &Error{Op: opToken, StatusCode: retrieveErr.Response.StatusCode, Message: msg}
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/altruistiq"
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/altruistiqtest"
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/internal/testutil"
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/internal/upstream"
 )
 
 const (
@@ -499,7 +500,7 @@ func TestTokenAnswers(t *testing.T) {
 		{
 			name:    "error echoing the credentials",
 			stub:    &stubTransport{status: 401, body: `{"status":"bad secret ` + clientSecret + ` for ` + clientID + `"}`},
-			wantErr: "401 Unauthorized: bad secret [redacted] for [redacted]",
+			wantErr: "401 Unauthorized: " + upstream.Withheld,
 			wantIs:  altruistiq.ErrUnauthorized,
 		},
 		{
@@ -508,9 +509,9 @@ func TestTokenAnswers(t *testing.T) {
 			wantErr: "altruistiq: token: 502 Bad Gateway",
 		},
 		{
-			name:    "long message is cut",
+			name:    "long message is cut short",
 			stub:    &stubTransport{status: 403, body: `{"message":"` + long + `"}`},
-			wantErr: strings.Repeat("x", 297) + "...",
+			wantErr: "403 Forbidden: " + strings.Repeat("x", upstream.MaxBriefLength-3) + "...",
 			wantIs:  altruistiq.ErrForbidden,
 		},
 		{
@@ -569,4 +570,64 @@ func TestCheckTokenRateLimitedPastDeadline(t *testing.T) {
 	if stub.calls != 1 {
 		t.Fatalf("%d requests, want 1", stub.calls)
 	}
+}
+
+// TestEchoedCredentials: a token endpoint (and an API) that echoes the
+// request in its error answers, as altruistiqtest's SetEchoRequest does,
+// shows no form of the credentials in the client's error: the message is
+// withheld, the status stays.
+func TestEchoedCredentials(t *testing.T) {
+	const oddSecret = `echo s3cr3t/+&"<é>=%`
+	tests := []struct {
+		name   string
+		id     string
+		secret string
+		pact   bool
+		style  string
+		fault  int // 0: the fake refuses a wrong secret
+	}{
+		{"params, wrong secret", clientID, "ATQ-SECRET-REFLECT-7", false, altruistiq.AuthStyleParams, 0},
+		{"header, wrong secret", "cid", "ATQ-SECRET-REFLECT-7", true, altruistiq.AuthStyleHeader, 0},
+		{"params, secret that needs encoding", clientID, oddSecret, false, altruistiq.AuthStyleParams, 0},
+		{"header, secret that needs encoding", "client id/1", oddSecret, true, altruistiq.AuthStyleHeader, 0},
+		{"params, right secret refused", clientID, clientSecret, false, altruistiq.AuthStyleParams, http.StatusUnauthorized},
+		{"header, right secret refused", clientID, clientSecret, true, altruistiq.AuthStyleHeader, http.StatusForbidden},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fake := newFake(t)
+			fake.SetEchoRequest(true)
+			if tc.fault != 0 {
+				fake.FailNext(1, tc.fault)
+			}
+			tokenURL := fake.TokenURL()
+			if tc.pact {
+				tokenURL = fake.PACTTokenURL()
+			}
+			c := newClient(t, tokenURL, fake.APIURL(), func(o *altruistiq.Options) {
+				o.ClientID, o.ClientSecret, o.AuthStyle = tc.id, tc.secret, tc.style
+			})
+			_, err := c.Token(context.Background(), nil)
+			var aqErr *altruistiq.Error
+			if !errors.As(err, &aqErr) || aqErr.StatusCode < 400 || aqErr.Message != upstream.Withheld {
+				t.Fatalf("err = %v, want a 4xx with the message withheld", err)
+			}
+			testutil.NoEncodedSecrets(t, err.Error(), tc.secret)
+			for _, f := range testutil.BasicEncodings(tc.id, tc.secret) {
+				testutil.NoSecrets(t, err.Error(), f.Text)
+			}
+		})
+	}
+
+	t.Run("API echoing the access token", func(t *testing.T) {
+		fake := newFake(t)
+		c := newClient(t, fake.TokenURL(), fake.APIURL(), nil)
+		fake.SetEchoRequest(true)
+		const stale = "atq_stale_token_value"
+		err := c.CheckToken(context.Background(), stale)
+		if !errors.Is(err, altruistiq.ErrUnauthorized) || !strings.Contains(err.Error(), "[redacted]") {
+			t.Fatalf("err = %v, want a 401 with the token redacted", err)
+		}
+		testutil.NoEncodedSecrets(t, err.Error(), stale, clientSecret)
+	})
 }

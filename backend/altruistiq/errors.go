@@ -49,12 +49,13 @@ func (e *Error) Error() string {
 // Is matches the sentinel for the error's status.
 func (e *Error) Is(target error) bool { return sentinels.Is(e.StatusCode, target) }
 
-// errorMessage extracts what an error body says. Altruistiq answers
-// {"message": ...} or {"status": "Unauthorized"}; RFC 6749 endpoints
-// {error, error_description}.
+// errorMessage extracts what an error body says, each part passed through
+// clean (a Redactor's Clean or Brief). Altruistiq answers {"message": ...}
+// or {"status": "Unauthorized"}; RFC 6749 endpoints {error,
+// error_description}. Nothing else of the body is kept.
 // A body that is not JSON yields no message: it may be an HTML page, or
 // echo the request.
-func errorMessage(body []byte, redact upstream.Redactor) string {
+func errorMessage(body []byte, clean func(string) string) string {
 	var fields map[string]json.RawMessage
 	if json.Unmarshal(body, &fields) != nil {
 		return ""
@@ -66,18 +67,22 @@ func errorMessage(body []byte, redact upstream.Redactor) string {
 		_ = json.Unmarshal(fields[name], &s)
 		return s
 	}
-	code := text("error")
 	// Altruistiq's own fields first (its errors carry message or status),
 	// then RFC 6749's. An RFC 6749 code is kept next to the message
 	// because it names the cause (invalid_client, invalid_scope).
 	msg := firstNonEmpty(text("message"), text("status"), text("error_description"))
+	return joinMessage(clean(msg), clean(text("error")))
+}
+
+// joinMessage is a cleaned message with its cleaned RFC 6749 code.
+func joinMessage(msg, code string) string {
 	switch {
 	case msg == "":
-		msg = code
+		return code
 	case code != "" && code != msg:
-		msg += " (" + code + ")"
+		return msg + " (" + code + ")"
 	}
-	return redact.Clean(msg)
+	return msg
 }
 
 func firstNonEmpty(values ...string) string {

@@ -31,7 +31,32 @@ func TestErrorMessage(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := errorMessage([]byte(tc.body), upstream.NewRedactor("s3cr3t")); got != tc.want {
+			if got := errorMessage([]byte(tc.body), upstream.NewRedactor("s3cr3t").Clean); got != tc.want {
+				t.Fatalf("errorMessage = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestErrorMessageBrief: what the token endpoint says passes only as a
+// brief message, withheld whole when it echoes the credentials.
+func TestErrorMessageBrief(t *testing.T) {
+	redact := upstream.NewRedactor("s3cr3t").WithBasicAuth("cid", "s3cr3t")
+	tests := []struct {
+		name string
+		body string
+		want string
+	}{
+		{"status", `{"status":"Unauthorized"}`, "Unauthorized"},
+		{"RFC 6749 description with its code", `{"error":"invalid_client","error_description":"Unknown client"}`, "Unknown client (invalid_client)"},
+		{"echoed Basic header withheld, code kept", `{"error":"invalid_client","message":"got Authorization: Basic Y2lkOnMzY3IzdA=="}`, upstream.Withheld + " (invalid_client)"},
+		{"echoed form body withheld", `{"status":"grant_type=client_credentials&client_id=cid&client_secret=s3cr3t"}`, upstream.Withheld},
+		{"echo in the code withheld", `{"error":"bad s3cr3t"}`, upstream.Withheld},
+		{"long message cut short", `{"message":"` + strings.Repeat("x", 500) + `"}`, strings.Repeat("x", upstream.MaxBriefLength-3) + "..."},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := errorMessage([]byte(tc.body), redact.Brief); got != tc.want {
 				t.Fatalf("errorMessage = %q, want %q", got, tc.want)
 			}
 		})

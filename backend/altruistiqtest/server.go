@@ -1,12 +1,16 @@
 // Package altruistiqtest is an in-process fake of Altruistiq's OAuth token
 // endpoint and public API, in the spirit of net/http/httptest, with switches
-// for latency, 5xx, 429 and garbage JSON. It listens on 127.0.0.1 only.
+// for latency, 5xx, 429, garbage JSON and error answers that echo the
+// request. It listens on 127.0.0.1 only.
 package altruistiqtest
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
+	"io"
 	mrand "math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -42,6 +46,7 @@ type Server struct {
 	failNext    int
 	failStatus  int
 	garbage     bool
+	echo        bool
 }
 
 // NewServer starts a fake that accepts one client. It panics when it cannot
@@ -91,6 +96,13 @@ func (s *Server) FailNext(n, status int) { s.with(func() { s.failNext, s.failSta
 // SetGarbage makes token answers invalid JSON.
 func (s *Server) SetGarbage(on bool) { s.with(func() { s.garbage = on }) }
 
+// SetEchoRequest makes every error answer echo the request, as some token
+// endpoints and proxies do: its message quotes the Authorization header and
+// the body verbatim (a Basic header's base64 of id:secret, a form body's
+// URL-encoded secret) and the request as JSON, which a "request" field
+// carries too. Off by default.
+func (s *Server) SetEchoRequest(on bool) { s.with(func() { s.echo = on }) }
+
 // SetClientSecret rotates the client secret; the old one then gets 401.
 func (s *Server) SetClientSecret(secret string) { s.with(func() { s.clientSecret = secret }) }
 
@@ -132,7 +144,7 @@ func (s *Server) with(f func()) {
 func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, basicOnly bool) {
 	s.mu.Lock()
 	s.tokenCalls++
-	latency, garbage := s.latency, s.garbage
+	latency, garbage, echo := s.latency, s.garbage, s.echo
 	fault := 0
 	switch {
 	case s.failNext > 0:
@@ -145,7 +157,15 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, basicOnly bo
 
 	// Reading the body first lets the server notice a client that gives up
 	// during the latency below: it watches the connection only after that.
+	raw, readErr := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<16))
+	r.Body = io.NopCloser(bytes.NewReader(raw))
 	formErr := r.ParseForm()
+	if formErr == nil {
+		formErr = readErr
+	}
+	fail := func(status int, body map[string]string) {
+		writeJSON(w, status, withEcho(echo, body, r, raw))
+	}
 	if latency > 0 {
 		select {
 		case <-time.After(latency):
@@ -157,19 +177,19 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, basicOnly bo
 		if fault == http.StatusTooManyRequests {
 			w.Header().Set("Retry-After", "1")
 		}
-		writeJSON(w, fault, map[string]string{"status": http.StatusText(fault)})
+		fail(fault, map[string]string{"status": http.StatusText(fault)})
 		return
 	}
 	if r.Method != http.MethodPost {
-		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"status": "Method Not Allowed"})
+		fail(http.StatusMethodNotAllowed, map[string]string{"status": "Method Not Allowed"})
 		return
 	}
 	if formErr != nil {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_request"})
+		fail(http.StatusBadRequest, map[string]string{"error": "invalid_request"})
 		return
 	}
 	if r.PostForm.Get("grant_type") != "client_credentials" {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "unsupported_grant_type"})
+		fail(http.StatusBadRequest, map[string]string{"error": "unsupported_grant_type"})
 		return
 	}
 	var id, secret string
@@ -184,7 +204,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, basicOnly bo
 	lifetime := s.lifetime
 	s.mu.Unlock()
 	if !ok {
-		writeJSON(w, http.StatusUnauthorized, map[string]string{"status": "Unauthorized"})
+		fail(http.StatusUnauthorized, map[string]string{"status": "Unauthorized"})
 		return
 	}
 	if garbage {
@@ -237,10 +257,39 @@ func (s *Server) serveOrganization(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !ok || !s.ValidToken(token) {
-		writeJSON(w, http.StatusUnauthorized, map[string]string{"status": "Unauthorized"})
+		s.mu.Lock()
+		echo := s.echo
+		s.mu.Unlock()
+		writeJSON(w, http.StatusUnauthorized, withEcho(echo, map[string]string{"status": "Unauthorized"}, r, nil))
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"id": "org_fake", "name": "Example Org"})
+}
+
+// withEcho adds the echo of the request to an error body when echo is on
+// (SetEchoRequest).
+func withEcho(echo bool, body map[string]string, r *http.Request, raw []byte) any {
+	if !echo {
+		return body
+	}
+	request := map[string]any{"method": r.Method, "path": r.URL.Path, "headers": r.Header, "body": string(raw)}
+	asJSON, _ := json.Marshal(request)
+	out := map[string]any{"request": request}
+	for k, v := range body {
+		out[k] = v
+	}
+	out["message"] = fmt.Sprintf("%s: rejected request: Authorization: %s; body: %s; as JSON: %s",
+		firstNonEmpty(body["status"], body["error"]), r.Header.Get("Authorization"), raw, asJSON)
+	return out
+}
+
+func firstNonEmpty(values ...string) string {
+	for _, v := range values {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
 }
 
 func writeJSON(w http.ResponseWriter, status int, body any) {

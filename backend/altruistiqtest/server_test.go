@@ -1,6 +1,7 @@
 package altruistiqtest
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -285,5 +286,50 @@ func TestConcurrentTokenRequests(t *testing.T) {
 	}
 	if len(distinct) != n || s.TokensIssued() != n || s.TokenCalls() != n {
 		t.Fatalf("%d distinct tokens, %d issued, %d calls; want %d each", len(distinct), s.TokensIssued(), s.TokenCalls(), n)
+	}
+}
+
+func TestEchoRequest(t *testing.T) {
+	const secret = "echo s3cr3t/+&"
+	s := NewServer(testID, secret)
+	defer s.Close()
+	s.SetEchoRequest(true)
+	basic := "Basic " + base64.StdEncoding.EncodeToString([]byte(testID+":"+url.QueryEscape(secret)))
+	tests := []struct {
+		name       string
+		target     func() reply
+		wantStatus int
+		wantEcho   []string // in the message
+	}{
+		{"params: the URL-encoded secret", func() reply {
+			return mustPost(t, s.PACTTokenURL(), bodyCredentials(testID, secret), "", "")
+		}, 401, []string{"client_secret=" + url.QueryEscape(secret), `"body":"client_id=` + testID}},
+		{"header: the Basic header", func() reply {
+			return mustPost(t, s.TokenURL(), url.Values{"grant_type": {"client_credentials"}}, testID, secret)
+		}, 401, []string{"Authorization: " + basic, `"Authorization":["` + basic + `"]`}},
+		{"faults echo too", func() reply {
+			s.FailNext(1, http.StatusServiceUnavailable)
+			return mustPost(t, s.TokenURL(), bodyCredentials(testID, secret), "", "")
+		}, 503, []string{url.QueryEscape(secret)}},
+		{"the API echoes the bearer token", func() reply { return mustGet(t, s.APIURL()+"/organization/", "atq_stale") }, 401, []string{"Bearer atq_stale"}},
+		{"successes do not", func() reply { return mustPost(t, s.TokenURL(), bodyCredentials(testID, secret), "", "") }, 200, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := tc.target()
+			msg, _ := r.fields["message"].(string)
+			if r.status != tc.wantStatus || (len(tc.wantEcho) > 0) != (r.fields["request"] != nil) {
+				t.Fatalf("got %d %s, want %d with an echo: %v", r.status, r.body, tc.wantStatus, len(tc.wantEcho) > 0)
+			}
+			for _, want := range tc.wantEcho {
+				if !strings.Contains(msg, want) {
+					t.Fatalf("message %q lacks %q", msg, want)
+				}
+			}
+		})
+	}
+	s.SetEchoRequest(false)
+	if r := mustPost(t, s.TokenURL(), bodyCredentials(testID, "wrong"), "", ""); r.status != 401 || strings.Contains(r.body, "wrong") {
+		t.Fatalf("echo off: %d %s", r.status, r.body)
 	}
 }

@@ -74,7 +74,10 @@ type Client struct {
 	managementURL string
 	apiURL        string
 	managementKey string
-	wire          *upstream.Wire
+	// redact knows the management key in every form an upstream may echo
+	// it in.
+	redact upstream.Redactor
+	wire   *upstream.Wire
 }
 
 // New returns a Client. It checks the options but makes no request.
@@ -104,6 +107,7 @@ func New(o Options) (*Client, error) {
 		managementURL: strings.TrimRight(o.ManagementURL, "/"),
 		apiURL:        strings.TrimRight(o.APIURL, "/"),
 		managementKey: o.ManagementKey,
+		redact:        upstream.NewRedactor(o.ManagementKey),
 		wire:          wire,
 	}, nil
 }

@@ -766,3 +766,54 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(p)
 }
+
+// TestEchoedKeys: a management API that echoes the request in its error
+// answers (the bearer header, the JSON body), as climatiqtest's
+// SetEchoRequest does, shows no form of the management key or of a
+// checked key in the client's error.
+func TestEchoedKeys(t *testing.T) {
+	const oddKey = `mgmt s3cr3t/+&"<é>=%`
+	const staleKey = "sk_stale_key_value"
+	tests := []struct {
+		name   string
+		key    string // the client's management key
+		fault  int    // injected before the call
+		call   func(*climatiq.Client, string) error
+		wantIs error
+	}{
+		{"wrong key listing projects", "CQ-MGMT-REFLECT-7", 0, func(c *climatiq.Client, _ string) error {
+			_, err := c.ListProjects(context.Background())
+			return err
+		}, climatiq.ErrUnauthorized},
+		{"wrong key that needs encoding", oddKey, 0, func(c *climatiq.Client, _ string) error {
+			return c.CheckManagementKey(context.Background())
+		}, climatiq.ErrUnauthorized},
+		{"right key refused on a create with a JSON body", mgmtKey, http.StatusForbidden, func(c *climatiq.Client, project string) error {
+			_, err := c.CreateKey(context.Background(), project, "k-"+mgmtKey)
+			return err
+		}, climatiq.ErrForbidden},
+		{"right key, missing key renamed", mgmtKey, 0, func(c *climatiq.Client, _ string) error {
+			_, err := c.RenameKey(context.Background(), "key_missing", "renamed")
+			return err
+		}, climatiq.ErrNotFound},
+		{"key check echoing the checked key", mgmtKey, 0, func(c *climatiq.Client, _ string) error {
+			return c.CheckKey(context.Background(), staleKey)
+		}, climatiq.ErrUnauthorized},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fake := newFake(t)
+			project := fake.AddProject("p").ID
+			fake.SetEchoRequest(true)
+			if tc.fault != 0 {
+				fake.FailNext(1, tc.fault)
+			}
+			c := newClient(t, fake, func(o *climatiq.Options) { o.ManagementKey = tc.key; o.MaxRetries = 0 })
+			err := tc.call(c, project)
+			if !errors.Is(err, tc.wantIs) || !strings.Contains(err.Error(), "[redacted]") {
+				t.Fatalf("err = %v, want %v with the echo redacted", err, tc.wantIs)
+			}
+			testutil.NoEncodedSecrets(t, err.Error(), tc.key, staleKey)
+		})
+	}
+}

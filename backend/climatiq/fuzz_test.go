@@ -40,7 +40,7 @@ func FuzzDecodeResponse(f *testing.F) {
 		}
 		for _, out := range []any{&[]Project{}, &[]APIKey{}, &APIKey{}, &Project{}} {
 			resp := &http.Response{StatusCode: status, Header: http.Header{}, Body: ioNopCloser(body)}
-			err := decodeResponse("fuzz", resp, out, maxOtherBody)
+			err := decodeResponse("fuzz", resp, out, maxOtherBody, upstream.Redactor{})
 			if err == nil {
 				continue
 			}

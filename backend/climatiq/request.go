@@ -30,7 +30,10 @@ func (c *Client) do(ctx context.Context, op, method, target, bearer string, body
 		client = c.wire.Create
 	}
 	path := logPath(target)
-	redact := upstream.NewRedactor(bearer, c.managementKey)
+	redact := c.redact
+	if bearer != c.managementKey {
+		redact = redact.With(bearer)
+	}
 	logger := c.wire.Logger()
 	resp, err := c.wire.Send(ctx, func() (*http.Response, error) {
 		req, err := newRequest(ctx, method, target, bearer, payload)
@@ -55,7 +58,7 @@ func (c *Client) do(ctx context.Context, op, method, target, bearer string, body
 		logger.Debug("request failed", "op", op, "method", method, "path", path, "error", err)
 		return c.wire.Failed(ctx, op, err)
 	}
-	if err := decodeResponse(op, resp, out, limit, redact...); err != nil {
+	if err := decodeResponse(op, resp, out, limit, redact); err != nil {
 		logger.Debug("request failed", "op", op, "method", method, "path", path, "status", resp.StatusCode)
 		return err
 	}
@@ -83,10 +86,10 @@ func newRequest(ctx context.Context, method, target, bearer string, payload []by
 }
 
 // decodeResponse turns an answer into out or an *Error, and closes it.
-// secrets are scrubbed from upstream messages in case one is echoed.
-func decodeResponse(op string, resp *http.Response, out any, limit int64, secrets ...string) error {
+// redact scrubs upstream messages in case one echoes a key, in any form.
+func decodeResponse(op string, resp *http.Response, out any, limit int64, redact upstream.Redactor) error {
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return readError(op, resp, upstream.NewRedactor(secrets...))
+		return readError(op, resp, redact)
 	}
 	defer upstream.Drain(resp)
 	if out == nil {

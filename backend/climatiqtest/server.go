@@ -1,8 +1,9 @@
 // Package climatiqtest is an in-process fake of Climatiq's management API and
 // of the regular API's key check, in the spirit of net/http/httptest. It
 // follows the documented API, including its failure modes, and has switches
-// for latency, 5xx, 429 with Retry-After, a request-rate cap and garbage
-// JSON. It listens on 127.0.0.1 only.
+// for latency, 5xx, 429 with Retry-After, a request-rate cap, garbage
+// JSON and error answers that echo the request. It listens on 127.0.0.1
+// only.
 package climatiqtest
 
 import (
@@ -83,6 +84,7 @@ type Server struct {
 	commitFailStatus int
 	commitThenHang   bool
 	maxNameLength    int // in characters; 0: no limit
+	echo             bool
 }
 
 type project struct {
@@ -208,6 +210,19 @@ func (s *Server) SetCommitThenHang(on bool) { s.with(func() { s.commitThenHang =
 // SetMaxNameLength makes a create or rename with a name longer than n
 // characters fail with 400 (invalid_name). 0 means no limit.
 func (s *Server) SetMaxNameLength(n int) { s.with(func() { s.maxNameLength = n }) }
+
+// SetEchoRequest makes every error answer, of the management API and of
+// the key check, echo the request, as some APIs and proxies do: its
+// message quotes the Authorization header (the bearer key) and the body
+// verbatim and the request as JSON, which a "request" field carries too.
+// Off by default.
+func (s *Server) SetEchoRequest(on bool) { s.with(func() { s.echo = on }) }
+
+func (s *Server) echoes() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.echo
+}
 
 // RevokeManagementKey makes later calls with key fail with 401.
 func (s *Server) RevokeManagementKey(key string) { s.with(func() { delete(s.managementKeys, key) }) }
@@ -383,10 +398,11 @@ func (s *Server) fault(method string) injectedFault {
 	return f
 }
 
-func (s *Server) serveManagement(w http.ResponseWriter, r *http.Request) {
+func (s *Server) serveManagement(rw http.ResponseWriter, r *http.Request) {
 	// Read the body first: only then does net/http notice a client that
 	// gives up during the latency, so an abandoned request does nothing.
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<16))
+	body, err := io.ReadAll(http.MaxBytesReader(rw, r.Body, 1<<16))
+	w := s.echoWriter(rw, r, body)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "invalid_request", "Request body unreadable or too large.")
 		return
@@ -682,7 +698,8 @@ func (s *Server) keyItem(method, id string, body []byte) answer {
 
 // serveUnitTypes is the regular API's cheap key check. Faults do not apply:
 // they model the management API.
-func (s *Server) serveUnitTypes(w http.ResponseWriter, r *http.Request) {
+func (s *Server) serveUnitTypes(rw http.ResponseWriter, r *http.Request) {
+	w := s.echoWriter(rw, r, nil)
 	if r.Method != http.MethodGet {
 		methodNotAllowed(http.MethodGet).write(w)
 		return
@@ -696,6 +713,54 @@ func (s *Server) serveUnitTypes(w http.ResponseWriter, r *http.Request) {
 		{"unit_type": "Energy", "units": map[string][]string{"energy": {"Wh", "kWh", "MWh"}}},
 		{"unit_type": "Weight", "units": map[string][]string{"weight": {"g", "kg", "t"}}},
 	}})
+}
+
+// echoWriter is w, or with SetEchoRequest on a writer that adds the echo
+// of the request to every error answer.
+func (s *Server) echoWriter(w http.ResponseWriter, r *http.Request, body []byte) http.ResponseWriter {
+	if !s.echoes() {
+		return w
+	}
+	return &echoingWriter{ResponseWriter: w, r: r, body: body}
+}
+
+// echoingWriter rewrites JSON error answers to echo the request.
+type echoingWriter struct {
+	http.ResponseWriter
+	r      *http.Request
+	body   []byte
+	status int
+}
+
+func (e *echoingWriter) WriteHeader(status int) {
+	e.status = status
+	if status < 400 {
+		e.ResponseWriter.WriteHeader(status)
+	}
+	// An error answer's header goes out with its rewritten body.
+}
+
+func (e *echoingWriter) Write(p []byte) (int, error) {
+	if e.status < 400 {
+		return e.ResponseWriter.Write(p)
+	}
+	var answer map[string]any
+	if json.Unmarshal(p, &answer) != nil {
+		answer = map[string]any{}
+	}
+	request := map[string]any{"method": e.r.Method, "path": e.r.URL.Path, "headers": e.r.Header, "body": string(e.body)}
+	asJSON, _ := json.Marshal(request)
+	answer["request"] = request
+	answer["message"] = fmt.Sprintf("%v Rejected request: Authorization: %s; body: %s; as JSON: %s",
+		answer["message"], e.r.Header.Get("Authorization"), e.body, asJSON)
+	out, _ := json.Marshal(answer)
+	e.Header().Del("Content-Length")
+	e.ResponseWriter.WriteHeader(e.status)
+	e.status = 0 // the rest, if any, passes as it is
+	if _, err := e.ResponseWriter.Write(append(out, '\n')); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 func apiError(status int, code, message string) map[string]any {

@@ -2,6 +2,7 @@ package climatiqtest
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"slices"
 	"strings"
@@ -180,5 +181,61 @@ func TestMaxNameLength(t *testing.T) {
 				t.Fatal("a refused rename took effect")
 			}
 		})
+	}
+}
+
+func TestEchoRequest(t *testing.T) {
+	s := newTestServer(t)
+	s.SetEchoRequest(true)
+	p := s.AddProject("p")
+	tests := []struct {
+		name       string
+		url        string
+		method     string
+		bearer     string
+		body       string
+		wantStatus int
+		wantEcho   []string // in the message
+	}{
+		{"unknown management key", s.ManagementURL() + "/project", http.MethodGet, "wrong-mgmt-key", "", 401,
+			[]string{"Authorization: Bearer wrong-mgmt-key", `"Authorization":["Bearer wrong-mgmt-key"]`}},
+		{"missing key, JSON body echoed", s.ManagementURL() + "/api-key/key_missing", http.MethodPatch, mk, `{"key_name":"k<1>"}`, 404,
+			[]string{"Bearer " + mk, `body: {"key_name":"k<1>"}`, `"body":"{\"key_name\":\"k\u003c1\u003e\"}"`}},
+		{"key check", s.APIURL() + "/data/v1/unit-types", http.MethodGet, "sk_stale", "", 401, []string{"Bearer sk_stale"}},
+		{"successes do not", s.ManagementURL() + "/project/" + p.ID + "/api-key", http.MethodGet, mk, "", 200, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := call(t, tc.url, tc.method, tc.bearer, tc.body)
+			if got.status != tc.wantStatus {
+				t.Fatalf("status %d, body %s; want %d", got.status, got.body, tc.wantStatus)
+			}
+			if tc.wantEcho == nil {
+				if strings.Contains(string(got.body), mk) {
+					t.Fatalf("a success echoes the request: %s", got.body)
+				}
+				return
+			}
+			var msg string
+			if err := json.Unmarshal([]byte(got.field(t, "message")), &msg); err != nil {
+				t.Fatal(err)
+			}
+			for _, want := range tc.wantEcho {
+				if !strings.Contains(msg, want) {
+					t.Fatalf("message %q lacks %q", msg, want)
+				}
+			}
+			if got.field(t, "error_code") == "" || got.field(t, "request") == "" {
+				t.Fatalf("the echo lost the error fields: %s", got.body)
+			}
+		})
+	}
+	s.FailNext(1, http.StatusServiceUnavailable)
+	if got := call(t, s.ManagementURL()+"/project", http.MethodGet, mk, ""); got.status != 503 || !strings.Contains(string(got.body), "Bearer "+mk) {
+		t.Fatalf("an injected fault does not echo: %d %s", got.status, got.body)
+	}
+	s.SetEchoRequest(false)
+	if got := call(t, s.ManagementURL()+"/project", http.MethodGet, "wrong-mgmt-key", ""); got.status != 401 || strings.Contains(string(got.body), "wrong-mgmt-key") {
+		t.Fatalf("echo off: %d %s", got.status, got.body)
 	}
 }

@@ -4,6 +4,8 @@ package testutil
 import (
 	"strings"
 	"testing"
+
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/internal/leakcheck"
 )
 
 // NoSecrets fails t when text carries one of secrets; empty ones are
@@ -16,6 +18,21 @@ func NoSecrets(t testing.TB, text string, secrets ...string) {
 		}
 	}
 }
+
+// NoEncodedSecrets fails t when text carries one of secrets in any of the
+// forms leakcheck.Encodings lists.
+func NoEncodedSecrets(t testing.TB, text string, secrets ...string) {
+	t.Helper()
+	if found := leakcheck.Find(text, leakcheck.All(secrets...)); len(found) > 0 {
+		t.Fatalf("text carries a secret, %s: %q", strings.Join(found, ", "), text)
+	}
+}
+
+// Encodings are leakcheck.Encodings of secret.
+func Encodings(secret string) []leakcheck.Form { return leakcheck.Encodings(secret) }
+
+// BasicEncodings are leakcheck.BasicEncodings of id:secret.
+func BasicEncodings(id, secret string) []leakcheck.Form { return leakcheck.BasicEncodings(id, secret) }
 
 // NewClient builds a client from o, changed by mutate when it is not nil,
 // and closes it when the test ends.

@@ -36,6 +36,29 @@ func TestNoSecrets(t *testing.T) {
 	}
 }
 
+func TestNoEncodedSecrets(t *testing.T) {
+	tests := []struct {
+		name     string
+		text     string
+		wantFail bool
+	}{
+		{"clean", "bad key [redacted]", false},
+		{"literal", `bad key a b/c"d`, true},
+		{"query-escaped", "client_secret=a+b%2Fc%22d", true},
+		{"path-escaped", "a%20b%2Fc%22d", true},
+		{"JSON-escaped", `"a b/c\"d"`, true},
+		{"base64", "Basic YSBiL2MiZA==", true},
+		{"raw url base64", "YSBiL2MiZA", true},
+	}
+	for _, tc := range tests {
+		r := &recorder{TB: t}
+		NoEncodedSecrets(r, tc.text, `a b/c"d`)
+		if r.failed != tc.wantFail {
+			t.Errorf("%s: failed = %v, want %v", tc.name, r.failed, tc.wantFail)
+		}
+	}
+}
+
 type closer struct{ closed *bool }
 
 func (c closer) Close() { *c.closed = true }
