@@ -449,7 +449,15 @@ func (b *backend) adoptKey(ctx context.Context, s logical.Storage, name string, 
 	if err != nil {
 		return nil, err
 	}
-	if owner != nil {
+	for _, pk := range role.PreviousKeys {
+		if pk.KeyID == keyID {
+			return logical.ErrorResponse("key_id: key %q is this role's previous key, deleted when its overlap ends; adopt another key, or omit key_id to create a new one", keyID), nil
+		}
+	}
+	// An entry of this very role is an adoption that failed after its
+	// first write (or the role's current key): writing the role again
+	// finishes it.
+	if owner != nil && (owner.kind() != keyKindStatic || owner.Role != name) {
 		return logical.ErrorResponse("key_id: key %q is already owned by this mount (%s role %q); adopt only a key this mount does not hold, or omit key_id to create a new key",
 			keyID, owner.kind(), owner.Role), nil
 	}
@@ -468,13 +476,18 @@ func (b *backend) adoptKey(ctx context.Context, s logical.Storage, name string, 
 		role.KeyID, role.KeyName, role.KeyValue = k.ID, k.Name, k.Key
 		role.LastRotated = now
 		role.NextRotation = role.nextRotationAfter(now)
-		// The role first: from that write on the key is held. The
-		// release record goes last, so there is no moment in which tidy
-		// could take the key for an orphan.
-		if err := putStaticRole(ctx, s, name, role); err != nil {
+		// The inventory first, so that no other role can adopt the key
+		// once this one may hold it; then the role; the release record
+		// last, so there is no moment in which tidy could take the key for
+		// an orphan (tidy reads release records before roles).
+		owned := role.ownedKey(name, k.ID, k.Name, now)
+		if err := b.recordKey(ctx, s, owned, nil); err != nil {
 			return nil, err
 		}
-		if err := b.recordKey(ctx, s, role.ownedKey(name, k.ID, k.Name, now), nil); err != nil {
+		if err := putStaticRole(ctx, s, name, role); err != nil {
+			if forgetErr := b.forgetKey(ctx, s, owned); forgetErr != nil {
+				b.Logger().Warn("adoption failed and its inventory entry stays; writing the role again resolves it", "role", name, "key_id", k.ID, "error", forgetErr)
+			}
 			return nil, err
 		}
 		return nil, unreleaseKey(ctx, s, k.ID)
