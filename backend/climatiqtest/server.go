@@ -83,6 +83,9 @@ type Server struct {
 	commitFailStatus int
 	commitThenHang   bool
 	maxNameLength    int // in characters; 0: no limit
+	// inFlight counts management requests being served, abandoned ones
+	// that still complete (SetCompleteAbandoned) included.
+	inFlight int
 }
 
 type project struct {
@@ -237,6 +240,54 @@ func (s *Server) AddKey(projectID, name string) climatiq.APIKey {
 	return s.addKey(p, name).APIKey
 }
 
+// RemoveKey deletes a key directly, as an operator in the dashboard would,
+// behind the back of whoever created it. It is not counted in Stats. It
+// reports whether the key existed.
+func (s *Server) RemoveKey(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k, ok := s.keys[id]
+	if ok {
+		s.removeKey(k)
+	}
+	return ok
+}
+
+// RemoveProject deletes a project and its keys directly, as an operator in
+// the dashboard would. It is not counted in Stats. It reports whether the
+// project existed.
+func (s *Server) RemoveProject(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.projects[id]
+	if ok {
+		for _, k := range p.keys {
+			s.removeKey(k)
+		}
+		delete(s.projects, id)
+	}
+	return ok
+}
+
+// InFlight is the number of management requests being served, including
+// requests whose client gave up that still complete (SetCompleteAbandoned):
+// 0 means nothing more will change upstream until the next request.
+func (s *Server) InFlight() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.inFlight
+}
+
+// Project returns a project by id.
+func (s *Server) Project(id string) (climatiq.Project, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p, ok := s.projects[id]; ok {
+		return p.Project, true
+	}
+	return climatiq.Project{}, false
+}
+
 // Projects lists all projects in creation order.
 func (s *Server) Projects() []climatiq.Project {
 	s.mu.Lock()
@@ -306,12 +357,17 @@ func (s *Server) addKey(p *project, name string) *apiKey {
 }
 
 func (s *Server) deleteKey(k *apiKey) {
+	s.removeKey(k)
+	s.stats.KeysDeleted++
+}
+
+// removeKey deletes a key without counting it. Called with s.mu held.
+func (s *Server) removeKey(k *apiKey) {
 	delete(s.keys, k.ID)
 	delete(s.keysByValue, k.Key)
 	if p, ok := s.projects[k.Project.ID]; ok {
 		delete(p.keys, k.ID)
 	}
-	s.stats.KeysDeleted++
 }
 
 func (s *Server) projectList() []climatiq.Project {
@@ -384,6 +440,8 @@ func (s *Server) fault(method string) injectedFault {
 }
 
 func (s *Server) serveManagement(w http.ResponseWriter, r *http.Request) {
+	s.with(func() { s.inFlight++ })
+	defer s.with(func() { s.inFlight-- })
 	// Read the body first: only then does net/http notice a client that
 	// gives up during the latency, so an abandoned request does nothing.
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<16))
