@@ -67,6 +67,9 @@ type Server struct {
 	stats           Stats
 
 	latency time.Duration
+	// landLate: creates are answered 504 and take effect only at Land.
+	landLate bool
+	landing  []func()
 	// completeAbandoned: act on requests whose client gave up.
 	completeAbandoned bool
 	failureRate       float64
@@ -153,6 +156,25 @@ func (s *Server) completesAbandoned() bool {
 
 // SetLatency delays every management request, faults included.
 func (s *Server) SetLatency(d time.Duration) { s.with(func() { s.latency = d }) }
+
+// SetLandLate makes creates (POST of a project or a key) be answered 504
+// Gateway Timeout before they take effect, and take effect only when Land
+// is called: an upstream that finishes the work after its gateway gave up,
+// later than any clean-up the client does right away.
+func (s *Server) SetLandLate(on bool) { s.with(func() { s.landLate = on }) }
+
+// Land carries out the creates SetLandLate held back, in the order they
+// came, and reports how many.
+func (s *Server) Land() int {
+	s.mu.Lock()
+	landing := s.landing
+	s.landing = nil
+	s.mu.Unlock()
+	for _, f := range landing {
+		f()
+	}
+	return len(landing)
+}
 
 // SetFailureRate answers this fraction of management requests with 503
 // before acting on them.
@@ -477,19 +499,11 @@ func (s *Server) serveManagement(w http.ResponseWriter, r *http.Request) {
 	}
 
 	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.Path, managementPrefix), "/"), "/")
-	var a answer
-	switch {
-	case len(parts) == 1 && parts[0] == "project":
-		a = s.projectsCollection(r.Method, body)
-	case len(parts) == 2 && parts[0] == "project" && parts[1] != "":
-		a = s.projectItem(r.Method, parts[1], body)
-	case len(parts) == 3 && parts[0] == "project" && parts[1] != "" && parts[2] == "api-key":
-		a = s.keysCollection(r.Method, parts[1], body)
-	case len(parts) == 2 && parts[0] == "api-key" && parts[1] != "":
-		a = s.keyItem(r.Method, parts[1], body)
-	default:
-		a = errorAnswer(http.StatusNotFound, "not_found", "No such route.")
+	if r.Method == http.MethodPost && s.holdCreate(parts, body) {
+		writeError(w, http.StatusGatewayTimeout, "injected_fault", "Injected fault: the gateway gave up; the create may still take effect.")
+		return
 	}
+	a := s.route(r.Method, parts, body)
 	if r.Method == http.MethodPost && a.status < 300 {
 		// A create that took effect: its answer may still be lost.
 		switch failStatus, hang := s.loseCreateAnswer(); {
@@ -508,6 +522,36 @@ func (s *Server) serveManagement(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.write(w)
+}
+
+// holdCreate queues a create for Land when SetLandLate is on.
+func (s *Server) holdCreate(parts []string, body []byte) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.landLate {
+		return false
+	}
+	s.stats.Failures++
+	s.landing = append(s.landing, func() { s.route(http.MethodPost, parts, body) })
+	return true
+}
+
+// route acts on a management request and builds its answer.
+func (s *Server) route(method string, parts []string, body []byte) answer {
+	var a answer
+	switch {
+	case len(parts) == 1 && parts[0] == "project":
+		a = s.projectsCollection(method, body)
+	case len(parts) == 2 && parts[0] == "project" && parts[1] != "":
+		a = s.projectItem(method, parts[1], body)
+	case len(parts) == 3 && parts[0] == "project" && parts[1] != "" && parts[2] == "api-key":
+		a = s.keysCollection(method, parts[1], body)
+	case len(parts) == 2 && parts[0] == "api-key" && parts[1] != "":
+		a = s.keyItem(method, parts[1], body)
+	default:
+		a = errorAnswer(http.StatusNotFound, "not_found", "No such route.")
+	}
+	return a
 }
 
 // loseCreateAnswer says whether the answer to a create that took effect

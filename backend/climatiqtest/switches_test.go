@@ -246,3 +246,32 @@ func TestInFlight(t *testing.T) {
 		t.Fatalf("%d keys once the abandoned create finished, want 1", len(keys))
 	}
 }
+
+func TestLandLate(t *testing.T) {
+	s := newTestServer(t)
+	p := s.AddProject("p")
+	s.SetLandLate(true)
+	if got := call(t, s.ManagementURL()+"/project/"+p.ID+"/api-key", http.MethodPost, mk, `{"key_name":"k"}`); got.status != http.StatusGatewayTimeout {
+		t.Fatalf("create answered %d, want 504", got.status)
+	}
+	if got := call(t, s.ManagementURL()+"/project", http.MethodPost, mk, `{"project_name":"q"}`); got.status != http.StatusGatewayTimeout {
+		t.Fatalf("project create answered %d, want 504", got.status)
+	}
+	if len(s.Keys()) != 0 || len(s.Projects()) != 1 {
+		t.Fatal("a held create took effect before Land")
+	}
+	// Other requests are served as usual.
+	if got := call(t, s.ManagementURL()+"/project/"+p.ID+"/api-key", http.MethodGet, mk, ""); got.status != http.StatusOK {
+		t.Fatalf("list while holding creates: %d", got.status)
+	}
+	s.SetLandLate(false)
+	if n := s.Land(); n != 2 {
+		t.Fatalf("Land carried out %d creates, want 2", n)
+	}
+	if keys := s.Keys(); len(keys) != 1 || keys[0].Name != "k" || len(s.Projects()) != 2 {
+		t.Fatalf("after Land: keys %+v, projects %+v", keys, s.Projects())
+	}
+	if s.Land() != 0 {
+		t.Fatal("Land twice carried out creates twice")
+	}
+}
