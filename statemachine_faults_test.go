@@ -29,8 +29,11 @@ type smStop struct {
 }
 
 type smResult struct {
-	o    outcome
-	lost bool // the instance had stopped when the request returned: Vault never got the answer
+	o outcome
+	// lost: a storage call of the request met the stop, so Vault never got
+	// its answer. A request whose storage work was done when the instance
+	// stopped (on a background call) got its answer through.
+	lost bool
 }
 
 // execute runs requests on the running instance, one after the other or
@@ -43,8 +46,16 @@ func (m *model) execute(reqs []smRequest, concurrent bool, stop *smStop) []smRes
 	}
 	results := make([]smResult, len(reqs))
 	runOne := func(i int) {
-		o := reqs[i].run(m.ctx, b, v)
-		results[i] = smResult{o: o, lost: v.isDead()}
+		ctx, tr := tracing(m.ctx)
+		o := reqs[i].run(ctx, b, v)
+		results[i] = smResult{o: o, lost: tr.stopped.Load()}
+		if !concurrent {
+			// One after the other, as Vault's requests come: the
+			// background work a request leaves (a spent WAL entry's
+			// delete) runs before the next, so a stop's call number means
+			// the same on replay.
+			quiesce(b, v)
+		}
 	}
 	var wg sync.WaitGroup
 	start := make(chan struct{})
@@ -353,6 +364,7 @@ func (m *model) ConcurrentBatch(t *rapid.T) {
 	}
 	m.batch = true
 	leasesBefore := slices.Clone(m.leases)
+	engineWaitStarted(m.b)
 	results := m.execute(reqs, true, stop)
 	m.store.setDelay(smNoDelay)
 	// Issuances first: max_keys is judged on what the batch began with.
@@ -739,9 +751,15 @@ func (m *model) heal() {
 	m.settle()
 	m.expireLeases()
 	m.rollbackManager(true)
-	// Healing takes a moment: key names carry whole seconds, and tidy
-	// spares what was made in the second it runs.
-	m.clock.Advance(time.Minute)
+	// Healing takes a while: the scheduler's back-offs run out and it does
+	// what is due (a failed delete of a replaced key is retried), and key
+	// names carry whole seconds, so tidy sees this second's keys as young.
+	m.clock.Advance(rotationBackoffMax)
+	m.expireLeases()
+	m.syncStatics()
+	m.do(m.tickRequest())
+	m.midStep()
+	m.clock.Advance(time.Second)
 	m.expireLeases()
 	if o := m.request(logical.UpdateOperation, "tidy", map[string]any{"min_age": 0}); !o.ok() {
 		m.fatalf("tidy after the faults were resolved: %s", o)
@@ -786,9 +804,39 @@ func (m *model) upstreamIdle() bool {
 	return true
 }
 
-// engineIdle is the one look into the engine's background work: its queue
-// of spent WAL entries is empty.
+// The state machine's looks into the engine beyond its requests, kept here
+// so that a redesign has one place to update: the scheduler's tick
+// (runDueRotations, startDueRotations, rotations), the clock, Clean and
+// Initialize, the max_keys slots, the mount marker, and these.
+
+// engineIdle: the engine's queue of spent WAL entries is empty.
 func engineIdle(b *backend) bool { return len(b.spentWAL) == 0 }
+
+// quiesce waits (briefly) for the background work a request left on its
+// instance: the spent WAL queue drained, no storage call in flight.
+func quiesce(b *backend, v *smView) {
+	deadline := time.Now().Add(2 * time.Second)
+	for !(engineIdle(b) && v.quiet(time.Millisecond)) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Microsecond)
+	}
+}
+
+// engineStartedLater tells a fresh instance it started after every write
+// of the instance before it, as a real restart does (it takes a moment):
+// WAL entries carry whole seconds of real time, and tidy treats those
+// written before the instance started as stale.
+func engineStartedLater(b *backend) {
+	b.startedAt = time.Now().Truncate(time.Second).Add(time.Second)
+}
+
+// engineWaitStarted waits until the real time the instance says it
+// started, so that requests running at once (a batch) never meet a WAL
+// entry of their own instance that looks older than it.
+func engineWaitStarted(b *backend) {
+	if d := time.Until(b.startedAt); d > 0 {
+		time.Sleep(d)
+	}
+}
 
 // checkUntracked: once faults are resolved, every marked key upstream is
 // one the mount tracks (keys/), holds or released, and every marked

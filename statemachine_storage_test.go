@@ -109,6 +109,19 @@ func newSMStore(under logical.Storage) *smStore {
 
 type smObserverKey struct{}
 
+type smTraceKey struct{}
+
+// smTrace follows one request's storage calls: whether any met the stop.
+type smTrace struct{ stopped atomic.Bool }
+
+// tracing marks a context as one request's, so that its calls (and those
+// of work it does on its behalf, which keeps the context's values) are
+// told apart from background work.
+func tracing(ctx context.Context) (context.Context, *smTrace) {
+	tr := &smTrace{}
+	return context.WithValue(ctx, smTraceKey{}, tr), tr
+}
+
 // observing marks a context as the model's own: its storage calls are never
 // faulted nor counted.
 func observing(ctx context.Context) context.Context {
@@ -131,6 +144,12 @@ func (s *smStore) disarmStep() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.plans = slices.DeleteFunc(s.plans, func(p *smStoragePlan) bool { return p.step })
+}
+
+func (s *smStore) hasPlans() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.plans) > 0
 }
 
 func (s *smStore) disarmAll() {
@@ -232,6 +251,12 @@ func (s *smStore) idle(quiet time.Duration) bool {
 	return true
 }
 
+// quiet reports whether the view has no call in flight and none ended
+// within d.
+func (v *smView) quiet(d time.Duration) bool {
+	return v.inFlight.Load() == 0 && time.Now().UnixNano()-v.lastDone.Load() >= int64(d)
+}
+
 // smView is one plugin instance's storage.
 type smView struct {
 	store *smStore
@@ -321,7 +346,11 @@ func (v *smView) begin(ctx context.Context, op smStorageOp, key string) (observe
 		return true, nil
 	}
 	v.inFlight.Add(1)
-	return false, v.enter(op, key)
+	err = v.enter(op, key)
+	if tr, ok := ctx.Value(smTraceKey{}).(*smTrace); ok && errors.Is(err, errSMStopped) {
+		tr.stopped.Store(true)
+	}
+	return false, err
 }
 
 func (v *smView) end(observer bool) {
