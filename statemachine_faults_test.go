@@ -25,7 +25,17 @@ import (
 // and so does every later call of the instance.
 type smStop struct {
 	at   int
+	ops  smStorageOp // the calls counted: writes, mostly
 	hang bool
+}
+
+// drawStopAt draws where a stop comes: at the k-th write mostly (a stop
+// between two writes is what matters), sometimes at the k-th call.
+func drawStopAt(t *rapid.T) (int, smStorageOp) {
+	if rapid.IntRange(0, 3).Draw(t, "stop_counts_reads") == 0 {
+		return rapid.IntRange(0, 15).Draw(t, "stop_at_call"), smAllOps
+	}
+	return rapid.IntRange(0, 5).Draw(t, "stop_at_write"), smWrites
 }
 
 type smResult struct {
@@ -42,7 +52,7 @@ type smResult struct {
 func (m *model) execute(reqs []smRequest, concurrent bool, stop *smStop) []smResult {
 	b, v := m.b, m.view
 	if stop != nil {
-		v.armStop(stop.at, stop.hang)
+		v.armStop(stop.at, stop.ops, stop.hang)
 	}
 	results := make([]smResult, len(reqs))
 	runOne := func(i int) {
@@ -118,8 +128,8 @@ func (m *model) stopInstance(old *backend, v *smView) {
 }
 
 // runStopping runs requests one after the other with a stop armed.
-func (m *model) runStopping(reqs []smRequest, at int, hang bool) {
-	results := m.execute(reqs, false, &smStop{at: at, hang: hang})
+func (m *model) runStopping(reqs []smRequest, stop smStop) {
+	results := m.execute(reqs, false, &stop)
 	for i, r := range reqs {
 		r.judge(results[i].o, results[i].lost)
 	}
@@ -196,6 +206,14 @@ type smRequestFault struct {
 	count int
 }
 
+// drawFailAt draws the first call a k-th-call storage fault fails.
+func drawFailAt(t *rapid.T, ops smStorageOp) int {
+	if ops&smReads == 0 {
+		return rapid.IntRange(0, 5).Draw(t, "fail_at_write")
+	}
+	return rapid.IntRange(0, 15).Draw(t, "fail_at_call")
+}
+
 func (m *model) drawRequestFault(t *rapid.T, noneWeight int) smRequestFault {
 	var kinds []string
 	for range noneWeight {
@@ -213,11 +231,11 @@ func (m *model) drawRequestFault(t *rapid.T, noneWeight int) smRequestFault {
 	f := smRequestFault{kind: rapid.SampledFrom(kinds).Draw(t, "fault_kind")}
 	switch f.kind {
 	case "fail":
-		f.at = rapid.IntRange(0, 15).Draw(t, "fail_at_call")
 		f.ops = drawOps(t)
+		f.at = drawFailAt(t, f.ops)
 		f.count = rapid.SampledFrom([]int{1, 1, 2, 1000}).Draw(t, "failures")
 	case "stop":
-		f.at = rapid.IntRange(0, 15).Draw(t, "stop_at_call")
+		f.at, f.ops = drawStopAt(t)
 		f.hang = rapid.Bool().Draw(t, "hang")
 	}
 	return f
@@ -230,7 +248,7 @@ func (m *model) runWithFault(reqs []smRequest, f smRequestFault) {
 		m.store.arm(&smStoragePlan{ops: f.ops, from: f.at, n: f.count, step: true})
 		m.do(reqs...)
 	case "stop":
-		m.runStopping(reqs, f.at, f.hang)
+		m.runStopping(reqs, smStop{at: f.at, ops: f.ops, hang: f.hang})
 	default:
 		m.do(reqs...)
 	}
@@ -274,11 +292,11 @@ func (m *model) ConcurrentBatch(t *rapid.T) {
 	delay := smDelay(rapid.IntRange(int(smNoDelay), int(smSlowPuts)).Draw(t, "storage_delay"))
 	var stop *smStop
 	if m.faults.stop && rapid.IntRange(0, 2).Draw(t, "with_stop") == 0 {
-		stop = &smStop{at: rapid.IntRange(0, 40).Draw(t, "stop_at_call"), hang: rapid.Bool().Draw(t, "hang")}
+		stop = &smStop{at: rapid.IntRange(0, 20).Draw(t, "stop_at_write"), ops: smWrites, hang: rapid.Bool().Draw(t, "hang")}
 	}
 	var fail *smStoragePlan
 	if m.faults.storage && rapid.IntRange(0, 3).Draw(t, "with_storage_fault") == 0 {
-		fail = &smStoragePlan{ops: drawOps(t), from: rapid.IntRange(0, 40).Draw(t, "fail_at_call"), n: rapid.SampledFrom([]int{1, 2}).Draw(t, "failures"), step: true}
+		fail = &smStoragePlan{ops: smWrites, from: rapid.IntRange(0, 20).Draw(t, "fail_at_write"), n: rapid.SampledFrom([]int{1, 2}).Draw(t, "failures"), step: true}
 	}
 	var issues []string
 	if len(roles) > 0 {
@@ -462,7 +480,7 @@ func (m *model) TickInFlight(t *rapid.T) {
 	variant := rapid.SampledFrom(variants).Draw(t, "in_flight")
 	advance := rapid.SampledFrom([]time.Duration{0, 5 * time.Second, 30 * time.Second, 10 * time.Minute, 2 * time.Hour}).Draw(t, "advance")
 	name := rapid.SampledFrom(staticNames).Draw(t, "static")
-	at := rapid.IntRange(0, 12).Draw(t, "stop_at_call")
+	at, ops := drawStopAt(t)
 	hang := rapid.Bool().Draw(t, "hang")
 
 	m.advance(advance)
@@ -480,7 +498,7 @@ func (m *model) TickInFlight(t *rapid.T) {
 		b.rotations.Wait()
 		rotate.judge(o, false)
 	default:
-		v.armStop(at, hang)
+		v.armStop(at, ops, hang)
 		b.startDueRotations(v)
 		done := make(chan struct{})
 		go func() { b.rotations.Wait(); close(done) }()
@@ -640,13 +658,129 @@ func (m *model) midStep() {
 	m.checkHeldKeysExist()
 }
 
+// The groups set up what they need (a connection, a role, a lease) rather
+// than skip: without it, the orders that matter would come up rarely.
+
+// ensureConfig returns a connection, writing one if none exists ("" if
+// that failed).
+func (m *model) ensureConfig(t *rapid.T) string {
+	for _, n := range configNames {
+		if m.configs[n] != "" {
+			return n
+		}
+	}
+	name := rapid.SampledFrom(configNames).Draw(t, "setup_config")
+	acct := rapid.SampledFrom([]string{"A", "B"}).Draw(t, "setup_account")
+	m.do(m.logical("setup config", logical.UpdateOperation, "config/"+name, m.configData(acct), func(o outcome, lost bool) {
+		m.expectNo500(o, false)
+		if o.ok() {
+			m.configs[name] = acct
+		} else if !m.faultActive() {
+			m.fatalf("valid config write refused: %s", o)
+		}
+	}))
+	m.midStep()
+	if m.configs[name] == "" {
+		return ""
+	}
+	return name
+}
+
+// ensureRole returns a dynamic role, writing one (short max_ttl, so that
+// renewals move the recorded expiry) if none exists ("" if that failed).
+func (m *model) ensureRole(t *rapid.T) string {
+	for _, n := range roleNames {
+		if r := m.roles[n]; r != nil && m.configs[r.config] != "" {
+			return n
+		}
+	}
+	config := m.ensureConfig(t)
+	if config == "" {
+		return ""
+	}
+	name := rapid.SampledFrom(roleNames).Draw(t, "setup_role")
+	r := &modelRole{
+		config:   config,
+		ttl:      rapid.SampledFrom([]time.Duration{0, 5 * time.Minute}).Draw(t, "setup_ttl"),
+		maxTTL:   rapid.SampledFrom([]time.Duration{10 * time.Minute, 2 * time.Hour}).Draw(t, "setup_max_ttl"),
+		perLease: rapid.Bool().Draw(t, "setup_per_lease"),
+		maxKeys:  rapid.SampledFrom([]int{0, 0, 2}).Draw(t, "setup_max_keys"),
+	}
+	if !r.perLease {
+		r.project = rapid.SampledFrom(m.projectsOf(m.configs[config])).Draw(t, "setup_project")
+	}
+	data := map[string]any{
+		"config": config, "ttl": int(r.ttl.Seconds()), "max_ttl": int(r.maxTTL.Seconds()),
+		"max_keys": r.maxKeys, "project_per_lease": r.perLease, "project_id": r.project,
+	}
+	m.do(m.logical("setup role", logical.UpdateOperation, "roles/"+name, data, func(o outcome, lost bool) {
+		m.expectNo500(o, false)
+		switch {
+		case o.ok():
+			m.roles[name] = r
+		case !m.faultActive():
+			m.fatalf("valid role write refused: %s", o)
+		default:
+			m.resyncRole(name)
+		}
+	}))
+	m.midStep()
+	if m.roles[name] == nil {
+		return ""
+	}
+	return name
+}
+
+// ensureLease returns a live lease whose role exists: one drawn from those
+// there are, or a new one (nil if that failed).
+func (m *model) ensureLease(t *rapid.T) *modelLease {
+	var live []*modelLease
+	for _, l := range m.leases {
+		if !l.revoking && m.roles[l.role] != nil && m.now().Before(l.expires) {
+			live = append(live, l)
+		}
+	}
+	if len(live) > 0 && rapid.Bool().Draw(t, "existing_lease") {
+		return live[rapid.IntRange(0, len(live)-1).Draw(t, "lease")]
+	}
+	role := m.ensureRole(t)
+	if role == "" {
+		return nil
+	}
+	before := len(m.leases)
+	m.do(m.issueRequest(role, 0))
+	m.midStep()
+	if len(m.leases) > before {
+		if l := m.leases[len(m.leases)-1]; l.role == role && !l.revoking {
+			return l
+		}
+	}
+	return nil
+}
+
+// drawTargetedFault draws a fault for one request whose writes are few:
+// a storage fault or stop at one of its first writes, or none.
+func (m *model) drawTargetedFault(t *rapid.T, noneWeight int) smRequestFault {
+	f := m.drawRequestFault(t, noneWeight)
+	if f.kind != "" && f.ops&smReads == 0 {
+		f.at = rapid.IntRange(0, 3).Draw(t, "at_write")
+	}
+	return f
+}
+
 // RenewClockTidy: raise a role's max_ttl, renew one of its leases past the
-// max_ttl it was issued under (maybe with a storage fault or a stop inside
-// the renewal), renew again, jump past the first expiry and tidy's grace,
-// and tidy. The key of a lease renewed past its first expiry must stay.
+// max_ttl it was issued under (maybe with a storage fault or a stop among
+// the renewal's writes), renew again, jump past the first expiry and
+// tidy's grace, and tidy. The key of a lease renewed past its first expiry
+// must stay.
 func (m *model) RenewClockTidy(t *rapid.T) {
-	l, reqs := m.drawRenewAfterMaxRaise(t)
-	f := m.drawRequestFault(t, 2)
+	l := m.ensureLease(t)
+	if l == nil {
+		return
+	}
+	r := m.roles[l.role]
+	increment := rapid.SampledFrom([]time.Duration{time.Hour, 6 * time.Hour}).Draw(t, "increment")
+	f := m.drawTargetedFault(t, 2)
 	again := rapid.Bool().Draw(t, "renew_again")
 	jump := rapid.SampledFrom([]time.Duration{70 * time.Minute, 2 * time.Hour, 5 * time.Hour, 25 * time.Hour}).Draw(t, "jump")
 	data := map[string]any{}
@@ -654,7 +788,19 @@ func (m *model) RenewClockTidy(t *rapid.T) {
 		data["min_age"] = minAge
 	}
 
-	m.runWithFault(reqs, f)
+	if r.maxTTL != 48*time.Hour {
+		raise := map[string]any{"max_ttl": int((48 * time.Hour).Seconds()), "ttl": int(time.Hour.Seconds())}
+		m.do(m.logical("raise max_ttl", logical.UpdateOperation, "roles/"+l.role, raise, func(o outcome, lost bool) {
+			m.expectNo500(o, false)
+			if o.ok() {
+				r.maxTTL, r.ttl = 48*time.Hour, time.Hour
+			} else if !m.faultActive() {
+				m.fatalf("raising max_ttl refused: %s", o)
+			}
+		}))
+		m.midStep()
+	}
+	m.runWithFault([]smRequest{m.renewRequest(l, increment)}, f)
 	m.midStep()
 	if again && slices.Contains(m.leases, l) && !l.revoking {
 		m.do(m.renewRequest(l, 6*time.Hour))
@@ -674,11 +820,11 @@ func (m *model) ManualRotateTick(t *rapid.T) {
 	name := rapid.SampledFrom(staticNames).Draw(t, "static")
 	var create []smRequest
 	if m.statics[name] == nil {
-		config := rapid.SampledFrom(configNames).Draw(t, "config")
-		s := &modelStaticRole{config: config, account: m.configs[config]}
-		if s.account == "" {
-			t.Skip("no such connection")
+		config := m.ensureConfig(t)
+		if config == "" {
+			return
 		}
+		s := &modelStaticRole{config: config, account: m.configs[config]}
 		s.project = rapid.SampledFrom(m.projectsOf(s.account)).Draw(t, "project")
 		data, valid := m.staticParamsMode(t, s, "manual")
 		data["config"], data["project_id"] = config, s.project
@@ -686,6 +832,9 @@ func (m *model) ManualRotateTick(t *rapid.T) {
 	}
 	rotations := rapid.IntRange(1, 2).Draw(t, "rotations")
 	f := m.drawRequestFault(t, 2)
+	if f.kind != "" && f.ops&smReads == 0 {
+		f.at = rapid.IntRange(0, 6).Draw(t, "at_write")
+	}
 	jump := rapid.SampledFrom([]time.Duration{5 * time.Second, 30 * time.Second, 10 * time.Minute, 2 * time.Hour}).Draw(t, "jump")
 
 	m.do(create...)
@@ -709,12 +858,12 @@ func (m *model) ManualRotateTick(t *rapid.T) {
 // inside, then tidy (maybe after the rollback manager's min age): the keys
 // of the leases Vault holds must stay, and the rest must go.
 func (m *model) IssueStopTidy(t *rapid.T) {
-	name := rapid.SampledFrom(roleNames).Draw(t, "role")
-	if m.roles[name] == nil {
-		t.Skip("no such role")
+	name := m.ensureRole(t)
+	if name == "" {
+		return
 	}
 	n := rapid.IntRange(1, 3).Draw(t, "burst")
-	at := rapid.IntRange(0, 20).Draw(t, "stop_at_call")
+	at, ops := drawStopAt(t)
 	hang := rapid.Bool().Draw(t, "hang")
 	data := map[string]any{}
 	if minAge := rapid.SampledFrom([]int{-1, 0, 0, 30}).Draw(t, "min_age"); minAge >= 0 {
@@ -726,7 +875,7 @@ func (m *model) IssueStopTidy(t *rapid.T) {
 	for range n {
 		reqs = append(reqs, m.issueRequest(name, 0))
 	}
-	m.runStopping(reqs, at, hang)
+	m.runStopping(reqs, smStop{at: at, ops: ops, hang: hang})
 	m.midStep()
 	if rollback {
 		m.advance(walRollbackMinAge)

@@ -265,6 +265,7 @@ type smView struct {
 	mu      sync.Mutex
 	dead    bool
 	stopAt  int // the call (counted from arming) at which the instance stops; -1: none
+	stopOps smStorageOp // the calls counted
 	hang    bool
 	calls   int
 	stopped chan struct{} // closed once dead
@@ -274,12 +275,13 @@ type smView struct {
 	lastDone atomic.Int64 // unix nanoseconds
 }
 
-// armStop makes the k-th call from now (the model's own excepted) stop the
-// instance; with hang, that call waits for releaseHung before it fails.
-func (v *smView) armStop(k int, hang bool) {
+// armStop makes the k-th call of ops from now (the model's own excepted)
+// stop the instance; with hang, that call waits for releaseHung before it
+// fails.
+func (v *smView) armStop(k int, ops smStorageOp, hang bool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.stopAt, v.hang, v.calls = k, hang, 0
+	v.stopAt, v.stopOps, v.hang, v.calls = k, ops, hang, 0
 }
 
 // kill stops the instance now (idempotent).
@@ -320,7 +322,7 @@ func (v *smView) enter(op smStorageOp, key string) error {
 		v.mu.Unlock()
 		return errSMStopped
 	}
-	if v.stopAt >= 0 {
+	if v.stopAt >= 0 && v.stopOps&op != 0 {
 		i := v.calls
 		v.calls++
 		if i >= v.stopAt {

@@ -1491,21 +1491,36 @@ func (m *model) buildReadStaticCreds(t *rapid.T) smRequest {
 
 func (m *model) SchedulerTick(*rapid.T) { m.do(m.tickRequest()) }
 
-// tickRequest runs the scheduler's tick and waits for its rotations.
+// tickRequest runs the scheduler's tick and waits for its rotations. A
+// tick that does not end is a failure (I3); its instance is cleaned up so
+// that it stops spinning.
 func (m *model) tickRequest() smRequest {
 	return smRequest{
 		label: "tick",
 		run: func(_ context.Context, b *backend, s logical.Storage) outcome {
-			b.runDueRotations(s)
-			return outcome{path: "scheduler tick"}
+			done := make(chan struct{})
+			go func() { defer close(done); b.runDueRotations(s) }()
+			select {
+			case <-done:
+				return outcome{path: "scheduler tick"}
+			case <-time.After(smTickTimeout):
+				go b.clean(context.Background())
+				return outcome{path: "scheduler tick", status: -1}
+			}
 		},
-		judge: func(outcome, bool) {
+		judge: func(o outcome, _ bool) {
+			if o.status == -1 {
+				m.fatalf("I3: a scheduler tick did not finish within %s", smTickTimeout)
+			}
 			if !m.faultActive() && !m.batch {
 				m.healthyTick = true
 			}
 		},
 	}
 }
+
+// smTickTimeout bounds a scheduler tick (they take milliseconds).
+const smTickTimeout = 10 * time.Second
 
 // syncStatics settles static roles with what the engine reports: rotations
 // the step made on request (in any order) or on its own (the scheduler,
