@@ -51,6 +51,9 @@ type smResult struct {
 // over. Their judges are left to the caller (on this goroutine).
 func (m *model) execute(reqs []smRequest, concurrent bool, stop *smStop) []smResult {
 	b, v := m.b, m.view
+	// Background work of earlier requests first: a fault's call number
+	// counts this step's calls only.
+	quiesce(b, v)
 	if stop != nil {
 		v.armStop(stop.at, stop.ops, stop.hang)
 	}
@@ -245,6 +248,7 @@ func (m *model) drawRequestFault(t *rapid.T, noneWeight int) smRequestFault {
 func (m *model) runWithFault(reqs []smRequest, f smRequestFault) {
 	switch f.kind {
 	case "fail":
+		quiesce(m.b, m.view)
 		m.store.arm(&smStoragePlan{ops: f.ops, from: f.at, n: f.count, step: true})
 		m.do(reqs...)
 	case "stop":
@@ -378,6 +382,7 @@ func (m *model) ConcurrentBatch(t *rapid.T) {
 	}
 	m.store.setDelay(delay)
 	if fail != nil {
+		quiesce(m.b, m.view)
 		m.store.arm(fail)
 	}
 	m.batch = true
