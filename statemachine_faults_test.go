@@ -657,6 +657,7 @@ func (m *model) OperatorDeleteThenRevoke(t *rapid.T) {
 // midStep is what happens between two steps of a group: Vault's expiry and
 // revoke retries, the model's sync, and I1.
 func (m *model) midStep() {
+	m.land()
 	m.expireLeases()
 	m.syncStatics()
 	m.snapshotUpstream()
@@ -898,6 +899,7 @@ func (m *model) IssueStopTidy(t *rapid.T) {
 func (m *model) Heal(*rapid.T) { m.heal() }
 
 func (m *model) heal() {
+	m.land()
 	m.clearUpstreamFaults()
 	m.store.disarmAll()
 	m.storageSteps = 0

@@ -935,10 +935,10 @@ func (m *model) buildIssue(t *rapid.T) smRequest {
 // of max_keys while it runs.
 func (m *model) issueRequest(name string, slack int) smRequest {
 	r := m.roles[name]
-	held := m.liveKeysOfRole(name, false)
-	all := m.liveKeysOfRole(name, true)
 	return m.logical("issue "+name, logical.ReadOperation, "creds/"+name, nil, func(o outcome, lost bool) {
-		m.judgeIssue(name, r, o, lost, held, all+slack)
+		// Judged in order, right after the issuances before it: the
+		// counts are those it met.
+		m.judgeIssue(name, r, o, lost, m.liveKeysOfRole(name, false), m.liveKeysOfRole(name, true)+slack)
 	})
 }
 
@@ -1707,9 +1707,18 @@ func (m *model) AdvanceClock(t *rapid.T) {
 	m.advance(d)
 }
 
+// land carries out the creates an upstream held back (AbandonedCreate):
+// they take effect after their request, before time moves on.
+func (m *model) land() {
+	for _, acct := range sortedKeys(m.accounts) {
+		m.accounts[acct].fake.Land()
+	}
+}
+
 // advance moves the fake clock. Past walRollbackMinAge, Vault's rollback
 // manager has run meanwhile: every WAL entry left is that old by now.
 func (m *model) advance(d time.Duration) {
+	m.land()
 	m.clock.Advance(d)
 	if d >= walRollbackMinAge {
 		m.rollbackManager(false)
@@ -1810,9 +1819,7 @@ func (m *model) Check(*rapid.T) {
 }
 
 func (m *model) afterStep() {
-	for _, acct := range sortedKeys(m.accounts) {
-		m.accounts[acct].fake.Land() // creates abandoned in the step land now
-	}
+	m.land()
 	if m.faultActive() {
 		m.lastFault = m.now()
 	}
