@@ -21,6 +21,7 @@ import (
 	"context"
 	"errors"
 	mrand "math/rand/v2"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -87,9 +88,9 @@ type smDelay uint8
 
 const (
 	smNoDelay     smDelay = iota
-	smJitter              // every call: 0-300µs
-	smSlowDeletes         // every Delete: 1-3ms before it acts
-	smSlowPuts            // every Put: 1-3ms before it acts
+	smJitter              // every call: yields 0-3 times
+	smSlowDeletes         // every Delete: 0.5-1.5ms before it acts
+	smSlowPuts            // every Put: 0.5-1.5ms before it acts
 )
 
 type smStore struct {
@@ -220,9 +221,13 @@ func (s *smStore) sleep(op smStorageOp) {
 	s.mu.Unlock()
 	switch {
 	case d == smJitter:
-		time.Sleep(time.Duration(mrand.IntN(300)) * time.Microsecond)
+		// A sleep costs far more than it asks for; yielding shuffles the
+		// interleaving as well.
+		for range mrand.IntN(4) {
+			runtime.Gosched()
+		}
 	case d == smSlowDeletes && op == smDelete, d == smSlowPuts && op == smPut:
-		time.Sleep(time.Millisecond + time.Duration(mrand.IntN(2000))*time.Microsecond)
+		time.Sleep(500*time.Microsecond + time.Duration(mrand.IntN(1000))*time.Microsecond)
 	}
 }
 
@@ -264,7 +269,7 @@ type smView struct {
 
 	mu      sync.Mutex
 	dead    bool
-	stopAt  int // the call (counted from arming) at which the instance stops; -1: none
+	stopAt  int         // the call (counted from arming) at which the instance stops; -1: none
 	stopOps smStorageOp // the calls counted
 	hang    bool
 	calls   int

@@ -95,7 +95,8 @@ func TestStateMachine(t *testing.T) {
 	duration, _ := time.ParseDuration(os.Getenv("CARBON_SM_DURATION"))
 	start := time.Now()
 	defer func() {
-		t.Logf("state machine (faults: %s): %d sequences, %d steps in %s", faults, smSequences.Load(), smSteps.Load(), time.Since(start).Round(time.Second))
+		t.Logf("state machine (faults: %s): %d sequences, %d steps in %s (waiting for background work: %s)", faults, smSequences.Load(), smSteps.Load(),
+			time.Since(start).Round(time.Second), time.Duration(smQuiesceTime.Load()+smSettleTime.Load()).Round(time.Millisecond))
 	}()
 	run := func(rt *rapid.T) { runSequence(rt, faults) }
 	if duration <= 0 {
@@ -532,7 +533,6 @@ func (m *model) startBackend() *backend {
 	b := raw.(*backend)
 	b.clock = m.clock.Now
 	b.schedulerTick = 0
-	engineStartedLater(b)
 	before := m.store.hitCount()
 	if err := b.initialize(m.ctx, &logical.InitializationRequest{Storage: m.view}); err != nil {
 		if m.store.hitCount() == before {
@@ -1700,6 +1700,7 @@ func (m *model) reload() {
 	m.view.kill()
 	m.view = m.store.newView()
 	m.b = m.startBackend()
+	engineStartedLater(m.b)
 }
 
 func (m *model) AdvanceClock(t *rapid.T) {
