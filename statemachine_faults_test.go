@@ -937,6 +937,7 @@ func (m *model) heal() {
 	m.midStep()
 	m.clock.Advance(time.Second)
 	m.expireLeases()
+	m.settle()
 	if o := m.request(logical.UpdateOperation, "tidy", map[string]any{"min_age": 0}); !o.ok() {
 		m.fatalf("tidy after the faults were resolved: %s", o)
 	}
