@@ -68,6 +68,9 @@ type Server struct {
 	stats           Stats
 
 	latency time.Duration
+	// landLate: creates are answered 504 and take effect only at Land.
+	landLate bool
+	landing  []func()
 	// completeAbandoned: act on requests whose client gave up.
 	completeAbandoned bool
 	failureRate       float64
@@ -85,6 +88,9 @@ type Server struct {
 	commitThenHang   bool
 	maxNameLength    int // in characters; 0: no limit
 	echo             bool
+	// inFlight counts management requests being served, abandoned ones
+	// that still complete (SetCompleteAbandoned) included.
+	inFlight int
 }
 
 type project struct {
@@ -152,6 +158,25 @@ func (s *Server) completesAbandoned() bool {
 
 // SetLatency delays every management request, faults included.
 func (s *Server) SetLatency(d time.Duration) { s.with(func() { s.latency = d }) }
+
+// SetLandLate makes creates (POST of a project or a key) be answered 504
+// Gateway Timeout before they take effect, and take effect only when Land
+// is called: an upstream that finishes the work after its gateway gave up,
+// later than any clean-up the client does right away.
+func (s *Server) SetLandLate(on bool) { s.with(func() { s.landLate = on }) }
+
+// Land carries out the creates SetLandLate held back, in the order they
+// came, and reports how many.
+func (s *Server) Land() int {
+	s.mu.Lock()
+	landing := s.landing
+	s.landing = nil
+	s.mu.Unlock()
+	for _, f := range landing {
+		f()
+	}
+	return len(landing)
+}
 
 // SetFailureRate answers this fraction of management requests with 503
 // before acting on them.
@@ -252,6 +277,54 @@ func (s *Server) AddKey(projectID, name string) climatiq.APIKey {
 	return s.addKey(p, name).APIKey
 }
 
+// RemoveKey deletes a key directly, as an operator in the dashboard would,
+// behind the back of whoever created it. It is not counted in Stats. It
+// reports whether the key existed.
+func (s *Server) RemoveKey(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k, ok := s.keys[id]
+	if ok {
+		s.removeKey(k)
+	}
+	return ok
+}
+
+// RemoveProject deletes a project and its keys directly, as an operator in
+// the dashboard would. It is not counted in Stats. It reports whether the
+// project existed.
+func (s *Server) RemoveProject(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.projects[id]
+	if ok {
+		for _, k := range p.keys {
+			s.removeKey(k)
+		}
+		delete(s.projects, id)
+	}
+	return ok
+}
+
+// InFlight is the number of management requests being served, including
+// requests whose client gave up that still complete (SetCompleteAbandoned):
+// 0 means nothing more will change upstream until the next request.
+func (s *Server) InFlight() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.inFlight
+}
+
+// Project returns a project by id.
+func (s *Server) Project(id string) (climatiq.Project, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p, ok := s.projects[id]; ok {
+		return p.Project, true
+	}
+	return climatiq.Project{}, false
+}
+
 // Projects lists all projects in creation order.
 func (s *Server) Projects() []climatiq.Project {
 	s.mu.Lock()
@@ -321,12 +394,17 @@ func (s *Server) addKey(p *project, name string) *apiKey {
 }
 
 func (s *Server) deleteKey(k *apiKey) {
+	s.removeKey(k)
+	s.stats.KeysDeleted++
+}
+
+// removeKey deletes a key without counting it. Called with s.mu held.
+func (s *Server) removeKey(k *apiKey) {
 	delete(s.keys, k.ID)
 	delete(s.keysByValue, k.Key)
 	if p, ok := s.projects[k.Project.ID]; ok {
 		delete(p.keys, k.ID)
 	}
-	s.stats.KeysDeleted++
 }
 
 func (s *Server) projectList() []climatiq.Project {
@@ -399,6 +477,8 @@ func (s *Server) fault(method string) injectedFault {
 }
 
 func (s *Server) serveManagement(rw http.ResponseWriter, r *http.Request) {
+	s.with(func() { s.inFlight++ })
+	defer s.with(func() { s.inFlight-- })
 	// Read the body first: only then does net/http notice a client that
 	// gives up during the latency, so an abandoned request does nothing.
 	body, err := io.ReadAll(http.MaxBytesReader(rw, r.Body, 1<<16))
@@ -435,19 +515,11 @@ func (s *Server) serveManagement(rw http.ResponseWriter, r *http.Request) {
 	}
 
 	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.Path, managementPrefix), "/"), "/")
-	var a answer
-	switch {
-	case len(parts) == 1 && parts[0] == "project":
-		a = s.projectsCollection(r.Method, body)
-	case len(parts) == 2 && parts[0] == "project" && parts[1] != "":
-		a = s.projectItem(r.Method, parts[1], body)
-	case len(parts) == 3 && parts[0] == "project" && parts[1] != "" && parts[2] == "api-key":
-		a = s.keysCollection(r.Method, parts[1], body)
-	case len(parts) == 2 && parts[0] == "api-key" && parts[1] != "":
-		a = s.keyItem(r.Method, parts[1], body)
-	default:
-		a = errorAnswer(http.StatusNotFound, "not_found", "No such route.")
+	if r.Method == http.MethodPost && s.holdCreate(parts, body) {
+		writeError(w, http.StatusGatewayTimeout, "injected_fault", "Injected fault: the gateway gave up; the create may still take effect.")
+		return
 	}
+	a := s.route(r.Method, parts, body)
 	if r.Method == http.MethodPost && a.status < 300 {
 		// A create that took effect: its answer may still be lost.
 		switch failStatus, hang := s.loseCreateAnswer(); {
@@ -466,6 +538,36 @@ func (s *Server) serveManagement(rw http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.write(w)
+}
+
+// holdCreate queues a create for Land when SetLandLate is on.
+func (s *Server) holdCreate(parts []string, body []byte) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.landLate {
+		return false
+	}
+	s.stats.Failures++
+	s.landing = append(s.landing, func() { s.route(http.MethodPost, parts, body) })
+	return true
+}
+
+// route acts on a management request and builds its answer.
+func (s *Server) route(method string, parts []string, body []byte) answer {
+	var a answer
+	switch {
+	case len(parts) == 1 && parts[0] == "project":
+		a = s.projectsCollection(method, body)
+	case len(parts) == 2 && parts[0] == "project" && parts[1] != "":
+		a = s.projectItem(method, parts[1], body)
+	case len(parts) == 3 && parts[0] == "project" && parts[1] != "" && parts[2] == "api-key":
+		a = s.keysCollection(method, parts[1], body)
+	case len(parts) == 2 && parts[0] == "api-key" && parts[1] != "":
+		a = s.keyItem(method, parts[1], body)
+	default:
+		a = errorAnswer(http.StatusNotFound, "not_found", "No such route.")
+	}
+	return a
 }
 
 // loseCreateAnswer says whether the answer to a create that took effect

@@ -184,6 +184,99 @@ func TestMaxNameLength(t *testing.T) {
 	}
 }
 
+func TestRemoveKeyAndProject(t *testing.T) {
+	s := newTestServer(t)
+	p := s.AddProject("p")
+	k1 := s.AddKey(p.ID, "k1")
+	k2 := s.AddKey(p.ID, "k2")
+	if !s.RemoveKey(k1.ID) || s.RemoveKey(k1.ID) {
+		t.Fatal("RemoveKey: want true, then false")
+	}
+	if _, found := s.Key(k1.ID); found {
+		t.Fatal("removed key still there")
+	}
+	// The API sees it gone too.
+	if got := call(t, s.ManagementURL()+"/api-key/"+k1.ID, http.MethodDelete, mk, ""); got.status != http.StatusNotFound {
+		t.Fatalf("DELETE of a removed key: %d", got.status)
+	}
+	if _, found := s.Project(p.ID); !found {
+		t.Fatal("Project: not found")
+	}
+	if !s.RemoveProject(p.ID) || s.RemoveProject(p.ID) {
+		t.Fatal("RemoveProject: want true, then false")
+	}
+	if _, found := s.Key(k2.ID); found {
+		t.Fatal("a removed project's key is still there")
+	}
+	if _, found := s.Project(p.ID); found {
+		t.Fatal("removed project still there")
+	}
+	if st := s.Stats(); st.KeysDeleted != 0 || st.ProjectsDeleted != 0 {
+		t.Fatalf("operator removals counted in Stats: %+v", st)
+	}
+}
+
+func TestInFlight(t *testing.T) {
+	s := newTestServer(t)
+	p := s.AddProject("p")
+	s.SetLatency(300 * time.Millisecond)
+	s.SetCompleteAbandoned(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.ManagementURL()+"/project/"+p.ID+"/api-key", strings.NewReader(`{"key_name":"k"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+mk)
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("answered %d within the client's timeout", resp.StatusCode)
+	}
+	// The client gave up; the upstream is still at work.
+	if n := s.InFlight(); n != 1 {
+		t.Fatalf("InFlight %d after the client gave up, want 1", n)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for s.InFlight() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("InFlight never went back to 0")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if keys := s.Keys(); len(keys) != 1 {
+		t.Fatalf("%d keys once the abandoned create finished, want 1", len(keys))
+	}
+}
+
+func TestLandLate(t *testing.T) {
+	s := newTestServer(t)
+	p := s.AddProject("p")
+	s.SetLandLate(true)
+	if got := call(t, s.ManagementURL()+"/project/"+p.ID+"/api-key", http.MethodPost, mk, `{"key_name":"k"}`); got.status != http.StatusGatewayTimeout {
+		t.Fatalf("create answered %d, want 504", got.status)
+	}
+	if got := call(t, s.ManagementURL()+"/project", http.MethodPost, mk, `{"project_name":"q"}`); got.status != http.StatusGatewayTimeout {
+		t.Fatalf("project create answered %d, want 504", got.status)
+	}
+	if len(s.Keys()) != 0 || len(s.Projects()) != 1 {
+		t.Fatal("a held create took effect before Land")
+	}
+	// Other requests are served as usual.
+	if got := call(t, s.ManagementURL()+"/project/"+p.ID+"/api-key", http.MethodGet, mk, ""); got.status != http.StatusOK {
+		t.Fatalf("list while holding creates: %d", got.status)
+	}
+	s.SetLandLate(false)
+	if n := s.Land(); n != 2 {
+		t.Fatalf("Land carried out %d creates, want 2", n)
+	}
+	if keys := s.Keys(); len(keys) != 1 || keys[0].Name != "k" || len(s.Projects()) != 2 {
+		t.Fatalf("after Land: keys %+v, projects %+v", keys, s.Projects())
+	}
+	if s.Land() != 0 {
+		t.Fatal("Land twice carried out creates twice")
+	}
+}
+
 func TestEchoRequest(t *testing.T) {
 	s := newTestServer(t)
 	s.SetEchoRequest(true)
