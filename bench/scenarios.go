@@ -149,9 +149,9 @@ func (e *env) storageWrites() error {
 			return err
 		}
 	}
-	puts, deletes := s.puts, s.deletes
+	puts := s.puts
 	time.Sleep(200 * time.Millisecond) // let the asynchronous WAL deletes land
-	deletes = s.deletes
+	deletes := s.deletes
 	s.puts, s.deletes = 0, 0
 	if _, err := do(logical.RollbackOperation, "", map[string]any{"immediate": true}); err != nil {
 		return err
