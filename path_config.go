@@ -407,8 +407,31 @@ func (cfg *connectionConfig) upstreamAccountMayChange(before *connectionConfig) 
 // dashboard) sees the same projects and passes.
 func (b *backend) checkKeysStayReachable(ctx context.Context, s logical.Storage, name string, cfg *connectionConfig) (*logical.Response, error) {
 	projects, err := projectsInUse(ctx, s, name)
-	if err != nil || len(projects) == 0 {
+	if err != nil {
 		return nil, err
+	}
+	// A pending rollback deletes what an interrupted creation made, in the
+	// account it was made in: its project must stay visible, and a
+	// per-lease project, known by its name alone, must stay in reach.
+	b.closeBlocks(ctx, name)
+	b.deleteQueuedSpentWAL(ctx)
+	perLease := 0
+	err = forEachPendingWAL(ctx, s, name, func(covered *ownedKey) {
+		if covered.ProjectPerLease {
+			perLease++
+		} else if covered.ProjectID != "" {
+			projects[covered.ProjectID] = true
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	if perLease > 0 {
+		return logical.ErrorResponse("management_key: connection %q has %d per-lease project creations awaiting rollback in its current account; Vault resolves them within %s (or run tidy after a restart of the mount); re-point the connection after that",
+			name, perLease, walRollbackMinAge+time.Minute), nil
+	}
+	if len(projects) == 0 {
+		return nil, nil
 	}
 	conn, err := newConnection(b, name, cfg)
 	if err != nil {
@@ -691,22 +714,30 @@ func staticRolesUsingConfig(ctx context.Context, s logical.Storage, config strin
 // pendingWALForConfig counts the WAL entries whose rollback would go
 // through the given connection.
 func pendingWALForConfig(ctx context.Context, s logical.Storage, config string) (int, error) {
+	n := 0
+	err := forEachPendingWAL(ctx, s, config, func(*ownedKey) { n++ })
+	return n, err
+}
+
+// forEachPendingWAL calls fn with what each WAL entry whose rollback goes
+// through the given connection covers (a key's creation, or a block of
+// issuances: its config and project scope).
+func forEachPendingWAL(ctx context.Context, s logical.Storage, config string, fn func(*ownedKey)) error {
 	ids, err := framework.ListWAL(ctx, s)
 	if err != nil {
-		return 0, err
+		return err
 	}
-	n := 0
 	for _, id := range ids {
 		entry, err := framework.GetWAL(ctx, s, id)
 		if err != nil {
-			return 0, err
+			return err
 		}
 		var key ownedKey
 		if entry != nil && (entry.Kind == walKindClimatiqKey || entry.Kind == walKindIssuanceBlock) && decodeInto(entry.Data, &key) == nil && key.Config == config {
-			n++
+			fn(&key)
 		}
 	}
-	return n, nil
+	return nil
 }
 
 func cleanScopes(in []string) []string {

@@ -2080,7 +2080,8 @@ func (m *model) checkInventory(strict bool) {
 	}
 	for _, id := range sortedByKey(listed, func(k listedKey) int { return m.seen[k.key] }) {
 		if _, ok := required[id]; !ok && !optional[id] {
-			m.fatalf("I4: keys/ lists %s, which the mount does not hold", id)
+			k := listed[id]
+			m.fatalf("I4: keys/ lists %s (kind %q, role %q, project %q), which the mount does not hold", id, k.kind, k.role, k.project)
 		}
 	}
 }

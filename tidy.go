@@ -41,6 +41,7 @@ type tidyReport struct {
 	Orphans        []string `json:"orphans"`         // upstream key ids with this mount's marker that nothing tracks
 	OrphanProjects []string `json:"orphan_projects"` // per-lease projects nothing tracks
 	Expired        []string `json:"expired"`         // tracked dynamic keys whose lease must have ended
+	StaleRecords   []string `json:"stale_records"`   // static keys recorded in the inventory that no role holds
 	Deleted        int      `json:"deleted"`
 	WALRolledBack  int      `json:"wal_rolled_back"` // stale WAL entries resolved: spent ones dropped, stranded keys deleted
 	Errors         []string `json:"errors"`          // each names its connection and cause
@@ -55,6 +56,7 @@ func (r *tidyReport) data() map[string]any {
 		"orphans":         nonNil(r.Orphans),
 		"orphan_projects": nonNil(r.OrphanProjects),
 		"expired":         nonNil(r.Expired),
+		"stale_records":   nonNil(r.StaleRecords),
 		"deleted":         r.Deleted,
 		"wal_rolled_back": r.WALRolledBack,
 		"errors":          nonNil(r.Errors),
@@ -77,6 +79,8 @@ type tidyRun struct {
 	trackedProjects map[string]bool            // per-lease projects the mount owns
 	projects        map[string]map[string]bool // config -> projects to scan
 	expired         []*ownedKey
+	staticRecords   []*ownedKey     // static keys as the inventory records them; the roles say who holds them
+	roleKeys        map[string]bool // key ids static roles hold
 	report          tidyReport
 }
 
@@ -92,6 +96,7 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, opts tidyOptions)
 		inFlight:        map[string]bool{},
 		tracked:         map[string]bool{},
 		trackedProjects: map[string]bool{},
+		roleKeys:        map[string]bool{},
 		projects:        map[string]map[string]bool{},
 	}
 	if err := run.rollBackStaleWAL(ctx); err != nil {
@@ -103,6 +108,7 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, opts tidyOptions)
 	if err := run.collectRoles(ctx); err != nil {
 		return nil, err
 	}
+	run.forgetStaleStaticRecords(ctx)
 	run.deleteExpired(ctx)
 
 	marker, err := b.mountMarker(ctx, s)
@@ -220,6 +226,13 @@ func (run *tidyRun) rollBackStaleWAL(ctx context.Context) error {
 // lease must have ended.
 func (run *tidyRun) collectInventory(ctx context.Context) error {
 	return walkKeys(ctx, run.storage, func(k *ownedKey) error {
+		if k.kind() == keyKindStatic {
+			// The role is what holds a static key; its inventory record
+			// follows it (collectRoles, forgetStaleStaticRecords).
+			run.staticRecords = append(run.staticRecords, k)
+			run.scanProject(k.Config, k.ProjectID)
+			return nil
+		}
 		run.tracked[k.KeyID] = true
 		if k.ProjectPerLease {
 			run.trackedProjects[k.ProjectID] = true
@@ -269,10 +282,63 @@ func (run *tidyRun) collectRoles(ctx context.Context) error {
 			run.scanProject(role.Config, role.ProjectID)
 			for _, k := range role.ownedKeys(name) {
 				run.tracked[k.KeyID] = true
+				run.roleKeys[k.KeyID] = true
 			}
 		}
 	}
 	return nil
+}
+
+// forgetStaleStaticRecords forgets the inventory records of static keys
+// that their role does not hold: a rotation or an adoption records the key
+// before it writes the role, so a stop or a failed write between the two
+// leaves such a record. The key itself is then judged like any other: kept
+// when a release record holds it, an orphan when it is this mount's and
+// nothing does. Each record is checked again under its role's lock, which
+// a rotation or adoption in flight holds until its role is written.
+func (run *tidyRun) forgetStaleStaticRecords(ctx context.Context) {
+	for _, k := range run.staticRecords {
+		if run.roleKeys[k.KeyID] {
+			continue
+		}
+		if run.only != "" && k.Config != run.only {
+			run.tracked[k.KeyID] = true // another connection's: not this run's to judge
+			continue
+		}
+		held, err := run.b.forgetStaticRecordUnlessHeld(ctx, run.storage, k, run.dryRun)
+		switch {
+		case err != nil:
+			run.tracked[k.KeyID] = true
+			run.fail(fmt.Errorf("config %q: checking the record of static key %s: %w", k.Config, k.KeyID, err))
+		case held:
+			run.tracked[k.KeyID] = true
+		default:
+			run.report.StaleRecords = append(run.report.StaleRecords, k.KeyID)
+		}
+	}
+}
+
+// forgetStaticRecordUnlessHeld forgets a static key's inventory record
+// unless, under the role's lock, the role holds the key.
+func (b *backend) forgetStaticRecordUnlessHeld(ctx context.Context, s logical.Storage, k *ownedKey, dryRun bool) (bool, error) {
+	lock := b.staticRoleLock(k.Role)
+	lock.Lock()
+	defer lock.Unlock()
+	role, err := getStaticRole(ctx, s, k.Role)
+	if err != nil {
+		return false, err
+	}
+	if role != nil {
+		for _, own := range role.ownedKeys(k.Role) {
+			if own.KeyID == k.KeyID {
+				return true, nil
+			}
+		}
+	}
+	if dryRun {
+		return false, nil
+	}
+	return false, b.forgetKey(ctx, s, k)
 }
 
 // deleteExpired deletes keys whose lease must have ended without Vault
