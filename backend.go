@@ -54,6 +54,9 @@ type backend struct {
 	// roleLocks serialise all changes to one static role's key, and the
 	// renewals and revocations of one leased key.
 	roleLocks []*locksutil.LockEntry
+	// adoptionLocks serialise adoptions of one upstream key (taken inside
+	// the adopting role's lock, never the other way round).
+	adoptionLocks []*locksutil.LockEntry
 
 	// The rotation scheduler of static roles (rotation.go); rotationQueue
 	// is nil where this node does not rotate (standbys, DR secondaries).
@@ -145,6 +148,7 @@ func newBackend() *backend {
 		spentWAL:       make(chan spentWALEntry, spentWALQueueSize),
 		stopBackground: make(chan struct{}),
 		roleLocks:      locksutil.CreateLocks(),
+		adoptionLocks:  locksutil.CreateLocks(),
 		clock:          time.Now,
 		startedAt:      time.Now().Truncate(time.Second),
 		schedulerTick:  schedulerTick,

@@ -215,6 +215,31 @@ func (b *backend) forgetKey(ctx context.Context, s logical.Storage, k *ownedKey)
 	return nil
 }
 
+// forgetRoleRecords removes the static entries of id that name the given
+// role, and leaves any other's; the counts move once no entry is left.
+func (b *backend) forgetRoleRecords(ctx context.Context, s logical.Storage, id, role string) error {
+	b.liveCounts.RLock()
+	defer b.liveCounts.RUnlock()
+	entries, names, err := keyEntries(ctx, s, id)
+	if err != nil {
+		return err
+	}
+	kept := 0
+	for i, e := range entries {
+		if e.kind() != keyKindStatic || e.Role != role {
+			kept++
+			continue
+		}
+		if err := s.Delete(ctx, bucketPath(id)+names[i]); err != nil {
+			return err
+		}
+	}
+	if kept == 0 && len(entries) > 0 {
+		b.liveCounts.add(entries[0], -1, nil)
+	}
+	return nil
+}
+
 // recordExpiry records a later expiry for a key the inventory holds: one
 // write of the key's entry with the new expiry. The entry with the old
 // expiry stays until the key is forgotten; readers take the latest.

@@ -83,7 +83,25 @@ func (role *staticRole) clone() *staticRole {
 	return &c
 }
 
-// isOwnKey reports whether keyID is the role's current or a previous key.
+// holds reports whether the key id is the role's current or a previous
+// key; a nil role holds nothing.
+func (role *staticRole) holds(keyID string) bool {
+	if role == nil {
+		return false
+	}
+	if role.KeyID == keyID {
+		return true
+	}
+	for _, pk := range role.PreviousKeys {
+		if pk.KeyID == keyID {
+			return true
+		}
+	}
+	return false
+}
+
+// isOwnKey reports whether the key name is the role's current or a
+// previous key's.
 func (role *staticRole) isOwnKey(keyName string) bool {
 	if role.KeyName == keyName {
 		return true
@@ -445,9 +463,20 @@ func (role *staticRole) applyRotationFields(d *framework.FieldData) error {
 // refused: this role's next rotation would delete it under its holder. A
 // released key may be adopted again; it is then no longer released.
 func (b *backend) adoptKey(ctx context.Context, s logical.Storage, name string, role *staticRole, client *climatiq.Client, keyID string) (*logical.Response, error) {
+	lock := locksutil.LockForKey(b.adoptionLocks, keyID)
+	lock.Lock()
+	defer lock.Unlock()
 	owner, err := b.findKey(ctx, s, keyID)
 	if err != nil {
 		return nil, err
+	}
+	if owner != nil && owner.kind() == keyKindStatic && owner.Role != name {
+		// Another role's record of a key that role does not hold is what a
+		// stop or failed write leaves of a delete or adoption: only an
+		// adoption (under this lock) makes a role hold an existing key.
+		if owner, err = b.unlessStale(ctx, s, owner); err != nil {
+			return nil, err
+		}
 	}
 	for _, pk := range role.PreviousKeys {
 		if pk.KeyID == keyID {
@@ -495,6 +524,16 @@ func (b *backend) adoptKey(ctx context.Context, s logical.Storage, name string, 
 	return logical.ErrorResponse("key_id: project %q has no key %q; check the id, or omit key_id to create a new key", role.ProjectID, keyID), nil
 }
 
+// unlessStale returns the static key record, or nil after forgetting it
+// when the role it names does not hold the key.
+func (b *backend) unlessStale(ctx context.Context, s logical.Storage, record *ownedKey) (*ownedKey, error) {
+	role, err := getStaticRole(ctx, s, record.Role)
+	if err != nil || role.holds(record.KeyID) {
+		return record, err
+	}
+	return nil, b.forgetRoleRecords(ctx, s, record.KeyID, record.Role)
+}
+
 func (b *backend) pathStaticRoleDelete(ctx context.Context, req *logical.Request, d *framework.FieldData, name string) (*logical.Response, error) {
 	role, err := getStaticRole(ctx, req.Storage, name)
 	if err != nil || role == nil {
@@ -515,23 +554,26 @@ func (b *backend) pathStaticRoleDelete(ctx context.Context, req *logical.Request
 			}
 		}
 	} else {
-		// Recorded before the role and inventory entries go, so there is
-		// no moment in which tidy could take the keys for orphans.
+		// Recorded before the role goes, so there is no moment in which
+		// tidy could take the keys for orphans.
 		for _, k := range keys {
 			if err := releaseKey(ctx, req.Storage, k, b.now()); err != nil {
 				return nil, err
 			}
 		}
 	}
-	for _, k := range keys {
-		if err := b.forgetKey(ctx, req.Storage, k); err != nil {
-			return nil, err
-		}
-	}
+	// The role goes in one write; its keys' inventory entries follow.
+	// Entries left by a stop or a failed write in between name a role that
+	// no longer holds the key, and tidy forgets them.
 	if err := req.Storage.Delete(ctx, staticRoleStoragePrefix+name); err != nil {
 		return nil, err
 	}
 	b.unscheduleStaticRole(name)
+	for _, k := range keys {
+		if err := b.forgetRoleRecords(ctx, req.Storage, k.KeyID, name); err != nil {
+			b.Logger().Warn("forgetting a deleted static role's key in the inventory failed; tidy will", "role", name, "key_id", k.KeyID, "error", err)
+		}
+	}
 	b.Logger().Info("deleted static role", "role", name, "key_id", role.KeyID, "keys_deleted", role.DeleteKeyOnRemove)
 	return nil, nil
 }

@@ -402,3 +402,26 @@ func TestAdoptingAReleasedKeyIsNeverTidiedAway(t *testing.T) {
 		t.Fatal("the role does not hold the adopted key")
 	}
 }
+
+// A static role delete whose inventory clean-up fails still deletes the
+// role; the record it leaves names a role that holds nothing, and neither
+// keeps the released key from being adopted again nor stays listed.
+func TestAKeyReleasedByAnInterruptedDeleteCanBeAdoptedAgain(t *testing.T) {
+	s := newHookStorage()
+	e := newTestEnvWithStorage(t, s)
+	e.writeClimatiqConfig("cq", nil)
+	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{
+		"config": "cq", "project_id": e.projectID, "rotation_period": "1h", "delete_key_on_remove": false,
+	})
+	keyID := e.staticRole("app").KeyID
+	s.setHook(failAlways("delete", keyListPrefix))
+	e.mustOK(logical.DeleteOperation, "static-roles/app", nil)
+	s.setHook(nil)
+
+	e.mustOK(logical.CreateOperation, "static-roles/again", map[string]any{
+		"config": "cq", "project_id": e.projectID, "rotation_period": "1h", "key_id": keyID,
+	})
+	if listed := e.listedKeys(); len(listed) != 1 || listed[keyID] != "again" {
+		t.Fatalf("keys/ must list the key once, for its new role: %v", listed)
+	}
+}

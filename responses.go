@@ -115,6 +115,7 @@ var tidyReportFields = map[string]*framework.FieldSchema{
 	"dry_run":         boolean("Whether nothing was deleted"),
 	"orphans":         list("Marked keys nothing tracks"),
 	"orphan_projects": list("Marked per-lease projects nothing tracks"),
+	"stale_records":   list("Static keys whose inventory record names a role that does not hold them; the records were forgotten"),
 	"expired":         list("Keys of leases past their recorded expiry"),
 	"deleted":         integer("Keys and projects deleted"),
 	"wal_rolled_back": integer("Stale WAL entries resolved"),

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
@@ -318,27 +320,45 @@ func (run *tidyRun) forgetStaleStaticRecords(ctx context.Context) {
 	}
 }
 
-// forgetStaticRecordUnlessHeld forgets a static key's inventory record
-// unless, under the role's lock, the role holds the key.
+// forgetStaleStaticRecords' check of one key: each role that an entry of
+// the key names is read again under its lock (one role at a time), and
+// the entries of a role that does not hold the key are forgotten; another
+// role's entries stay (a key adopted by a new role after a failed
+// adoption elsewhere). It reports whether some role holds the key.
 func (b *backend) forgetStaticRecordUnlessHeld(ctx context.Context, s logical.Storage, k *ownedKey, dryRun bool) (bool, error) {
-	lock := b.staticRoleLock(k.Role)
-	lock.Lock()
-	defer lock.Unlock()
-	role, err := getStaticRole(ctx, s, k.Role)
+	entries, _, err := keyEntries(ctx, s, k.KeyID)
 	if err != nil {
 		return false, err
 	}
-	if role != nil {
-		for _, own := range role.ownedKeys(k.Role) {
-			if own.KeyID == k.KeyID {
-				return true, nil
-			}
+	roles := map[string]bool{}
+	for _, e := range entries {
+		if e.kind() == keyKindStatic {
+			roles[e.Role] = true
 		}
+	}
+	held := false
+	for _, name := range slices.Sorted(maps.Keys(roles)) {
+		holds, err := b.forgetRecordsUnlessRoleHolds(ctx, s, k.KeyID, name, dryRun)
+		if err != nil {
+			return false, err
+		}
+		held = held || holds
+	}
+	return held, nil
+}
+
+func (b *backend) forgetRecordsUnlessRoleHolds(ctx context.Context, s logical.Storage, id, name string, dryRun bool) (bool, error) {
+	lock := b.staticRoleLock(name)
+	lock.Lock()
+	defer lock.Unlock()
+	role, err := getStaticRole(ctx, s, name)
+	if err != nil || role.holds(id) {
+		return err == nil, err
 	}
 	if dryRun {
 		return false, nil
 	}
-	return false, b.forgetKey(ctx, s, k)
+	return false, b.forgetRoleRecords(ctx, s, id, name)
 }
 
 // deleteExpired deletes keys whose lease must have ended without Vault

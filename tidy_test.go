@@ -1,0 +1,243 @@
+package carbon
+
+import (
+	"context"
+	"maps"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiqtest"
+)
+
+// listedKeys is LIST keys/: each id with the role its entry names.
+func (e *testEnv) listedKeys() map[string]string {
+	e.t.Helper()
+	resp := e.mustOK(logical.ListOperation, "keys/", nil)
+	ids, _ := resp.Data["keys"].([]string)
+	info, _ := resp.Data["key_info"].(map[string]any)
+	out := map[string]string{}
+	for _, id := range ids {
+		entry, _ := info[id].(map[string]any)
+		out[id], _ = entry["role"].(string)
+	}
+	return out
+}
+
+func (e *testEnv) tidyNow() map[string]any {
+	e.t.Helper()
+	return e.mustOK(logical.UpdateOperation, "tidy", map[string]any{"min_age": "0s"}).Data
+}
+
+// A static role's key is recorded in the inventory before the role is
+// written; when the role write fails and so does the rollback's removal of
+// the record, tidy forgets the record (the role is what holds a static
+// key), and the key stays deleted upstream.
+func TestTidyForgetsTheRecordOfARotationInterruptedBeforeItsRole(t *testing.T) {
+	s := newHookStorage()
+	e := newTestEnvWithStorage(t, s)
+	e.writeClimatiqConfig("cq", nil)
+	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{
+		"config": "cq", "project_id": e.projectID, "rotation_period": "1h",
+	})
+	current := e.staticRole("app").KeyID
+
+	failRole, failForget := failAlways("put", staticRoleStoragePrefix+"app"), failAlways("delete", keyListPrefix)
+	s.setHook(func(op, key string) error {
+		if err := failRole(op, key); err != nil {
+			return err
+		}
+		return failForget(op, key)
+	})
+	if resp, err := e.doErr(logical.UpdateOperation, "rotate-role/app", nil); err == nil && !resp.IsError() {
+		t.Fatal("the rotation succeeded although its role write failed")
+	}
+	s.setHook(nil)
+	if listed := e.listedKeys(); len(listed) != 2 {
+		t.Fatalf("the failed rotation's record should still be listed before tidy; keys/ = %v", listed)
+	}
+
+	report := e.tidyNow()
+	listed := e.listedKeys()
+	if len(listed) != 1 || listed[current] != "app" {
+		t.Fatalf("after tidy keys/ must list only the role's key %s; it lists %v (report %v)", current, listed, report)
+	}
+	if stale, _ := report["stale_records"].([]string); len(stale) != 1 {
+		t.Fatalf("tidy should report the one stale record; report %v", report)
+	}
+	for _, k := range e.climatiq.Keys() {
+		if k.ID != current {
+			t.Fatalf("the failed rotation's key %s is still upstream", k.ID)
+		}
+	}
+}
+
+// An adoption whose role write fails, and whose undo fails too, leaves an
+// inventory record for a role that does not hold the key: tidy forgets it
+// and keeps the key, which its release record still holds.
+func TestTidyForgetsTheRecordOfAFailedAdoptionAndKeepsTheKey(t *testing.T) {
+	s := newHookStorage()
+	e := newTestEnvWithStorage(t, s)
+	e.writeClimatiqConfig("cq", nil)
+	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{
+		"config": "cq", "project_id": e.projectID, "rotation_period": "1h", "delete_key_on_remove": false,
+	})
+	keyID := e.staticRole("app").KeyID
+	e.mustOK(logical.DeleteOperation, "static-roles/app", nil)
+
+	failRole, failForget := failAlways("put", staticRoleStoragePrefix+"again"), failAlways("delete", keyListPrefix)
+	s.setHook(func(op, key string) error {
+		if err := failRole(op, key); err != nil {
+			return err
+		}
+		return failForget(op, key)
+	})
+	if resp, err := e.doErr(logical.CreateOperation, "static-roles/again", map[string]any{
+		"config": "cq", "project_id": e.projectID, "rotation_period": "1h", "key_id": keyID,
+	}); err == nil && !resp.IsError() {
+		t.Fatal("the adoption succeeded although its role write failed")
+	}
+	s.setHook(nil)
+	if listed := e.listedKeys(); listed[keyID] != "again" {
+		t.Fatalf("the failed adoption's record should be listed before tidy; keys/ = %v", listed)
+	}
+
+	e.tidyNow()
+	if listed := e.listedKeys(); len(listed) != 0 {
+		t.Fatalf("after tidy keys/ lists %v; no role holds a key", listed)
+	}
+	if !e.upstreamHas(keyID) {
+		t.Fatal("tidy deleted the released key")
+	}
+	// The key can be adopted again.
+	e.mustOK(logical.CreateOperation, "static-roles/again", map[string]any{
+		"config": "cq", "project_id": e.projectID, "rotation_period": "1h", "key_id": keyID,
+	})
+	if listed := e.listedKeys(); listed[keyID] != "again" {
+		t.Fatalf("keys/ = %v after the adoption", listed)
+	}
+}
+
+// A rotation that holds its role's lock between its inventory record and
+// its role write is never judged half-done by a tidy that runs meanwhile.
+func TestTidyDuringARotationKeepsTheNewKeysRecord(t *testing.T) {
+	s := newHookStorage()
+	e := newTestEnvWithStorage(t, s)
+	e.writeClimatiqConfig("cq", nil)
+	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{
+		"config": "cq", "project_id": e.projectID, "rotation_period": "1h",
+	})
+
+	tidyDone := make(chan struct{})
+	var recorded, blocking atomic.Bool
+	var roleReads atomic.Int32
+	s.setHook(func(op, key string) error {
+		if op == "get" && key == staticRoleStoragePrefix+"app" && blocking.Load() {
+			roleReads.Add(1) // tidy's: the rotation waits in this hook
+		}
+		// After the new key's record and before its role write, let tidy
+		// run until it has read the role twice (its scan, then its check
+		// of the record), or, as it should, waits for the role's lock.
+		if op == "put" && strings.HasPrefix(key, keyListPrefix) {
+			recorded.Store(true)
+		}
+		if op == "put" && key == staticRoleStoragePrefix+"app" && recorded.Load() && blocking.CompareAndSwap(false, true) {
+			go func() {
+				defer close(tidyDone)
+				if resp, err := e.doErr(logical.UpdateOperation, "tidy", map[string]any{"min_age": "0s"}); err != nil || resp.IsError() {
+					t.Errorf("tidy: %v %v", resp, err)
+				}
+			}()
+			for deadline := time.Now().Add(time.Second); roleReads.Load() < 2 && time.Now().Before(deadline); {
+				time.Sleep(time.Millisecond)
+			}
+		}
+		return nil
+	})
+	e.mustOK(logical.UpdateOperation, "rotate-role/app", nil)
+	<-tidyDone
+	s.setHook(nil)
+	role := e.staticRole("app")
+	listed := e.listedKeys()
+	for _, k := range role.ownedKeys("app") {
+		if listed[k.KeyID] != "app" {
+			t.Fatalf("keys/ lacks the role's key %s: %v", k.KeyID, listed)
+		}
+	}
+}
+
+// A pending rollback deletes what an interrupted creation made, in the
+// account it was made in: a connection is not re-pointed to an account
+// that cannot see the project of a pending entry, nor, while a per-lease
+// project creation awaits its rollback, to another account at all.
+func TestRepointingAConnectionKeepsPendingRollbacksInReach(t *testing.T) {
+	other := climatiqtest.NewServer("other-account-key")
+	t.Cleanup(other.Close)
+	other.AddProject("elsewhere")
+	repoint := map[string]any{"management_url": other.ManagementURL(), "api_url": other.APIURL(), "management_key": "other-account-key"}
+
+	for _, tc := range []struct {
+		name  string
+		kind  string
+		entry any
+		field string
+	}{
+		{"a rotation's key in a project", walKindClimatiqKey, func(e *testEnv) any {
+			return &ownedKey{Kind: keyKindStatic, Config: "cq", Role: "app", ProjectID: e.projectID, KeyName: "vault-x"}
+		}, "cannot see project"},
+		{"a block of issuances in a project", walKindIssuanceBlock, func(e *testEnv) any {
+			return &issuanceBlock{ID: "b1", Config: "cq", ProjectID: e.projectID, Marker: "m", NoncePrefix: "abc"}
+		}, "cannot see project"},
+		{"a block of per-lease projects", walKindIssuanceBlock, func(*testEnv) any {
+			return &issuanceBlock{ID: "b2", Config: "cq", ProjectPerLease: true, Marker: "m", NoncePrefix: "abc"}
+		}, "per-lease project creations awaiting rollback"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newTestEnv(t)
+			e.writeClimatiqConfig("cq", nil)
+			walID, err := framework.PutWAL(context.Background(), e.storage, tc.kind, tc.entry.(func(*testEnv) any)(e))
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.mustFail(logical.UpdateOperation, "config/cq", repoint, tc.field)
+			// Resolved, the re-point goes through.
+			if err := framework.DeleteWAL(context.Background(), e.storage, walID); err != nil {
+				t.Fatal(err)
+			}
+			e.mustOK(logical.UpdateOperation, "config/cq", repoint)
+		})
+	}
+}
+
+// A static role delete writes the role's removal first: when that write
+// fails, every key the role still holds stays listed.
+func TestAFailedStaticRoleDeleteKeepsItsKeysListed(t *testing.T) {
+	for _, deleteKeys := range []bool{false, true} {
+		s := newHookStorage()
+		e := newTestEnvWithStorage(t, s)
+		e.writeClimatiqConfig("cq", nil)
+		e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{
+			"config": "cq", "project_id": e.projectID, "rotation_period": "2h", "overlap_period": "1h",
+			"delete_key_on_remove": deleteKeys,
+		})
+		e.mustOK(logical.UpdateOperation, "rotate-role/app", nil)
+		s.setHook(failAlways("delete", staticRoleStoragePrefix+"app"))
+		if resp, err := e.doErr(logical.DeleteOperation, "static-roles/app", nil); err == nil && !resp.IsError() {
+			t.Fatal("the delete succeeded although its role write failed")
+		}
+		s.setHook(nil)
+		role := e.staticRole("app")
+		listed := e.listedKeys()
+		for _, k := range role.ownedKeys("app") {
+			if listed[k.KeyID] != "app" {
+				t.Fatalf("delete_key_on_remove=%v: the role still holds key %s, which keys/ no longer lists: %v",
+					deleteKeys, k.KeyID, slices.Sorted(maps.Keys(listed)))
+			}
+		}
+	}
+}
