@@ -334,6 +334,11 @@ func (b *backend) pathStaticRoleWrite(ctx context.Context, req *logical.Request,
 
 	if !create {
 		role.NextRotation = role.nextRotationAfter(role.LastRotated)
+		if !role.RetryAt.IsZero() && (role.NextRotation.IsZero() || role.NextRotation.After(b.now())) {
+			// A retry is of a rotation due under the old settings; under
+			// the new ones none is due yet. The error stays on show.
+			role.FailedAttempts, role.RetryAt = 0, time.Time{}
+		}
 		if err := putStaticRole(ctx, req.Storage, name, role); err != nil {
 			return nil, err
 		}

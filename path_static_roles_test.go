@@ -425,3 +425,48 @@ func TestAKeyReleasedByAnInterruptedDeleteCanBeAdoptedAgain(t *testing.T) {
 		t.Fatalf("keys/ must list the key once, for its new role: %v", listed)
 	}
 }
+
+// A failed scheduled rotation is retried with back-off; a longer period
+// written meanwhile makes the rotation not due yet, and the retry goes
+// with it (the error stays on show). A period under which it is still due
+// keeps the retry.
+func TestANewPeriodDropsARetryThatIsNoLongerDue(t *testing.T) {
+	for _, tc := range []struct {
+		period    string
+		keepRetry bool
+	}{
+		{"24h", false},
+		{"20m", true},
+	} {
+		t.Run(tc.period, func(t *testing.T) {
+			e := newTestEnv(t)
+			clock := newFakeClock()
+			e.b.clock = clock.Now
+			e.writeClimatiqConfig("cq", map[string]any{"max_retries": 0})
+			e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{
+				"config": "cq", "project_id": e.projectID, "rotation_period": "10m",
+			})
+			clock.Advance(30 * time.Minute)
+			role := e.staticRole("app")
+			e.climatiq.FailNextMethod(http.MethodPost, 1, http.StatusInternalServerError)
+			err := e.b.endOverlapOrRotate(context.Background(), e.storage, "app", role, clock.Now())
+			if err == nil {
+				t.Fatal("scheduled rotation succeeded against a failing upstream")
+			}
+			e.b.recordRotationFailure(context.Background(), e.storage, "app", role, err, true)
+
+			e.mustOK(logical.UpdateOperation, "static-roles/app", map[string]any{"rotation_period": tc.period})
+			role = e.staticRole("app")
+			if kept := !role.RetryAt.IsZero(); kept != tc.keepRetry {
+				t.Fatalf("rotation_period=%s after a failed scheduled rotation: retry kept %v, want %v (retry_at %s, next %s)",
+					tc.period, kept, tc.keepRetry, role.RetryAt, role.NextRotation)
+			}
+			if role.LastError == "" {
+				t.Fatal("the failed rotation's error is no longer shown")
+			}
+			if due := role.dueAt(); !tc.keepRetry && due.Before(role.LastRotated.Add(24*time.Hour)) {
+				t.Fatalf("due at %s, before the new period from the last rotation (%s)", due, role.LastRotated)
+			}
+		})
+	}
+}
