@@ -324,7 +324,8 @@ func (run *tidyRun) forgetStaleStaticRecords(ctx context.Context) {
 // the key names is read again under its lock (one role at a time), and
 // the entries of a role that does not hold the key are forgotten; another
 // role's entries stay (a key adopted by a new role after a failed
-// adoption elsewhere). It reports whether some role holds the key.
+// adoption elsewhere). It reports whether some role, or a release record,
+// holds the key.
 func (b *backend) forgetStaticRecordUnlessHeld(ctx context.Context, s logical.Storage, k *ownedKey, dryRun bool) (bool, error) {
 	entries, _, err := keyEntries(ctx, s, k.KeyID)
 	if err != nil {
@@ -344,7 +345,15 @@ func (b *backend) forgetStaticRecordUnlessHeld(ctx context.Context, s logical.St
 		}
 		held = held || holds
 	}
-	return held, nil
+	if held {
+		return true, nil
+	}
+	// A role delete writes the release record before it removes the role,
+	// so a role found not holding the key, and read before this, leaves
+	// the key's release (if any) for this read to see; the scan of
+	// release records at the start of the run may have come too early.
+	released, err := s.Get(ctx, releasedPath(k.KeyID))
+	return released != nil, err
 }
 
 func (b *backend) forgetRecordsUnlessRoleHolds(ctx context.Context, s logical.Storage, id, name string, dryRun bool) (bool, error) {

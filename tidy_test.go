@@ -241,3 +241,53 @@ func TestAFailedStaticRoleDeleteKeepsItsKeysListed(t *testing.T) {
 		}
 	}
 }
+
+// A static role deleted with delete_key_on_remove=false while a tidy runs,
+// after the tidy read the release records and before it read the roles:
+// the key's release is written before the role goes, and tidy, finding no
+// role holding the key, looks for it again. The released key stays.
+func TestARoleReleasingItsKeyDuringTidyKeepsTheKey(t *testing.T) {
+	s := newHookStorage()
+	e := newTestEnvWithStorage(t, s)
+	clock := newFakeClock()
+	e.b.clock = clock.Now
+	e.writeClimatiqConfig("cq", nil)
+	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{
+		"config": "cq", "project_id": e.projectID, "rotation_period": "1h", "delete_key_on_remove": false,
+	})
+	keyID := e.staticRole("app").KeyID
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID}) // tidy scans the project
+	clock.Advance(time.Hour)                                                     // the key is old enough for any min_age
+
+	tidyWaits, deleted, tidyDone := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	var releasesRead, once atomic.Bool
+	s.setHook(func(op, key string) error {
+		// The hook runs before each call: pause at the call after tidy's
+		// read of the release records, its list of the static roles.
+		if op == "list" && key == releasedStoragePrefix {
+			releasesRead.Store(true)
+		}
+		if op == "list" && key == staticRoleStoragePrefix && releasesRead.Load() && once.CompareAndSwap(false, true) {
+			close(tidyWaits)
+			select {
+			case <-deleted:
+			case <-time.After(5 * time.Second):
+			}
+		}
+		return nil
+	})
+	go func() {
+		defer close(tidyDone)
+		if resp, err := e.doErr(logical.UpdateOperation, "tidy", map[string]any{"min_age": "0s"}); err != nil || resp.IsError() {
+			t.Errorf("tidy: %v %v", resp, err)
+		}
+	}()
+	<-tidyWaits
+	e.mustOK(logical.DeleteOperation, "static-roles/app", nil)
+	close(deleted)
+	<-tidyDone
+	s.setHook(nil)
+	if !e.upstreamHas(keyID) {
+		t.Fatal("a tidy during the role's delete deleted the key the delete released")
+	}
+}
