@@ -72,8 +72,10 @@ type backend struct {
 	rotations          sync.WaitGroup
 
 	// A failed Initialize is retried in the background until it succeeds
-	// or Clean runs (retryInitialize); initRetryDelay is the first wait.
+	// or Clean runs (retryInitialize); initRetryDelay is the first wait,
+	// doubled up to initRetryMax.
 	initRetryDelay   time.Duration
+	initRetryMax     time.Duration
 	initRetryLock    sync.Mutex
 	stopInitRetry    context.CancelFunc
 	initRetryDone    chan struct{}
@@ -153,6 +155,7 @@ func newBackend() *backend {
 		startedAt:      time.Now().Truncate(time.Second),
 		schedulerTick:  schedulerTick,
 		initRetryDelay: initRetryFirstDelay,
+		initRetryMax:   initRetryMaxDelay,
 	}
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
@@ -241,7 +244,7 @@ func (b *backend) retryInitialize(req *logical.InitializationRequest, err error)
 				b.Logger().Info("initialized the mount after retrying")
 				return
 			}
-			delay = min(2*delay, initRetryMaxDelay)
+			delay = min(2*delay, b.initRetryMax)
 		}
 	}()
 }

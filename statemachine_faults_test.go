@@ -925,6 +925,13 @@ func (m *model) heal() {
 	m.storageSteps = 0
 	m.store.setDelay(smNoDelay)
 	m.settle()
+	// A failed Initialize is retried until it succeeds, which it does
+	// within milliseconds of the faults ending.
+	for deadline := time.Now().Add(10 * time.Second); initRetrying(m.b); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			m.fatalf("Initialize still failing 10s after the faults ended")
+		}
+	}
 	m.expireLeases()
 	m.rollbackManager(true)
 	// Healing takes a while: the scheduler's back-offs run out and it does
@@ -990,6 +997,22 @@ func (m *model) upstreamIdle() bool {
 
 // engineIdle: the engine's queue of spent WAL entries is empty.
 func engineIdle(b *backend) bool { return len(b.spentWAL) == 0 }
+
+// initRetrying: a failed Initialize is being retried in the background.
+func initRetrying(b *backend) bool {
+	b.initRetryLock.Lock()
+	done := b.initRetryDone
+	b.initRetryLock.Unlock()
+	if done == nil {
+		return false
+	}
+	select {
+	case <-done:
+		return false
+	default:
+		return true
+	}
+}
 
 // quiesce waits (briefly) for the background work a request left on its
 // instance: the spent WAL queue drained, no storage call in flight.
