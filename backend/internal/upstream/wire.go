@@ -19,6 +19,9 @@ import (
 const (
 	defaultTimeout     = 30 * time.Second
 	defaultRetryBudget = 2 * time.Minute
+	// maxIdleConnsPerHost is how many kept-alive connections a client
+	// keeps per upstream host (see NewWire).
+	maxIdleConnsPerHost = 64
 	// UserAgent is what every request of the plugin says it is.
 	UserAgent = "vault-plugin-carbon"
 )
@@ -73,7 +76,15 @@ func NewWire(o Options) (*Wire, error) {
 		o.Logger = hclog.NewNullLogger()
 	}
 	if o.Transport == nil {
-		o.Transport = cleanhttp.DefaultPooledTransport()
+		t := cleanhttp.DefaultPooledTransport()
+		// A client talks to one or two hosts. cleanhttp keeps
+		// GOMAXPROCS+1 idle connections per host: under more concurrent
+		// issuances than that, every answer beyond it closes its
+		// connection and the next request dials (and, on https, shakes
+		// hands) again. Keep enough for Vault's concurrency.
+		t.MaxIdleConnsPerHost = maxIdleConnsPerHost
+		t.MaxIdleConns = 2 * maxIdleConnsPerHost
+		o.Transport = t
 	}
 	w := &Wire{
 		platform:   o.Platform,
