@@ -3,8 +3,10 @@ package carbon
 import (
 	"context"
 	"errors"
+	"maps"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -145,4 +147,30 @@ func (e *testEnv) reload() *backend {
 	old := e.b
 	e.b = fresh
 	return old
+}
+
+// newStaticRoleEnv is a backend on hook storage with connection cq and
+// static role app (rotation_period 1h, overridden or added to by extra);
+// it returns the role's key id.
+func newStaticRoleEnv(t *testing.T, extra map[string]any) (*hookStorage, *testEnv, string) {
+	t.Helper()
+	s := newHookStorage()
+	e := newTestEnvWithStorage(t, s)
+	e.writeClimatiqConfig("cq", nil)
+	data := map[string]any{"config": "cq", "project_id": e.projectID, "rotation_period": "1h"}
+	maps.Copy(data, extra)
+	e.mustOK(logical.CreateOperation, "static-roles/app", data)
+	return s, e, e.staticRole("app").KeyID
+}
+
+// failEither fails every call that one of the hooks fails.
+func failEither(hooks ...func(string, string) error) func(string, string) error {
+	return func(op, key string) error {
+		for _, hook := range hooks {
+			if err := hook(op, key); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 }

@@ -185,17 +185,9 @@ func (b *backend) recordKey(ctx context.Context, s logical.Storage, k *ownedKey,
 func (b *backend) forgetKey(ctx context.Context, s logical.Storage, k *ownedKey) error {
 	b.liveCounts.RLock()
 	defer b.liveCounts.RUnlock()
-	entries, names, err := keyEntries(ctx, s, k.KeyID)
+	found, err := b.forgetEntriesLocked(ctx, s, k.KeyID, func(*ownedKey) bool { return true })
 	if err != nil {
 		return err
-	}
-	for _, name := range names {
-		if err := s.Delete(ctx, bucketPath(k.KeyID)+name); err != nil {
-			return err
-		}
-	}
-	if len(entries) > 0 {
-		b.liveCounts.add(entries[0], -1, nil)
 	}
 	if b.legacyInventoryMoved.Load() {
 		return nil
@@ -209,7 +201,7 @@ func (b *backend) forgetKey(ctx context.Context, s logical.Storage, k *ownedKey)
 	if err := s.Delete(ctx, legacyInventoryPath(k.kind(), k.Role, k.KeyName)); err != nil {
 		return err
 	}
-	if len(entries) == 0 {
+	if found == 0 {
 		b.liveCounts.add(legacy, -1, nil)
 	}
 	return nil
@@ -220,24 +212,34 @@ func (b *backend) forgetKey(ctx context.Context, s logical.Storage, k *ownedKey)
 func (b *backend) forgetRoleRecords(ctx context.Context, s logical.Storage, id, role string) error {
 	b.liveCounts.RLock()
 	defer b.liveCounts.RUnlock()
+	_, err := b.forgetEntriesLocked(ctx, s, id, func(e *ownedKey) bool {
+		return e.kind() == keyKindStatic && e.Role == role
+	})
+	return err
+}
+
+// forgetEntriesLocked deletes the entries of id that match, and moves the
+// counts once none is left. It reports how many entries id had. The
+// caller holds liveCounts' read lock.
+func (b *backend) forgetEntriesLocked(ctx context.Context, s logical.Storage, id string, match func(*ownedKey) bool) (int, error) {
 	entries, names, err := keyEntries(ctx, s, id)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	kept := 0
 	for i, e := range entries {
-		if e.kind() != keyKindStatic || e.Role != role {
+		if !match(e) {
 			kept++
 			continue
 		}
 		if err := s.Delete(ctx, bucketPath(id)+names[i]); err != nil {
-			return err
+			return 0, err
 		}
 	}
 	if kept == 0 && len(entries) > 0 {
 		b.liveCounts.add(entries[0], -1, nil)
 	}
-	return nil
+	return len(entries), nil
 }
 
 // recordExpiry records a later expiry for a key the inventory holds: one

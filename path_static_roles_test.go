@@ -407,13 +407,7 @@ func TestAdoptingAReleasedKeyIsNeverTidiedAway(t *testing.T) {
 // role; the record it leaves names a role that holds nothing, and neither
 // keeps the released key from being adopted again nor stays listed.
 func TestAKeyReleasedByAnInterruptedDeleteCanBeAdoptedAgain(t *testing.T) {
-	s := newHookStorage()
-	e := newTestEnvWithStorage(t, s)
-	e.writeClimatiqConfig("cq", nil)
-	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{
-		"config": "cq", "project_id": e.projectID, "rotation_period": "1h", "delete_key_on_remove": false,
-	})
-	keyID := e.staticRole("app").KeyID
+	s, e, keyID := newStaticRoleEnv(t, map[string]any{"delete_key_on_remove": false})
 	s.setHook(failAlways("delete", keyListPrefix))
 	e.mustOK(logical.DeleteOperation, "static-roles/app", nil)
 	s.setHook(nil)

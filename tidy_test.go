@@ -39,21 +39,8 @@ func (e *testEnv) tidyNow() map[string]any {
 // the record, tidy forgets the record (the role is what holds a static
 // key), and the key stays deleted upstream.
 func TestTidyForgetsTheRecordOfARotationInterruptedBeforeItsRole(t *testing.T) {
-	s := newHookStorage()
-	e := newTestEnvWithStorage(t, s)
-	e.writeClimatiqConfig("cq", nil)
-	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{
-		"config": "cq", "project_id": e.projectID, "rotation_period": "1h",
-	})
-	current := e.staticRole("app").KeyID
-
-	failRole, failForget := failAlways("put", staticRoleStoragePrefix+"app"), failAlways("delete", keyListPrefix)
-	s.setHook(func(op, key string) error {
-		if err := failRole(op, key); err != nil {
-			return err
-		}
-		return failForget(op, key)
-	})
+	s, e, current := newStaticRoleEnv(t, nil)
+	s.setHook(failEither(failAlways("put", staticRoleStoragePrefix+"app"), failAlways("delete", keyListPrefix)))
 	if resp, err := e.doErr(logical.UpdateOperation, "rotate-role/app", nil); err == nil && !resp.IsError() {
 		t.Fatal("the rotation succeeded although its role write failed")
 	}
@@ -81,22 +68,9 @@ func TestTidyForgetsTheRecordOfARotationInterruptedBeforeItsRole(t *testing.T) {
 // inventory record for a role that does not hold the key: tidy forgets it
 // and keeps the key, which its release record still holds.
 func TestTidyForgetsTheRecordOfAFailedAdoptionAndKeepsTheKey(t *testing.T) {
-	s := newHookStorage()
-	e := newTestEnvWithStorage(t, s)
-	e.writeClimatiqConfig("cq", nil)
-	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{
-		"config": "cq", "project_id": e.projectID, "rotation_period": "1h", "delete_key_on_remove": false,
-	})
-	keyID := e.staticRole("app").KeyID
+	s, e, keyID := newStaticRoleEnv(t, map[string]any{"delete_key_on_remove": false})
 	e.mustOK(logical.DeleteOperation, "static-roles/app", nil)
-
-	failRole, failForget := failAlways("put", staticRoleStoragePrefix+"again"), failAlways("delete", keyListPrefix)
-	s.setHook(func(op, key string) error {
-		if err := failRole(op, key); err != nil {
-			return err
-		}
-		return failForget(op, key)
-	})
+	s.setHook(failEither(failAlways("put", staticRoleStoragePrefix+"again"), failAlways("delete", keyListPrefix)))
 	if resp, err := e.doErr(logical.CreateOperation, "static-roles/again", map[string]any{
 		"config": "cq", "project_id": e.projectID, "rotation_period": "1h", "key_id": keyID,
 	}); err == nil && !resp.IsError() {
@@ -126,12 +100,7 @@ func TestTidyForgetsTheRecordOfAFailedAdoptionAndKeepsTheKey(t *testing.T) {
 // A rotation that holds its role's lock between its inventory record and
 // its role write is never judged half-done by a tidy that runs meanwhile.
 func TestTidyDuringARotationKeepsTheNewKeysRecord(t *testing.T) {
-	s := newHookStorage()
-	e := newTestEnvWithStorage(t, s)
-	e.writeClimatiqConfig("cq", nil)
-	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{
-		"config": "cq", "project_id": e.projectID, "rotation_period": "1h",
-	})
+	s, e, _ := newStaticRoleEnv(t, nil)
 
 	tidyDone := make(chan struct{})
 	var recorded, blocking atomic.Bool
@@ -218,12 +187,8 @@ func TestRepointingAConnectionKeepsPendingRollbacksInReach(t *testing.T) {
 // fails, every key the role still holds stays listed.
 func TestAFailedStaticRoleDeleteKeepsItsKeysListed(t *testing.T) {
 	for _, deleteKeys := range []bool{false, true} {
-		s := newHookStorage()
-		e := newTestEnvWithStorage(t, s)
-		e.writeClimatiqConfig("cq", nil)
-		e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{
-			"config": "cq", "project_id": e.projectID, "rotation_period": "2h", "overlap_period": "1h",
-			"delete_key_on_remove": deleteKeys,
+		s, e, _ := newStaticRoleEnv(t, map[string]any{
+			"rotation_period": "2h", "overlap_period": "1h", "delete_key_on_remove": deleteKeys,
 		})
 		e.mustOK(logical.UpdateOperation, "rotate-role/app", nil)
 		s.setHook(failAlways("delete", staticRoleStoragePrefix+"app"))
@@ -247,15 +212,9 @@ func TestAFailedStaticRoleDeleteKeepsItsKeysListed(t *testing.T) {
 // the key's release is written before the role goes, and tidy, finding no
 // role holding the key, looks for it again. The released key stays.
 func TestARoleReleasingItsKeyDuringTidyKeepsTheKey(t *testing.T) {
-	s := newHookStorage()
-	e := newTestEnvWithStorage(t, s)
+	s, e, keyID := newStaticRoleEnv(t, map[string]any{"delete_key_on_remove": false})
 	clock := newFakeClock()
 	e.b.clock = clock.Now
-	e.writeClimatiqConfig("cq", nil)
-	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{
-		"config": "cq", "project_id": e.projectID, "rotation_period": "1h", "delete_key_on_remove": false,
-	})
-	keyID := e.staticRole("app").KeyID
 	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID}) // tidy scans the project
 	clock.Advance(time.Hour)                                                     // the key is old enough for any min_age
 
