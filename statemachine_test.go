@@ -1446,11 +1446,15 @@ func (s *modelStaticRole) keys() []heldKey {
 }
 
 // removeStatic records a static role's deletion: its keys are released
-// unless delete_key_on_remove.
+// unless delete_key_on_remove. A key already gone upstream is not: a
+// previous key whose overlap had ended may have been deleted by a rotation
+// whose last write (the role without it) was lost, so the role still
+// listed it when it was deleted.
 func (m *model) removeStatic(name string, s *modelStaticRole) {
 	delete(m.statics, name)
 	for _, k := range s.keys() {
-		if !s.deleteOnRemove {
+		_, upstream := m.accounts[k.account].fake.Key(k.id)
+		if !s.deleteOnRemove && upstream {
 			m.released[k] = true
 		} else {
 			m.maybeGone[k] = true
