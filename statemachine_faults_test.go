@@ -671,6 +671,27 @@ func (m *model) OperatorDeleteThenRevoke(t *rapid.T) {
 	m.do(m.revokeRequest(l))
 }
 
+// RevokeWhileDeletesFail: the account of a live lease answers its deletes
+// 503 past every retry, and the lease is revoked: the revoke must fail and
+// leave the lease to Vault's retry (the judge checks that a revoke that
+// answered left no key upstream).
+func (m *model) RevokeWhileDeletesFail(t *rapid.T) {
+	var live []*modelLease
+	for _, l := range m.leases {
+		if !l.revoking {
+			live = append(live, l)
+		}
+	}
+	if len(live) == 0 {
+		t.Skip("no live lease")
+	}
+	l := live[rapid.IntRange(0, len(live)-1).Draw(t, "lease")]
+	a := m.accounts[l.key.account]
+	a.fake.FailNextMethod(http.MethodDelete, 10, http.StatusServiceUnavailable)
+	m.faultSteps = smFaultSteps + 1
+	m.do(m.revokeRequest(l))
+}
+
 // ---------------------------------------------------------------------------
 // The orders that matter.
 

@@ -152,13 +152,8 @@ func (f *smFaults) field(name string) *bool {
 	}[name]
 }
 
-// smDefaultFaults are the fault kinds `make test` draws. abandoned,
-// storage and stop still find open I4 cases on the format 4 engine (a
-// listing entry without a holder after a failed write; a per-lease project
-// whose abandoned create lands after an immediate rollback looked); they
-// join the default once those are fixed (issue 16). Run them with
-// CARBON_SM_FAULTS=all.
-const smDefaultFaults = "upstream,lasting,concurrent,inflight"
+// smDefaultFaults are the fault kinds `make test` draws: every kind.
+const smDefaultFaults = "all"
 
 func parseSMFaults(s string) (smFaults, error) {
 	var f smFaults
@@ -240,6 +235,7 @@ func runSequence(t *rapid.T, faults smFaults) {
 	weight("ManualRotateTick", 2, m.ManualRotateTick)
 	if faults.upstream {
 		weight("UpstreamFault", 1, m.UpstreamFault)
+		weight("RevokeWhileDeletesFail", 1, m.RevokeWhileDeletesFail)
 	}
 	if faults.lasting {
 		weight("LastingQuirk", 1, m.LastingQuirk)
