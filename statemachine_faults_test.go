@@ -901,6 +901,74 @@ func (m *model) ManualRotateTick(t *rapid.T) {
 	m.do(m.tickRequest())
 }
 
+// ReleaseThenAdopt: a static role that keeps its keys on removal (made
+// so, or created so) is maybe rotated, deleted, and its key adopted by
+// another role, each maybe with a storage fault or a stop inside; then
+// maybe the rollback manager's min age passes, and tidy runs. A released
+// key stays upstream until a role adopts it; a WAL entry left by the
+// rotation never rolls back a key that was released since.
+func (m *model) ReleaseThenAdopt(t *rapid.T) {
+	name := rapid.SampledFrom(staticNames).Draw(t, "static")
+	if s := m.statics[name]; s == nil {
+		config := m.ensureConfig(t)
+		if config == "" {
+			return
+		}
+		s := &modelStaticRole{config: config, account: m.configs[config]}
+		s.project = rapid.SampledFrom(m.projectsOf(s.account)).Draw(t, "project")
+		data, valid := m.staticParamsMode(t, s, "manual")
+		s.deleteOnRemove = false
+		data["config"], data["project_id"], data["delete_key_on_remove"] = config, s.project, false
+		m.do(m.createStaticRequest(name, s, data, valid, heldKey{}))
+	} else if s.deleteOnRemove {
+		m.do(m.logical("keep keys on removal", logical.UpdateOperation, "static-roles/"+name, map[string]any{"delete_key_on_remove": false}, func(o outcome, lost bool) {
+			m.expectNo500(o, false)
+			switch {
+			case lost || (!o.ok() && m.faultActive()):
+				next := *s
+				next.deleteOnRemove = false
+				m.intents[name] = &staticIntent{op: "update", role: &next}
+			case o.ok():
+				s.deleteOnRemove = false
+			default:
+				m.fatalf("setting delete_key_on_remove=false refused: %s", o)
+			}
+		}))
+	}
+	m.midStep()
+	if m.statics[name] == nil {
+		return
+	}
+	if rapid.Bool().Draw(t, "rotate_first") {
+		m.runWithFault([]smRequest{m.rotateRequest(name)}, m.drawRequestFault(t, 1))
+		m.midStep()
+	}
+	s := m.statics[name]
+	if s == nil {
+		return
+	}
+	m.runWithFault([]smRequest{m.deleteStaticRequest(name)}, m.drawRequestFault(t, 1))
+	m.midStep()
+	if m.statics[name] != nil || !m.released[s.current] {
+		return
+	}
+	other := ""
+	for _, n := range staticNames {
+		if m.statics[n] == nil && m.intents[n] == nil {
+			other = n
+		}
+	}
+	if other != "" {
+		m.runWithFault([]smRequest{m.adoptRequest(t, other, s.current, false)}, m.drawRequestFault(t, 1))
+		m.midStep()
+	}
+	if rapid.Bool().Draw(t, "after_rollback_age") {
+		m.advance(walRollbackMinAge)
+		m.midStep()
+	}
+	m.do(m.tidyRequest(map[string]any{"min_age": 0}))
+}
+
 // IssueStopTidy: a burst of issuances with a stop at a drawn storage call
 // inside, then tidy (maybe after the rollback manager's min age): the keys
 // of the leases Vault holds must stay, and the rest must go.

@@ -237,6 +237,9 @@ func runSequence(t *rapid.T, faults smFaults) {
 		weight("UpstreamFault", 1, m.UpstreamFault)
 		weight("RevokeWhileDeletesFail", 1, m.RevokeWhileDeletesFail)
 	}
+	if faults.storage || faults.stop {
+		weight("ReleaseThenAdopt", 2, m.ReleaseThenAdopt)
+	}
 	if faults.lasting {
 		weight("LastingQuirk", 1, m.LastingQuirk)
 		weight("OperatorDeletesKey", 1, m.OperatorDeletesKey)
@@ -1285,6 +1288,16 @@ func (m *model) buildAdopt(t *rapid.T, owned bool) smRequest {
 	}
 	sort.Slice(candidates, func(i, j int) bool { return m.seen[candidates[i].key] < m.seen[candidates[j].key] })
 	c := rapid.SampledFrom(candidates).Draw(t, "adopt")
+	return m.adoptRequest(t, name, c.key, c.owned)
+}
+
+// adoptRequest creates static role name adopting key; owned says the
+// mount holds the key, so the engine must refuse.
+func (m *model) adoptRequest(t *rapid.T, name string, key heldKey, owned bool) smRequest {
+	c := struct {
+		key   heldKey
+		owned bool
+	}{key, owned}
 	up, exists := m.accounts[c.key.account].fake.Key(c.key.id)
 	if !exists {
 		t.Skip("key already gone upstream")
@@ -1407,7 +1420,10 @@ func (m *model) buildUpdateStatic(t *rapid.T) smRequest {
 func (m *model) DeleteStaticRole(t *rapid.T) { m.do(m.buildDeleteStatic(t)) }
 
 func (m *model) buildDeleteStatic(t *rapid.T) smRequest {
-	name := rapid.SampledFrom(staticNames).Draw(t, "static")
+	return m.deleteStaticRequest(rapid.SampledFrom(staticNames).Draw(t, "static"))
+}
+
+func (m *model) deleteStaticRequest(name string) smRequest {
 	s := m.statics[name]
 	return m.logical("delete static role", logical.DeleteOperation, "static-roles/"+name, nil, func(o outcome, lost bool) {
 		m.expectNo500(o, s != nil && m.configs[s.config] != s.account)

@@ -167,10 +167,15 @@ func createdUpstream(ctx context.Context, client *climatiq.Client, key *ownedKey
 // the mount's records: a lease's inventory entry (by id, once known), a
 // static role that names it as its current or previous key, or a release
 // record (a key the operator took over is never the mount's to delete).
+// The role may be another than the entry's: a rotated key released when
+// its role was deleted and then adopted by a new role is that role's.
 func (b *backend) keyTracked(ctx context.Context, s logical.Storage, key *ownedKey) (bool, error) {
 	if key.KeyID != "" {
 		if released, err := s.Get(ctx, releasedPath(key.KeyID)); err != nil || released != nil {
 			return released != nil, err
+		}
+		if held, err := b.heldByAnotherRole(ctx, s, key); err != nil || held {
+			return held, err
 		}
 	}
 	if key.kind() == keyKindStatic {
@@ -188,6 +193,25 @@ func (b *backend) keyTracked(ctx context.Context, s logical.Storage, key *ownedK
 	}
 	legacy, err := getLegacyKey(ctx, s, keyKindDynamic, key.Role, key.KeyName)
 	return legacy != nil, err
+}
+
+// heldByAnotherRole reports whether a static role other than the key's own
+// holds it, by the roles its inventory entries name.
+func (b *backend) heldByAnotherRole(ctx context.Context, s logical.Storage, key *ownedKey) (bool, error) {
+	entries, _, err := keyEntries(ctx, s, key.KeyID)
+	if err != nil {
+		return false, err
+	}
+	for _, e := range entries {
+		if e.kind() != keyKindStatic || (key.kind() == keyKindStatic && e.Role == key.Role) {
+			continue
+		}
+		role, err := getStaticRole(ctx, s, e.Role)
+		if err != nil || role.holds(key.KeyID) {
+			return err == nil, err
+		}
+	}
+	return false, nil
 }
 
 // rollbackNow undoes a failed issuance or rotation at once instead of

@@ -286,3 +286,30 @@ func TestCreateThatLandsAfterItsRollbackLookedIsStillRolledBack(t *testing.T) {
 		})
 	}
 }
+
+// A rotation whose WAL entry outlives it (its retirement failed), of a
+// role then deleted with delete_key_on_remove=false, whose new key another
+// role then adopted: the rollback finds the WAL's role gone, and must
+// still see that the key is held, by the role that adopted it.
+func TestRollbackOfARotationKeepsAKeyAdoptedAfterItsRelease(t *testing.T) {
+	s, e, _ := newStaticRoleEnv(t, map[string]any{"delete_key_on_remove": false})
+	s.setHook(failAlways("delete", "wal/"))
+	e.mustOK(logical.UpdateOperation, "rotate-role/app", nil)
+	rotated := e.staticRole("app").KeyID
+	e.mustOK(logical.DeleteOperation, "static-roles/app", nil)
+	s.setHook(nil)
+	e.mustOK(logical.CreateOperation, "static-roles/again", map[string]any{
+		"config": "cq", "project_id": e.projectID, "rotation_period": "1h", "key_id": rotated,
+	})
+	if ids, _ := e.storage.List(context.Background(), "wal/"); len(ids) == 0 {
+		t.Fatal("the rotation's WAL entry should have outlived it")
+	}
+
+	runRollbackManager(t, e)
+	if !e.upstreamHas(rotated) {
+		t.Fatalf("the rollback deleted key %s, which static role again adopted", rotated)
+	}
+	if got := e.staticRole("again").KeyID; got != rotated {
+		t.Fatalf("static role again holds %q, want %s", got, rotated)
+	}
+}
