@@ -969,6 +969,40 @@ func (m *model) ReleaseThenAdopt(t *rapid.T) {
 	m.do(m.tidyRequest(map[string]any{"min_age": 0}))
 }
 
+// TidyDuringIssuance: an issuance's create has taken effect upstream and
+// its answer is slow; meanwhile the clock moves (or not) and tidy runs
+// with a small min_age. The key is the issuance's, not an orphan: its
+// block of names is in flight, and a name of the second tidy started in is
+// never old enough.
+func (m *model) TidyDuringIssuance(t *rapid.T) {
+	name := m.ensureRole(t)
+	if name == "" {
+		return
+	}
+	jump := rapid.SampledFrom([]time.Duration{0, 0, 2 * time.Second, 30 * time.Second}).Draw(t, "jump")
+	minAge := rapid.SampledFrom([]int{0, 0, 1}).Draw(t, "min_age")
+	fake := m.accounts[m.configs[m.roles[name].config]].fake
+	keys, projects := len(fake.Keys()), len(fake.Projects())
+	release := fake.HoldCreateAnswers()
+	defer release()
+	issue := m.issueRequest(name, 0)
+	b, v := m.b, m.view
+	issued := make(chan outcome, 1)
+	go func() { issued <- issue.run(m.ctx, b, v) }()
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Microsecond) {
+		if len(fake.Keys()) > keys || len(fake.Projects()) > projects || len(issued) > 0 {
+			break
+		}
+	}
+	m.clock.Advance(jump)
+	tidy := m.tidyRequest(map[string]any{"min_age": minAge})
+	tidied := tidy.run(m.ctx, b, v)
+	release()
+	issue.judge(<-issued, false)
+	tidy.judge(tidied, false)
+	m.midStep()
+}
+
 // IssueStopTidy: a burst of issuances with a stop at a drawn storage call
 // inside, then tidy (maybe after the rollback manager's min age): the keys
 // of the leases Vault holds must stay, and the rest must go.

@@ -237,6 +237,9 @@ func runSequence(t *rapid.T, faults smFaults) {
 		weight("UpstreamFault", 1, m.UpstreamFault)
 		weight("RevokeWhileDeletesFail", 1, m.RevokeWhileDeletesFail)
 	}
+	if faults.concurrent {
+		weight("TidyDuringIssuance", 2, m.TidyDuringIssuance)
+	}
 	if faults.storage || faults.stop {
 		weight("ReleaseThenAdopt", 2, m.ReleaseThenAdopt)
 	}

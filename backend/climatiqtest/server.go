@@ -86,6 +86,7 @@ type Server struct {
 	commitFailNext   int
 	commitFailStatus int
 	commitThenHang   bool
+	answerGate       chan struct{}
 	maxNameLength    int // in characters; 0: no limit
 	echo             bool
 	// inFlight counts management requests being served, abandoned ones
@@ -231,6 +232,25 @@ func (s *Server) CommitThenFail(n, status int) {
 // SetCommitThenHang makes every create take effect and then never answer,
 // until the client gives up or the fake closes: a create that times out.
 func (s *Server) SetCommitThenHang(on bool) { s.with(func() { s.commitThenHang = on }) }
+
+// HoldCreateAnswers makes every create take effect and then wait with its
+// answer until release is called (or the client gives up): a slow answer,
+// during which the key already exists upstream.
+func (s *Server) HoldCreateAnswers() (release func()) {
+	gate := make(chan struct{})
+	s.with(func() { s.answerGate = gate })
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.with(func() {
+				if s.answerGate == gate {
+					s.answerGate = nil
+				}
+			})
+			close(gate)
+		})
+	}
+}
 
 // SetMaxNameLength makes a create or rename with a name longer than n
 // characters fail with 400 (invalid_name). 0 means no limit.
@@ -529,6 +549,16 @@ func (s *Server) serveManagement(rw http.ResponseWriter, r *http.Request) {
 		case failStatus != 0:
 			writeError(w, failStatus, "injected_fault", "Injected fault after the create: "+http.StatusText(failStatus)+".")
 			return
+		}
+		s.mu.Lock()
+		gate := s.answerGate
+		s.mu.Unlock()
+		if gate != nil {
+			select {
+			case <-gate:
+			case <-r.Context().Done():
+				return
+			}
 		}
 	}
 	if f.garbage && a.status < 300 {
