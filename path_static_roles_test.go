@@ -464,3 +464,32 @@ func TestANewPeriodDropsARetryThatIsNoLongerDue(t *testing.T) {
 		})
 	}
 }
+
+// A role whose previous key's overlap has ended while its connection
+// cannot be read: the delete backs off like a failed one. Before, the key
+// stayed due, every finished attempt took the role again at once, and a
+// tick never ended (the state machine's soak found it).
+func TestAnEndedOverlapWithoutAConnectionBacksOff(t *testing.T) {
+	s, e, previous := newStaticRoleEnv(t, map[string]any{"overlap_period": "10m"})
+	e.mustOK(logical.UpdateOperation, "rotate-role/app", nil)
+	e.reload() // no cached client: the tick must read the connection
+	clock := e.schedulerByHand()
+	clock.Advance(20 * time.Minute)
+	s.setHook(failAlways("get", "config/"))
+
+	done := make(chan struct{})
+	go func() { defer close(done); e.b.runDueRotations(e.storage) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the scheduler tick did not end: the role is taken again and again")
+	}
+	s.setHook(nil)
+	role := e.staticRole("app")
+	if len(role.PreviousKeys) != 1 || role.PreviousKeys[0].KeyID != previous {
+		t.Fatalf("previous keys %+v, want %s still listed", role.PreviousKeys, previous)
+	}
+	if pk := role.PreviousKeys[0]; !pk.DeleteRetryAt.After(clock.Now()) || pk.LastDeleteError == "" {
+		t.Fatalf("the previous key's delete should back off with its error; got %+v", pk)
+	}
+}

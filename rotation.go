@@ -146,9 +146,7 @@ func (b *backend) deleteEndedPreviousKeys(ctx context.Context, s logical.Storage
 			err = b.forgetKey(ctx, s, key)
 		}
 		if err != nil {
-			pk.DeleteAttempts++
-			pk.DeleteRetryAt = now.Add(backoff(pk.DeleteAttempts)).UTC()
-			pk.LastDeleteError = err.Error()
+			pk.deleteFailed(now, err)
 			b.Logger().Warn("deleting a replaced static key failed; will retry", "role", name, "key_id", pk.KeyID,
 				"attempt", pk.DeleteAttempts, "retry_at", pk.DeleteRetryAt, "error", err)
 			kept = append(kept, pk)
@@ -165,6 +163,14 @@ func (b *backend) deleteEndedPreviousKeys(ctx context.Context, s logical.Storage
 		// deleting an already deleted key succeeds.
 		b.Logger().Error("storing the static role after deleting replaced keys", "role", name, "error", err)
 	}
+}
+
+// deleteFailed records a failed (or impossible) delete of the key and
+// when to try again.
+func (pk *previousKey) deleteFailed(now time.Time, err error) {
+	pk.DeleteAttempts++
+	pk.DeleteRetryAt = now.Add(backoff(pk.DeleteAttempts)).UTC()
+	pk.LastDeleteError = err.Error()
 }
 
 // backoff is the wait before attempt n+1 after n failures.
@@ -391,6 +397,14 @@ func (b *backend) processStaticRole(ctx context.Context, s logical.Storage, name
 func (b *backend) endOverlapOrRotate(ctx context.Context, s logical.Storage, name string, role *staticRole, now time.Time) error {
 	client, err := b.climatiqClient(ctx, s, role.Config)
 	if err != nil {
+		// The ended overlaps cannot be ended either: they back off like
+		// failed deletes, or they would stay due and the scheduler would
+		// take the role again at once, and again.
+		for i := range role.PreviousKeys {
+			if pk := &role.PreviousKeys[i]; !now.Before(pk.deleteDue()) {
+				pk.deleteFailed(now, err)
+			}
+		}
 		return err
 	}
 	b.deleteEndedPreviousKeys(ctx, s, name, role, client, now)
