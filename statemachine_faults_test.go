@@ -1003,6 +1003,37 @@ func (m *model) TidyDuringIssuance(t *rapid.T) {
 	m.midStep()
 }
 
+// checkLiveCounts: once healed and settled, the live counts that max_keys
+// is checked against are those of keys/, role by role, and no issuance
+// slot is held.
+func (m *model) checkLiveCounts() {
+	want := map[string]int{}
+	for _, k := range m.listKeys() {
+		if k.kind == keyKindDynamic {
+			want[roleCountKey(keyKindDynamic, k.role)]++
+		}
+	}
+	c := &m.b.liveCounts
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.built {
+		return
+	}
+	for _, key := range sortedKeys(want) {
+		if c.byRole[key] != want[key] {
+			m.fatalf("I4: the live count of %s is %d; keys/ lists %d", key, c.byRole[key], want[key])
+		}
+	}
+	for _, key := range sortedKeys(c.byRole) {
+		if strings.HasPrefix(key, keyKindDynamic+"/") && c.byRole[key] != want[key] {
+			m.fatalf("I4: the live count of %s is %d; keys/ lists %d", key, c.byRole[key], want[key])
+		}
+	}
+	if len(c.slots) != 0 {
+		m.fatalf("I4: issuance slots %v are held with no issuance in flight", c.slots)
+	}
+}
+
 // IssueStopTidy: a burst of issuances with a stop at a drawn storage call
 // inside, then tidy (maybe after the rollback manager's min age): the keys
 // of the leases Vault holds must stay, and the rest must go.
@@ -1077,6 +1108,7 @@ func (m *model) heal() {
 	m.snapshotUpstream()
 	m.checkHeldKeysExist()
 	m.checkInventory(true)
+	m.checkLiveCounts()
 	m.checkUntracked()
 	m.checkKeyReads()
 	// What the engine still lists of limbo is live in its eyes: answers
