@@ -26,7 +26,7 @@ export VAULT_BIN
 # module (see COMPATIBILITY.md). Not part of `make test`.
 COMPAT_VAULTS ?= 1.16.3 1.19.5 1.21.0
 
-.PHONY: all build test test-unit test-e2e acceptance demo dev vault fmt vet release clean bench soak compat
+.PHONY: all build check test test-unit test-e2e acceptance demo dev vault fmt vet release clean bench soak compat
 
 all: build
 
@@ -71,6 +71,18 @@ fmt:
 
 vet:
 	$(GO) vet ./...
+
+# The checks CI runs besides the tests: gofmt, go vet, staticcheck (pinned,
+# installed with go install), and go.mod and go.sum tidy.
+STATICCHECK_VERSION ?= v0.6.1
+STATICCHECK := $(shell $(GO) env GOPATH)/bin/staticcheck
+check:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt: not formatted:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	@[ -x $(STATICCHECK) ] || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	$(STATICCHECK) ./...
+	$(GO) mod tidy -diff
 
 release:
 	@rm -rf dist && mkdir -p dist
