@@ -646,10 +646,8 @@ func (m *model) operatorDelete(k heldKey, wholeProject bool) {
 	m.maybeGone[k] = true
 }
 
-// OperatorDeleteThenRevoke: the key of a live lease is deleted by hand
-// (maybe on an account answering 403 for missing ids), then the lease is
-// revoked: that must succeed.
-func (m *model) OperatorDeleteThenRevoke(t *rapid.T) {
+// drawLiveLease draws a lease that is not being revoked, or skips.
+func (m *model) drawLiveLease(t *rapid.T) *modelLease {
 	var live []*modelLease
 	for _, l := range m.leases {
 		if !l.revoking {
@@ -660,6 +658,14 @@ func (m *model) OperatorDeleteThenRevoke(t *rapid.T) {
 		t.Skip("no live lease")
 	}
 	l := live[rapid.IntRange(0, len(live)-1).Draw(t, "lease")]
+	return l
+}
+
+// OperatorDeleteThenRevoke: the key of a live lease is deleted by hand
+// (maybe on an account answering 403 for missing ids), then the lease is
+// revoked: that must succeed.
+func (m *model) OperatorDeleteThenRevoke(t *rapid.T) {
+	l := m.drawLiveLease(t)
 	status := rapid.SampledFrom([]int{0, http.StatusForbidden, http.StatusBadRequest}).Draw(t, "missing_status")
 	wholeProject := rapid.Bool().Draw(t, "whole_project")
 	if status != 0 {
@@ -676,16 +682,7 @@ func (m *model) OperatorDeleteThenRevoke(t *rapid.T) {
 // leave the lease to Vault's retry (the judge checks that a revoke that
 // answered left no key upstream).
 func (m *model) RevokeWhileDeletesFail(t *rapid.T) {
-	var live []*modelLease
-	for _, l := range m.leases {
-		if !l.revoking {
-			live = append(live, l)
-		}
-	}
-	if len(live) == 0 {
-		t.Skip("no live lease")
-	}
-	l := live[rapid.IntRange(0, len(live)-1).Draw(t, "lease")]
+	l := m.drawLiveLease(t)
 	a := m.accounts[l.key.account]
 	a.fake.FailNextMethod(http.MethodDelete, 10, http.StatusServiceUnavailable)
 	m.faultSteps = smFaultSteps + 1
@@ -858,6 +855,25 @@ func (m *model) RenewClockTidy(t *rapid.T) {
 	m.do(m.tidyRequest(data))
 }
 
+// createManualStatic is the creation of manual-only static role name on
+// some connection (written if there is none; false if that failed), with
+// delete_key_on_remove as drawn, or false unless drawDelete.
+func (m *model) createManualStatic(t *rapid.T, name string, drawDelete bool) (smRequest, bool) {
+	config := m.ensureConfig(t)
+	if config == "" {
+		return smRequest{}, false
+	}
+	s := &modelStaticRole{config: config, account: m.configs[config]}
+	s.project = rapid.SampledFrom(m.projectsOf(s.account)).Draw(t, "project")
+	data, valid := m.staticParamsMode(t, s, "manual")
+	data["config"], data["project_id"] = config, s.project
+	if !drawDelete {
+		s.deleteOnRemove = false
+		data["delete_key_on_remove"] = false
+	}
+	return m.createStaticRequest(name, s, data, valid, heldKey{}), true
+}
+
 // ManualRotateTick: a static role (created manual-only if the name is
 // free) is rotated on request once or twice (maybe with a storage fault or
 // a stop inside), the clock moves, and the scheduler ticks: a manual-only
@@ -867,15 +883,11 @@ func (m *model) ManualRotateTick(t *rapid.T) {
 	name := rapid.SampledFrom(staticNames).Draw(t, "static")
 	var create []smRequest
 	if m.statics[name] == nil {
-		config := m.ensureConfig(t)
-		if config == "" {
+		req, ok := m.createManualStatic(t, name, true)
+		if !ok {
 			return
 		}
-		s := &modelStaticRole{config: config, account: m.configs[config]}
-		s.project = rapid.SampledFrom(m.projectsOf(s.account)).Draw(t, "project")
-		data, valid := m.staticParamsMode(t, s, "manual")
-		data["config"], data["project_id"] = config, s.project
-		create = append(create, m.createStaticRequest(name, s, data, valid, heldKey{}))
+		create = append(create, req)
 	}
 	rotations := rapid.IntRange(1, 2).Draw(t, "rotations")
 	f := m.drawRequestFault(t, 2)
@@ -910,16 +922,11 @@ func (m *model) ManualRotateTick(t *rapid.T) {
 func (m *model) ReleaseThenAdopt(t *rapid.T) {
 	name := rapid.SampledFrom(staticNames).Draw(t, "static")
 	if s := m.statics[name]; s == nil {
-		config := m.ensureConfig(t)
-		if config == "" {
+		req, ok := m.createManualStatic(t, name, false)
+		if !ok {
 			return
 		}
-		s := &modelStaticRole{config: config, account: m.configs[config]}
-		s.project = rapid.SampledFrom(m.projectsOf(s.account)).Draw(t, "project")
-		data, valid := m.staticParamsMode(t, s, "manual")
-		s.deleteOnRemove = false
-		data["config"], data["project_id"], data["delete_key_on_remove"] = config, s.project, false
-		m.do(m.createStaticRequest(name, s, data, valid, heldKey{}))
+		m.do(req)
 	} else if s.deleteOnRemove {
 		m.do(m.logical("keep keys on removal", logical.UpdateOperation, "static-roles/"+name, map[string]any{"delete_key_on_remove": false}, func(o outcome, lost bool) {
 			m.expectNo500(o, false)
