@@ -397,13 +397,17 @@ func (m *model) ConcurrentBatch(t *rapid.T) {
 	}
 	m.batch = true
 	leasesBefore := slices.Clone(m.leases)
+	wasRevoking := map[*modelLease]bool{}
+	for _, l := range leasesBefore {
+		wasRevoking[l] = l.revoking
+	}
 	results := m.execute(reqs, true, stop)
 	m.store.setDelay(smNoDelay)
 	// Issuances first: max_keys is judged on what the batch began with.
 	for i, r := range reqs {
 		r.judge(results[i].o, results[i].lost)
 	}
-	m.checkBatchMaxKeys(perRole, liveBefore, leasesBefore)
+	m.checkBatchMaxKeys(perRole, liveBefore, leasesBefore, wasRevoking)
 }
 
 // issueRequestInBatch is an issuance among others of the same role that
@@ -417,8 +421,10 @@ func (m *model) issueRequestInBatch(name string, others int) smRequest {
 }
 
 // checkBatchMaxKeys: a batch never leaves a capped role with more live keys
-// than max_keys, counting the revokes that finished in it.
-func (m *model) checkBatchMaxKeys(perRole, liveBefore map[string]int, leasesBefore []*modelLease) {
+// than max_keys, counting the revokes that finished in it, and those that
+// failed or lost their answer in it (the engine may have given their place
+// back before the failure).
+func (m *model) checkBatchMaxKeys(perRole, liveBefore map[string]int, leasesBefore []*modelLease, wasRevoking map[*modelLease]bool) {
 	for name := range perRole {
 		r := m.roles[name]
 		if r == nil || r.maxKeys == 0 {
@@ -426,7 +432,7 @@ func (m *model) checkBatchMaxKeys(perRole, liveBefore map[string]int, leasesBefo
 		}
 		revoked, issued := 0, 0
 		for _, l := range leasesBefore {
-			if l.role == name && !l.revoking && !slices.Contains(m.leases, l) {
+			if l.role == name && !wasRevoking[l] && (l.revoking || !slices.Contains(m.leases, l)) {
 				revoked++
 			}
 		}
