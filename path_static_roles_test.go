@@ -493,3 +493,29 @@ func TestAnEndedOverlapWithoutAConnectionBacksOff(t *testing.T) {
 		t.Fatalf("the previous key's delete should back off with its error; got %+v", pk)
 	}
 }
+
+// A scheduled role found past its rotation window whose move to the next
+// scheduled time fails to store: nothing was tried, so nothing is retried.
+// Before, the failed write was recorded as a failed rotation, and its
+// retry rotated the key outside the window (the state machine found it).
+func TestAMissedWindowThatFailsToStoreIsNotRetriedOutsideIt(t *testing.T) {
+	s, e, held := newStaticRoleEnv(t, map[string]any{
+		"rotation_period": 0, "rotation_schedule": "0 */3 * * *", "rotation_window": "1h",
+	})
+	clock := e.schedulerByHand()
+	missed := e.staticRole("app").NextRotation
+	clock.Advance(missed.Add(61 * time.Minute).Sub(clock.Now()))
+	s.setHook(failOnce("put", staticRoleStoragePrefix))
+	e.b.runDueRotations(e.storage)
+	s.setHook(nil)
+	// Until the slot after the missed one, every tick leaves the key.
+	for next := missed.Add(3 * time.Hour); clock.Now().Before(next.Add(-rotationBackoffMax)); clock.Advance(rotationBackoffMax) {
+		e.b.runDueRotations(e.storage)
+		if role := e.staticRole("app"); role.KeyID != held {
+			t.Fatalf("rotated at %s, outside the window of %s (next slot %s)", clock.Now().Format(time.RFC3339), missed.Format(time.RFC3339), next.Format(time.RFC3339))
+		}
+	}
+	if role := e.staticRole("app"); !role.NextRotation.Equal(missed.Add(3*time.Hour)) || !role.RetryAt.IsZero() {
+		t.Fatalf("next rotation %s, retry at %s; want the next slot %s and no retry", role.NextRotation, role.RetryAt, missed.Add(3*time.Hour))
+	}
+}

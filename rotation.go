@@ -386,6 +386,14 @@ func (b *backend) processStaticRole(ctx context.Context, s logical.Storage, name
 		if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 			return // shutting down; the queue is rebuilt on the next start
 		}
+		if errors.Is(err, errMissedWindowNotStored) {
+			// Nothing was tried, so nothing is retried: a retry would
+			// rotate outside the window. The stored role still says the
+			// window was missed; look again a little later.
+			b.Logger().Error("storing the next rotation time after a missed window", "role", name, "error", err)
+			b.requeueLater(name, config)
+			return
+		}
 		b.recordRotationFailure(ctx, s, name, role, err, true)
 	}
 	b.scheduleStaticRole(name, role)
@@ -425,10 +433,17 @@ func (b *backend) endOverlapOrRotate(ctx context.Context, s logical.Storage, nam
 		}
 		b.Logger().Warn("static role missed its rotation window; waiting for the next scheduled time",
 			"role", name, "missed", missed, "next_rotation", role.NextRotation)
-		return putStaticRole(ctx, s, name, role)
+		if err := putStaticRole(ctx, s, name, role); err != nil {
+			return fmt.Errorf("%w: %w", errMissedWindowNotStored, err)
+		}
+		return nil
 	}
 	return b.rotateStaticRole(ctx, s, name, role, client, attempt, false)
 }
+
+// errMissedWindowNotStored: a role past its rotation window could not be
+// moved to its next scheduled time. It is no failed rotation.
+var errMissedWindowNotStored = errors.New("storing the next rotation time after a missed window")
 
 // requeueLater puts a role back after a storage error, a little later,
 // still counted against its connection's limit.
