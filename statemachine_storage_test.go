@@ -278,6 +278,26 @@ type smView struct {
 
 	inFlight atomic.Int64
 	lastDone atomic.Int64 // unix nanoseconds
+
+	// cleaned: the instance's Clean has returned; it must not touch
+	// storage again. usedAfterClean is the first call that did.
+	cleaned        bool
+	usedAfterClean string
+}
+
+// markCleaned records that the instance's Clean has returned.
+func (v *smView) markCleaned() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.cleaned = true
+}
+
+// usedAfterCleanup is the first storage call the instance made after its
+// Clean returned ("" if none).
+func (v *smView) usedAfterCleanup() string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.usedAfterClean
 }
 
 // armStop makes the k-th call of ops from now (the model's own excepted)
@@ -323,6 +343,9 @@ func (v *smView) releaseHung() {
 // enter decides a call's fate before it reaches the store.
 func (v *smView) enter(op smStorageOp, key string) error {
 	v.mu.Lock()
+	if v.cleaned && v.usedAfterClean == "" {
+		v.usedAfterClean = op.String() + " " + key
+	}
 	if v.dead {
 		v.mu.Unlock()
 		return errSMStopped
