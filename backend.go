@@ -131,7 +131,11 @@ type backend struct {
 // Factory returns a configured instance of the carbon secrets engine.
 func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend, error) {
 	b := newBackend()
-	if err := b.Setup(ctx, conf); err != nil {
+	cached := *conf
+	if conf.System != nil {
+		cached.System = newReplicationStateCache(conf.System)
+	}
+	if err := b.Setup(ctx, &cached); err != nil {
 		return nil, err
 	}
 	b.backgroundDone.Add(2)
