@@ -126,4 +126,4 @@ bench: vault
 # until SOAK ends; prints sequences and steps run, and the first failure.
 SOAK ?= 20m
 soak:
-	CARBON_SM_FAULTS=$(or $(CARBON_SM_FAULTS),all) CARBON_SM_DURATION=$(SOAK) $(GO) test -run TestStateMachine -count=1 -timeout 0 -v . 2>&1 | grep --line-buffered -v '\[rapid\] draw' | grep --line-buffered -E 'state machine|soak round|\[rapid\]|I[1-5]:|FAIL|^ok|PASS'
+	CARBON_SM_FAULTS=$(or $(CARBON_SM_FAULTS),all) CARBON_SM_DURATION=$(SOAK) $(GO) test -run TestStateMachine -count=1 -timeout 0 -v . 2>&1 | grep --line-buffered -v '\[rapid\] draw' | grep --line-buffered -E 'state machine|soak round|\[rapid\]|traceback \(|I[1-5]:|FAIL|^ok|PASS'
