@@ -97,7 +97,7 @@ func TestNoSecretInLogs(t *testing.T) {
 	forms.add(secrets...)
 	forms.addBasic(atqClientID, atqClientSecret)
 	texts := readLogs(t, s, auditLog)
-	if log := texts[serverLog]; !strings.Contains(log, "issued key") && !strings.Contains(log, "key-issue") {
+	if log := texts[serverLog]; !strings.Contains(log, "static-rotate") {
 		t.Fatalf("the plugin's log lines are missing from %s", s.LogPath)
 	}
 	leaks := scanForLeaks(t, texts, forms)
