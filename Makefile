@@ -26,7 +26,7 @@ export VAULT_BIN
 # module (see COMPATIBILITY.md). Not part of `make test`.
 COMPAT_VAULTS ?= 1.16.3 1.19.5 1.21.0
 
-.PHONY: all build check test test-unit test-e2e acceptance demo dev vault fmt vet release clean bench soak compat
+.PHONY: all build check test test-unit test-e2e acceptance demo dev vault fmt vet release clean bench soak compat race
 
 all: build
 
@@ -83,6 +83,13 @@ check:
 	@[ -x $(STATICCHECK) ] || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	$(STATICCHECK) ./...
 	$(GO) mod tidy -diff
+	$(MAKE) race
+
+# The root package's unit tests under the race detector. The state machine
+# draws 60 sequences (a tenth of make test's), concurrent requests included:
+# the detector makes each step several times slower.
+race:
+	CARBON_SM_CHECKS=60 $(GO) test -race -short -count=1 .
 
 release:
 	@rm -rf dist && mkdir -p dist

@@ -90,6 +90,10 @@ type backend struct {
 	mountMax     time.Duration
 	mountMaxRead time.Time
 
+	// What upstream requests say they are (userAgent), asked of Vault once.
+	userAgentOnce  sync.Once
+	userAgentValue string
+
 	// startedAt is when this instance was made: WAL entries older than it
 	// belong to no issuance in flight here.
 	startedAt time.Time
@@ -171,7 +175,7 @@ func newBackend() *backend {
 				staticRoleStoragePrefix,
 			},
 		},
-		Paths: framework.PathAppend(
+		Paths: refuseUnknownQueryParameters(framework.PathAppend(
 			pathConfig(b),
 			pathRoles(b),
 			pathCreds(b),
@@ -179,7 +183,7 @@ func newBackend() *backend {
 			pathTidy(b),
 			pathStaticRoles(b),
 			pathRotateRole(b),
-		),
+		)),
 		Secrets: []*framework.Secret{
 			secretClimatiqKey(b),
 			secretAltruistiqToken(b),

@@ -3,7 +3,9 @@ package carbon
 import (
 	"context"
 	"fmt"
+	"time"
 
+	"github.com/hashicorp/vault/sdk/helper/useragent"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/altruistiq"
@@ -21,6 +23,26 @@ type connection struct {
 	altruistiq *altruistiq.Client
 }
 
+// userAgent is what upstream requests say they are, in the SDK's plugin
+// form with Vault's and this plugin's versions ("Vault/v1.21.0
+// (+https://www.vaultproject.io/; vault-plugin-carbon/v0.2.0; go1.26.8)"),
+// so an upstream's logs show which release called. Vault is asked once
+// per backend; without an answer, the plugin's name and version.
+func (b *backend) userAgent() string {
+	b.userAgentOnce.Do(func() {
+		name := "vault-plugin-carbon/" + Version
+		b.userAgentValue = name
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if env, err := b.System().PluginEnv(ctx); err == nil {
+			if ua := useragent.PluginString(env, name); ua != "" {
+				b.userAgentValue = ua
+			}
+		}
+	})
+	return b.userAgentValue
+}
+
 func newConnection(b *backend, name string, cfg *connectionConfig) (*connection, error) {
 	logger := b.Logger().Named(cfg.Provider).With("config", name)
 	c := &connection{config: cfg}
@@ -35,6 +57,7 @@ func newConnection(b *backend, name string, cfg *connectionConfig) (*connection,
 			MaxRetries:    cfg.MaxRetries,
 			RateLimit:     cfg.RateLimit,
 			Logger:        logger,
+			UserAgent:     b.userAgent(),
 		})
 	case providerAltruistiq:
 		c.altruistiq, err = altruistiq.New(altruistiq.Options{
@@ -51,6 +74,7 @@ func newConnection(b *backend, name string, cfg *connectionConfig) (*connection,
 			// before it expires, so a new lease is never shorter.
 			EarlyExpiry: minAltruistiqLease,
 			Logger:      logger,
+			UserAgent:   b.userAgent(),
 		})
 	default:
 		err = fmt.Errorf("unknown provider %q", cfg.Provider)
@@ -148,8 +172,9 @@ func (b *backend) resetConnection(name string) {
 
 // checkProjectVisible catches a mistyped project_id at write time rather
 // than at the first issuance or rotation: a 400 naming the field when the
-// connection cannot see the project, nil when it can.
-func checkProjectVisible(ctx context.Context, client *climatiq.Client, config, projectID string) *logical.Response {
+// connection cannot see the project (ending with otherwise, the fix the
+// role's kind offers), nil when it can.
+func checkProjectVisible(ctx context.Context, client *climatiq.Client, config, projectID, otherwise string) *logical.Response {
 	projects, err := client.ListProjects(ctx)
 	if err != nil {
 		return logical.ErrorResponse("project_id: could not confirm project %q through connection %q: %s", projectID, config, err)
@@ -159,5 +184,5 @@ func checkProjectVisible(ctx context.Context, client *climatiq.Client, config, p
 			return nil
 		}
 	}
-	return logical.ErrorResponse("project_id: no project %q is visible to connection %q; check the id or use project_per_lease=true", projectID, config)
+	return logical.ErrorResponse("project_id: no project %q is visible to connection %q; %s", projectID, config, otherwise)
 }

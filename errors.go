@@ -35,12 +35,20 @@ func errorResponse(err error) (*logical.Response, error) {
 	return nil, err
 }
 
-// Statuses for upstream failures, as Vault's own engines use them: the
-// caller did nothing wrong, a service behind Vault failed.
+// Statuses the engine answers with beside Vault's own (a request that
+// cannot be meant, 400; a method a path does not have, 405), the upstream
+// answers it tells apart, and, as Vault's own engines use them, upstream
+// failures, where the caller did nothing wrong and a service behind Vault
+// failed.
 const (
-	statusBadRequest     = 400
-	statusBadGateway     = 502
-	statusGatewayTimeout = 504
+	statusBadRequest       = 400
+	statusUnauthorized     = 401
+	statusForbidden        = 403
+	statusNotFound         = 404
+	statusMethodNotAllowed = 405
+	statusTooManyRequests  = 429
+	statusBadGateway       = 502
+	statusGatewayTimeout   = 504
 )
 
 // upstreamError reports an upstream failure with the upstream's status and

@@ -2,6 +2,8 @@ package carbon
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -164,6 +166,22 @@ func testLogger() hclog.Logger { return logging.NewVaultLogger(hclog.Warn) }
 func TestConnectionChecksSayWhatFailed(t *testing.T) {
 	e := newTestEnv(t)
 	closed := "http://127.0.0.1:1" // nothing listens on port 1
+	// Not the management API: a web page, a redirect, no such route, an
+	// upstream failing.
+	impostor := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case strings.HasPrefix(r.URL.Path, "/html/"):
+			w.Header().Set("Content-Type", "text/html")
+			_, _ = w.Write([]byte("<html><body>Welcome</body></html>"))
+		case strings.HasPrefix(r.URL.Path, "/moved/"):
+			http.Redirect(w, r, "https://elsewhere.example/management/v1/project?token=x", http.StatusTemporaryRedirect)
+		case strings.HasPrefix(r.URL.Path, "/down/"):
+			w.WriteHeader(http.StatusServiceUnavailable)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer impostor.Close()
 	tests := []struct {
 		name string
 		data map[string]any
@@ -171,6 +189,10 @@ func TestConnectionChecksSayWhatFailed(t *testing.T) {
 	}{
 		{"unreachable host", map[string]any{"management_url": closed + "/management/v1-preview1"}, "could not reach climatiq at " + closed},
 		{"refused credentials", map[string]any{"management_key": "not-the-key"}, "climatiq refused the credentials"},
+		{"a web page", map[string]any{"management_url": impostor.URL + "/html"}, "verify_connection: " + impostor.URL + "/html answered, but not as the climatiq API does"},
+		{"a redirect", map[string]any{"management_url": impostor.URL + "/moved"}, "was redirected (climatiq: check management key: 307 Temporary Redirect: redirected to https://elsewhere.example/management/v1/project); set management_url"},
+		{"no such route", map[string]any{"management_url": impostor.URL + "/nowhere"}, "verify_connection: no such route at " + impostor.URL + "/nowhere"},
+		{"upstream down", map[string]any{"management_url": impostor.URL + "/down"}, "verify_connection: climatiq at " + impostor.URL + "/down failed"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +12,16 @@ import (
 
 	"github.com/hashicorp/vault/sdk/logical"
 )
+
+// TestMain has revocations give up on a failing upstream after one try of
+// the client, as before deleteUpstreamPersistently: the state machine and
+// the fault tests fail deletes on purpose and judge each revocation by its
+// outcome, and 30 s of retries per failing delete would swamp their budget.
+// The tests of the retries set revokeRetryFor themselves.
+func TestMain(m *testing.M) {
+	revokeRetryFor = 0
+	os.Exit(m.Run())
+}
 
 // errInjected is the failure hookStorage injects.
 var errInjected = errors.New("injected storage failure")

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -503,18 +505,45 @@ func (b *backend) verifyConnection(ctx context.Context, name string, cfg *connec
 	}
 	defer conn.close()
 	err = conn.verify(ctx)
+	if err == nil {
+		return nil
+	}
+	const orSkip = "or write with verify_connection=false to save without checking"
+	status, answered := upstreamStatus(err)
+	field, at := urlField(cfg.Provider), cfg.upstreamURL()
+	var aqErr *altruistiq.Error
+	if errors.As(err, &aqErr) && aqErr.FromAPI() {
+		field, at = "api_url", cfg.APIURL
+	}
+	switch {
+	case !answered:
+		return logical.ErrorResponse("verify_connection: could not reach %s at %s: %s; check %s and the network between Vault and it, %s",
+			cfg.Provider, at, err, field, orSkip)
+	case status >= 200 && status <= 299:
+		return logical.ErrorResponse("verify_connection: %s answered, but not as the %s API does (%s); check %s, %s", at, cfg.Provider, err, field, orSkip)
+	case status >= 300 && status <= 399:
+		return logical.ErrorResponse("verify_connection: %s was redirected (%s); set %s to the URL the API is served at (the engine follows no redirects), %s", at, err, field, orSkip)
+	case status == statusNotFound || status == statusMethodNotAllowed:
+		return logical.ErrorResponse("verify_connection: no such route at %s (%s); check that %s is the %s API's base URL, %s", at, err, field, cfg.Provider, orSkip)
+	case status == statusBadRequest || status == statusUnauthorized || status == statusForbidden:
+		return logical.ErrorResponse("verify_connection: %s refused the credentials: %s; check %s, %s", cfg.Provider, err, credentialFields(cfg.Provider), orSkip)
+	default:
+		return logical.ErrorResponse("verify_connection: %s at %s failed: %s; try again later, %s", cfg.Provider, at, err, orSkip)
+	}
+}
+
+// upstreamStatus is the status of the upstream answer an error reports;
+// false when no answer came (the upstream could not be reached).
+func upstreamStatus(err error) (int, bool) {
 	var cqErr *climatiq.Error
 	var aqErr *altruistiq.Error
 	switch {
-	case err == nil:
-		return nil
-	case errors.As(err, &cqErr), errors.As(err, &aqErr):
-		return logical.ErrorResponse("verify_connection: %s refused the credentials: %s; check %s, or write with verify_connection=false to save without checking",
-			cfg.Provider, err, credentialFields(cfg.Provider))
-	default:
-		return logical.ErrorResponse("verify_connection: could not reach %s at %s: %s; check %s and the network between Vault and it, or write with verify_connection=false to save without checking",
-			cfg.Provider, cfg.upstreamURL(), err, urlField(cfg.Provider))
+	case errors.As(err, &cqErr):
+		return cqErr.StatusCode, true
+	case errors.As(err, &aqErr) && aqErr.StatusCode != 0:
+		return aqErr.StatusCode, true
 	}
+	return 0, false
 }
 
 func urlField(provider string) string {
@@ -591,7 +620,11 @@ func (cfg *connectionConfig) update(d *framework.FieldData) error {
 		}
 	}
 	if v, ok := d.GetOk("scopes"); ok {
-		cfg.Scopes = cleanScopes(v.([]string))
+		scopes, err := cleanScopes(v.([]string))
+		if err != nil {
+			return err
+		}
+		cfg.Scopes = scopes
 	}
 	if v, ok := d.GetOk("request_timeout"); ok {
 		cfg.RequestTimeout = time.Duration(v.(int)) * time.Second
@@ -637,7 +670,8 @@ func (cfg *connectionConfig) validate() error {
 	if cfg.MaxRetries < 0 || cfg.MaxRetries > maxMaxRetries {
 		return invalidField("max_retries", "must be between 0 and %d", maxMaxRetries)
 	}
-	if cfg.RateLimit < 0 || cfg.RateLimit > 10000 {
+	// NaN compares false with every bound, so it is named on its own.
+	if math.IsNaN(cfg.RateLimit) || cfg.RateLimit < 0 || cfg.RateLimit > 10000 {
 		return invalidField("rate_limit", "must be between 0 (no limit) and 10000 requests per second")
 	}
 	return nil
@@ -740,15 +774,25 @@ func forEachPendingWAL(ctx context.Context, s logical.Storage, config string, fn
 	return nil
 }
 
-func cleanScopes(in []string) []string {
+// cleanScopes trims and drops empty scopes, and refuses one that is no
+// OAuth scope token (RFC 6749, section 3.3: printable ASCII without space,
+// quote or backslash): "read write" given as one item would be sent as two
+// scopes, or refused by the token endpoint with a message that names none.
+func cleanScopes(in []string) ([]string, error) {
 	out := make([]string, 0, len(in))
 	for _, s := range in {
-		if s = strings.TrimSpace(s); s != "" {
-			out = append(out, s)
+		if s = strings.TrimSpace(s); s == "" {
+			continue
 		}
+		if !scopeToken.MatchString(s) {
+			return nil, invalidField("scopes", "%s is not one OAuth scope (a scope has no spaces, quotes or backslashes); give each scope as its own item, e.g. scopes=read,write", quoteForMessage(s))
+		}
+		out = append(out, s)
 	}
-	return out
+	return out, nil
 }
+
+var scopeToken = regexp.MustCompile(`^[\x21\x23-\x5B\x5D-\x7E]+$`)
 
 func nonNil(s []string) []string {
 	if s == nil {

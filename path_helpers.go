@@ -101,24 +101,28 @@ func putEntry(ctx context.Context, s logical.Storage, key string, v any) error {
 // storage_version.go), so the OpenAPI document does not
 // list name-less paths that have no operations. rotate-root, which other
 // engines offer, is answered here too: it is never offered (see its text).
-var pathsNeedingAName = map[string]struct{ field, hint string }{
-	"creds":        {"role", "creds/<role>"},
-	"static-creds": {"name", "static-creds/<name>"},
-	"rotate-role":  {"name", "rotate-role/<name>"},
+// A LIST of one of them is a 405 pointing at the roles' list.
+var pathsNeedingAName = map[string]struct{ field, hint, roles string }{
+	"creds":        {"role", "creds/<role>", "roles"},
+	"static-creds": {"name", "static-creds/<name>", "static-roles"},
+	"rotate-role":  {"name", "rotate-role/<name>", "static-roles"},
 }
 
 // answerUnrouted answers name-less requests and rotate-root, which have no
 // framework path; nil for every other request.
-func answerUnrouted(req *logical.Request) *logical.Response {
+func answerUnrouted(req *logical.Request) (*logical.Response, error) {
 	if req.Operation == logical.HelpOperation {
-		return nil
+		return nil, nil
 	}
 	path := strings.TrimSuffix(req.Path, "/")
 	if p, ok := pathsNeedingAName[path]; ok {
-		return logical.ErrorResponse("%s: is required in the path; use %s", p.field, p.hint)
+		if req.Operation == logical.ListOperation {
+			return nil, logical.CodedError(statusMethodNotAllowed, fmt.Sprintf("%s/ is not listable: %s names one role; list the roles with vault list %s%s", path, p.hint, req.MountPoint, p.roles))
+		}
+		return logical.ErrorResponse("%s: is required in the path; use %s", p.field, p.hint), nil
 	}
 	if path == "rotate-root" || strings.HasPrefix(path, "rotate-root/") {
-		return rotateRootNotOffered(req, strings.TrimPrefix(strings.TrimPrefix(path, "rotate-root"), "/"))
+		return rotateRootNotOffered(req, strings.TrimPrefix(strings.TrimPrefix(path, "rotate-root"), "/")), nil
 	}
-	return nil
+	return nil, nil
 }

@@ -128,6 +128,45 @@ func TestClimatiqRevokeFailureIsRetried(t *testing.T) {
 	}
 }
 
+// A revocation keeps retrying a delete that failed in a way that may pass
+// (5xx, 429) beyond the client's max_retries, within revokeRetryFor, and
+// gives up at once on one that will not (a 401).
+func TestRevocationRetriesFailuresThatMayPass(t *testing.T) {
+	defer func(d time.Duration) { revokeRetryFor = d }(revokeRetryFor)
+	revokeRetryFor = 10 * time.Second
+	for _, tc := range []struct {
+		name     string
+		failures int
+		status   int
+		revoked  bool
+	}{
+		{"503s past max_retries", 4, http.StatusServiceUnavailable, true},
+		{"500s past max_retries", 3, http.StatusInternalServerError, true},
+		{"401 is final", 1, http.StatusUnauthorized, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newTestEnv(t)
+			e.writeClimatiqConfig("cq", map[string]any{"max_retries": 0})
+			e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
+			resp := e.mustOK(logical.ReadOperation, "creds/ci", nil)
+			keyID := resp.Data["key_id"].(string)
+
+			e.climatiq.FailNextMethod(http.MethodDelete, tc.failures, tc.status)
+			began := time.Now()
+			_, err := e.revoke(resp.Secret)
+			if (err == nil) != tc.revoked {
+				t.Fatalf("revoke after %d× %d: err=%v, want revoked=%v", tc.failures, tc.status, err, tc.revoked)
+			}
+			if _, upstream := e.climatiq.Key(keyID); upstream == tc.revoked {
+				t.Fatalf("key upstream=%v after the revocation (revoked=%v)", upstream, tc.revoked)
+			}
+			if !tc.revoked && time.Since(began) > time.Second {
+				t.Fatalf("a final failure was retried for %s", time.Since(began))
+			}
+		})
+	}
+}
+
 func TestClimatiqRenewCappedByMaxTTL(t *testing.T) {
 	e := newTestEnv(t)
 	e.writeClimatiqConfig("cq", nil)
@@ -303,6 +342,19 @@ func TestCredsBadInput(t *testing.T) {
 	e.mustFail(logical.ReadOperation, "creds/", nil, "role")
 }
 
+// A LIST of a path that names one role is a 405 pointing at the roles'
+// list, not a 400 asking for a name a list never takes.
+func TestNamedPathsAreNotListable(t *testing.T) {
+	e := newTestEnv(t)
+	for path, roles := range map[string]string{"creds/": "vault list roles", "static-creds/": "vault list static-roles", "rotate-role/": "vault list static-roles"} {
+		_, err := e.doErr(logical.ListOperation, path, nil)
+		var coded logical.HTTPCodedError
+		if !errors.As(err, &coded) || coded.Code() != 405 || !strings.Contains(err.Error(), "not listable") || !strings.Contains(err.Error(), roles) {
+			t.Errorf("LIST %s: %v, want a 405 saying it is not listable and pointing at %q", path, err, roles)
+		}
+	}
+}
+
 func assertInventory(t *testing.T, e *testEnv, role, keyName string, want bool) {
 	t.Helper()
 	got := inventoryByName(t, e, keyKindDynamic, role, keyName)
@@ -374,4 +426,30 @@ func countInventory(ctx context.Context, s logical.Storage, kind, role string) (
 		return nil
 	})
 	return n, err
+}
+
+// Reads and lists refuse a parameter their path does not have, as writes
+// do, naming it and the nearest real one.
+func TestReadsAndListsRefuseUnknownParameters(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
+	for _, tc := range []struct {
+		op   logical.Operation
+		path string
+		data map[string]any
+		want string
+	}{
+		{logical.ListOperation, "keys/", map[string]any{"limt": "5"}, `"limt": is not a field of this path; did you mean limit?`},
+		{logical.ListOperation, "roles/", map[string]any{"after": "a"}, `"after": is not a field`},
+		{logical.ReadOperation, "roles/ci", map[string]any{"verbose": "true"}, `"verbose": is not a field`},
+		{logical.ReadOperation, "creds/ci", map[string]any{"ttl": "1h"}, `"ttl": is not a field`},
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			e.t = t
+			e.mustFail(tc.op, tc.path, tc.data, tc.want)
+		})
+	}
+	e.t = t
+	e.mustOK(logical.ListOperation, "keys/", map[string]any{"limit": "5"})
 }

@@ -42,6 +42,10 @@ var roleProviderFields = map[string]string{
 	"scopes":            providerAltruistiq,
 }
 
+// maxMaxKeys bounds max_keys: each live key is an inventory entry, and
+// docs/storage.md gives every cost bound at 100,000 of them.
+const maxMaxKeys = 100_000
+
 func pathRoles(b *backend) []*framework.Path {
 	return []*framework.Path{
 		collectionPath(roleStoragePrefix, "roles", "dynamic roles", func(ctx context.Context, s logical.Storage, name string) (map[string]any, error) {
@@ -246,7 +250,7 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 		if err != nil {
 			return nil, err
 		}
-		if resp := checkProjectVisible(ctx, client, role.Config, role.ProjectID); resp != nil {
+		if resp := checkProjectVisible(ctx, client, role.Config, role.ProjectID, "check the id or use project_per_lease=true"); resp != nil {
 			return resp, nil
 		}
 	}
@@ -283,7 +287,11 @@ func (role *roleEntry) update(d *framework.FieldData, provider string, sys logic
 		role.MaxKeys = v.(int)
 	}
 	if v, ok := d.GetOk("scopes"); ok {
-		role.Scopes = cleanScopes(v.([]string))
+		scopes, err := cleanScopes(v.([]string))
+		if err != nil {
+			return err
+		}
+		role.Scopes = scopes
 	}
 
 	switch {
@@ -307,6 +315,8 @@ func (role *roleEntry) update(d *framework.FieldData, provider string, sys logic
 		return invalidField("project_id", "is required for a climatiq role unless project_per_lease=true")
 	case role.MaxKeys < 0:
 		return invalidField("max_keys", "must not be negative; use 0 for no cap")
+	case role.MaxKeys > maxMaxKeys:
+		return invalidField("max_keys", "must be at most %d, the inventory size the engine's costs are measured at (docs/storage.md); use 0 for no cap", maxMaxKeys)
 	}
 	if len(role.KeyNameTemplate) > maxTemplateLength {
 		return invalidField("key_name_template", "is %d characters long; use at most %d", len(role.KeyNameTemplate), maxTemplateLength)

@@ -78,6 +78,12 @@ func TestRoleValidation(t *testing.T) {
 		{"scopes on climatiq", "roles/r", map[string]any{"config": "cq", "project_id": e.projectID, "scopes": "a"}, "scopes"},
 		{"project on altruistiq", "roles/r", map[string]any{"config": "aq", "project_id": e.projectID}, "project_id"},
 		{"max_keys on altruistiq", "roles/r", map[string]any{"config": "aq", "max_keys": 2}, "max_keys"},
+		{"fractional ttl", "roles/r", map[string]any{"config": "cq", "project_id": e.projectID, "ttl": 1.5}, "ttl: \"1.5\" is not a whole number of seconds"},
+		{"ttl in milliseconds", "roles/r", map[string]any{"config": "cq", "project_id": e.projectID, "ttl": "1500ms"}, "ttl: \"1500ms\" is not a whole number of seconds"},
+		{"max_ttl beyond ten years", "roles/r", map[string]any{"config": "cq", "project_id": e.projectID, "max_ttl": "87601h"}, "max_ttl: must be at most 87600h"},
+		{"max_ttl that overflows", "roles/r", map[string]any{"config": "cq", "project_id": e.projectID, "max_ttl": "100000000000000"}, "max_ttl"},
+		{"max_keys beyond the inventory", "roles/r", map[string]any{"config": "cq", "project_id": e.projectID, "max_keys": 100_001}, "max_keys: must be at most 100000"},
+		{"scope with a space", "roles/r", map[string]any{"config": "aq", "scopes": "read write"}, "scopes: \"read write\" is not one OAuth scope"},
 		{"invalid name", "roles/-x", map[string]any{"config": "cq", "project_id": e.projectID}, "name"},
 		{"empty name", "roles/", map[string]any{"config": "cq", "project_id": e.projectID}, "name"},
 	}

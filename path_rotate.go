@@ -57,7 +57,7 @@ func (b *backend) pathRotateRoleWrite(ctx context.Context, req *logical.Request,
 		return nil, err
 	}
 	if role == nil {
-		return logical.ErrorResponse("name: no static role %q; create it with a write to static-roles/%s", name, name), nil
+		return b.noStaticRole(ctx, req, name, "rotate-role")
 	}
 	client, err := b.climatiqClient(ctx, req.Storage, role.Config)
 	if err != nil {

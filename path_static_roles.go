@@ -351,7 +351,7 @@ func (b *backend) pathStaticRoleWrite(ctx context.Context, req *logical.Request,
 			return resp, err
 		}
 	} else {
-		if resp := checkProjectVisible(ctx, client, role.Config, role.ProjectID); resp != nil {
+		if resp := checkProjectVisible(ctx, client, role.Config, role.ProjectID, staticProjectFix); resp != nil {
 			return resp, nil
 		}
 		if err := b.replaceStaticKey(ctx, req.Storage, name, role, client); err != nil {
@@ -409,8 +409,10 @@ func (role *staticRole) update(d *framework.FieldData, create bool, now time.Tim
 		return invalidField("overlap_period", "must not be negative")
 	}
 	if role.RotationWindow > 0 {
+		// The SDK's message starts with the field's name, which
+		// invalidField already gives.
 		if err := rotation.DefaultScheduler.ValidateRotationWindow(int(role.RotationWindow.Seconds())); err != nil {
-			return invalidField("rotation_window", "%s", err)
+			return invalidField("rotation_window", "%s; set a longer window, or rotation_window=0 for none", strings.TrimPrefix(err.Error(), "rotation_window "))
 		}
 	}
 	if gap := role.shortestRotationGap(now); gap > 0 && role.OverlapPeriod >= gap {
@@ -435,8 +437,14 @@ func (role *staticRole) applyRotationFields(d *framework.FieldData) error {
 	if scheduleSet {
 		role.RotationSchedule = strings.TrimSpace(schedule.(string))
 		if role.RotationSchedule != "" {
-			if _, err := rotation.DefaultScheduler.Parse(role.RotationSchedule); err != nil {
+			sched, err := rotation.DefaultScheduler.Parse(role.RotationSchedule)
+			if err != nil {
 				return invalidField("rotation_schedule", "%s is not a valid cron schedule (5 fields, UTC): %s", quoteForMessage(role.RotationSchedule), err)
+			}
+			// The cron library gives up (zero time) after five years
+			// without a match: a day that does not exist, as 30 February.
+			if sched.Next(time.Now()).IsZero() {
+				return invalidField("rotation_schedule", "%s never fires: no date matches it (a day the month does not have?); fix the day and month fields", quoteForMessage(role.RotationSchedule))
 			}
 		}
 	}
@@ -445,6 +453,11 @@ func (role *staticRole) applyRotationFields(d *framework.FieldData) error {
 	}
 	if v, ok := d.GetOk("disable_automated_rotation"); ok {
 		role.DisableAutomatedRotation = v.(bool)
+		// As the SDK's automated-rotation fields: manual-only and a
+		// schedule in one write cannot both be meant.
+		if role.DisableAutomatedRotation && ((periodSet && role.RotationPeriod != 0) || (scheduleSet && role.RotationSchedule != "")) {
+			return invalidField("disable_automated_rotation", "cannot be true in a write that sets rotation_period or rotation_schedule; drop those for manual rotation only, or drop disable_automated_rotation")
+		}
 	}
 	if role.RotationPeriod != 0 && role.RotationSchedule != "" {
 		if periodSet && !scheduleSet {
@@ -495,7 +508,7 @@ func (b *backend) adoptKey(ctx context.Context, s logical.Storage, name string, 
 		return logical.ErrorResponse("key_id: key %q is already owned by this mount (%s role %q); adopt only a key this mount does not hold, or omit key_id to create a new key",
 			keyID, owner.kind(), owner.Role), nil
 	}
-	if resp := checkProjectVisible(ctx, client, role.Config, role.ProjectID); resp != nil {
+	if resp := checkProjectVisible(ctx, client, role.Config, role.ProjectID, staticProjectFix); resp != nil {
 		return resp, nil
 	}
 	keys, err := client.ListKeys(ctx, role.ProjectID)
@@ -583,6 +596,20 @@ func (b *backend) pathStaticRoleDelete(ctx context.Context, req *logical.Request
 	return nil, nil
 }
 
+// staticProjectFix ends the 400 for a static role's project_id that its
+// connection cannot see: a static key always lives in a named project.
+const staticProjectFix = "check the id, or create the project upstream first (a static role's key lives in a named project; project_per_lease is for dynamic roles)"
+
+// noStaticRole answers a static-role path (static-creds/, rotate-role/)
+// asked for a name that is no static role. A dynamic role of that name is
+// pointed at creds/, where its keys are issued, one per lease.
+func (b *backend) noStaticRole(ctx context.Context, req *logical.Request, name, path string) (*logical.Response, error) {
+	if role, err := b.cachedRole(ctx, req.Storage, name); err == nil && role != nil {
+		return logical.ErrorResponse("name: %q is a dynamic role, whose keys are issued per lease and never rotated, so it has no %s/; read a key with vault read %screds/%s", name, path, req.MountPoint, name), nil
+	}
+	return logical.ErrorResponse("name: no static role %q; create it with a write to static-roles/%s", name, name), nil
+}
+
 func (b *backend) pathStaticCredsRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
 	if err := validateName("name", name); err != nil {
@@ -593,7 +620,7 @@ func (b *backend) pathStaticCredsRead(ctx context.Context, req *logical.Request,
 		return nil, err
 	}
 	if role == nil {
-		return logical.ErrorResponse("name: no static role %q; create it with a write to static-roles/%s", name, name), nil
+		return b.noStaticRole(ctx, req, name, "static-creds")
 	}
 	now := b.now()
 	data := map[string]any{

@@ -54,8 +54,14 @@ func TestStaticRoleValidation(t *testing.T) {
 		{"bad cron", base("rotation_period", nil, "rotation_schedule", "every tuesday"), "rotation_schedule"},
 		{"cron with seconds field", base("rotation_period", nil, "rotation_schedule", "* * * * * *"), "rotation_schedule"},
 		{"window without schedule", base("rotation_window", "2h"), "rotation_window"},
-		{"window too short", base("rotation_period", nil, "rotation_schedule", "0 * * * *", "rotation_window", "10m"), "rotation_window"},
+		{"window too short", base("rotation_period", nil, "rotation_schedule", "0 * * * *", "rotation_window", "10m"), "rotation_window: must be 3600 seconds or more"},
+		{"unknown project", base("project_id", "prj_nope"), "project_id: no project \"prj_nope\""},
 		{"period too short", base("rotation_period", "2s"), "rotation_period"},
+		{"period beyond ten years", base("rotation_period", "87601h"), "rotation_period: must be at most 87600h"},
+		{"fractional overlap", base("overlap_period", "2.5s"), "overlap_period: \"2.5s\" is not a whole number of seconds"},
+		{"schedule that never fires", base("rotation_period", nil, "rotation_schedule", "0 0 30 2 *"), "rotation_schedule: \"0 0 30 2 *\" never fires"},
+		{"manual with a period", base("disable_automated_rotation", true), "disable_automated_rotation: cannot be true"},
+		{"manual with a schedule", base("rotation_period", nil, "rotation_schedule", "0 * * * *", "disable_automated_rotation", true), "disable_automated_rotation: cannot be true"},
 		{"period not a duration", base("rotation_period", "often"), "rotation_period"},
 		{"negative overlap", base("overlap_period", -5), "overlap_period"},
 		{"overlap not shorter than period", base("overlap_period", "1h"), "overlap_period"},
@@ -68,6 +74,11 @@ func TestStaticRoleValidation(t *testing.T) {
 	}
 	if n := len(e.climatiq.Keys()); n != 0 {
 		t.Fatalf("refused writes left %d keys upstream", n)
+	}
+	// project_per_lease is a dynamic role's field: a static role is not
+	// told to set it.
+	if resp := e.do(logical.UpdateOperation, "static-roles/app", base("project_id", "prj_nope")); !resp.IsError() || strings.Contains(resp.Error().Error(), "use project_per_lease") {
+		t.Fatalf("unknown project of a static role: %v", resp.Error())
 	}
 
 	e.mustOK(logical.CreateOperation, "static-roles/app", base())
@@ -517,5 +528,30 @@ func TestAMissedWindowThatFailsToStoreIsNotRetriedOutsideIt(t *testing.T) {
 	}
 	if role := e.staticRole("app"); !role.NextRotation.Equal(missed.Add(3*time.Hour)) || !role.RetryAt.IsZero() {
 		t.Fatalf("next rotation %s, retry at %s; want the next slot %s and no retry", role.NextRotation, role.RetryAt, missed.Add(3*time.Hour))
+	}
+}
+
+// The static-role paths asked for a dynamic role point at creds/ instead
+// of telling the caller to create a static role of a name already taken;
+// a name that is no role at all is told how to create one.
+func TestStaticRolePathsPointADynamicRoleAtCreds(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
+	for _, tc := range []struct {
+		op   logical.Operation
+		path string
+		want string
+	}{
+		{logical.ReadOperation, "static-creds/ci", "vault read creds/ci"},
+		{logical.UpdateOperation, "rotate-role/ci", "vault read creds/ci"},
+		{logical.ReadOperation, "static-creds/nope", "create it with a write to static-roles/nope"},
+		{logical.UpdateOperation, "rotate-role/nope", "create it with a write to static-roles/nope"},
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			e.t = t
+			e.mustFail(tc.op, tc.path, nil, "name: ")
+			e.mustFail(tc.op, tc.path, nil, tc.want)
+		})
 	}
 }

@@ -74,7 +74,7 @@ func TestOperationCostsDoNotGrowWithKeys(t *testing.T) {
 			t.Fatal(err)
 		}
 		e.writeClimatiqConfig("cq", nil)
-		e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID, "max_keys": 1_000_000})
+		e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID, "max_keys": 100_000})
 		for i := range filled {
 			k := &ownedKey{Kind: keyKindDynamic, Config: "cq", Role: "ci", ProjectID: e.projectID,
 				KeyID: fmt.Sprintf("key_fill%06d", i), KeyName: fmt.Sprintf("vault-abcdefgh-1795000000-%06d-ci", i),

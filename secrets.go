@@ -9,6 +9,8 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiq"
 )
 
 // The leased secret types that creds/<role> returns, with what Vault's
@@ -41,7 +43,9 @@ func (b *backend) renewClimatiqKey(ctx context.Context, req *logical.Request, _ 
 	if role == nil {
 		return logical.ErrorResponse("role: %q no longer exists, so its leases cannot be renewed; read new credentials from another role", roleName), nil
 	}
-	ttl, warnings, err := framework.CalculateTTL(b.System(), req.Secret.Increment, role.TTL, 0, role.MaxTTL, 0, req.Secret.IssueTime)
+	// Vault's expiration manager caps the answer the same way and says so in
+	// a warning of its own; adding this call's would print it twice.
+	ttl, _, err := framework.CalculateTTL(b.System(), req.Secret.Increment, role.TTL, 0, role.MaxTTL, 0, req.Secret.IssueTime)
 	if err != nil {
 		return nil, err
 	}
@@ -52,9 +56,6 @@ func (b *backend) renewClimatiqKey(ctx context.Context, req *logical.Request, _ 
 	resp := &logical.Response{Secret: req.Secret}
 	resp.Secret.TTL = ttl
 	resp.Secret.MaxTTL = role.MaxTTL
-	for _, w := range warnings {
-		resp.AddWarning(w)
-	}
 	return resp, nil
 }
 
@@ -130,7 +131,7 @@ func (b *backend) revokeClimatiqKey(ctx context.Context, req *logical.Request, _
 	if err != nil {
 		return nil, fmt.Errorf("%w: recreate it so the key can be deleted upstream, or revoke the lease with -force and delete key %q by hand", err, key.KeyID)
 	}
-	if err := deleteUpstream(ctx, client, &key); err != nil {
+	if err := deleteUpstreamPersistently(ctx, client, &key); err != nil {
 		return nil, upstreamError("deleting key", err)
 	}
 	lock := b.keyLock(key.KeyName)
@@ -142,6 +143,44 @@ func (b *backend) revokeClimatiqKey(ctx context.Context, req *logical.Request, _
 	}
 	b.logAndEmit(eventKeyRevoke, "role", key.Role, "config", key.Config, "key_id", key.KeyID, "project_id", key.ProjectID)
 	return nil, nil
+}
+
+// revokeRetryFor bounds how long a revocation keeps trying a delete that
+// failed in a way that may pass (an upstream 5xx or 429, or no answer), on
+// top of the client's own max_retries. A delete is idempotent, and giving
+// up early costs more: Vault retries a failed revocation only 13–28 s
+// later, and `vault lease revoke -sync -prefix` stops at the first failed
+// lease. It stays well inside Vault's 90 s request limit.
+var revokeRetryFor = 30 * time.Second
+
+// deleteUpstreamPersistently is deleteUpstream retried, with a growing
+// pause, until it succeeds, fails for good, or revokeRetryFor (or the
+// request's deadline) has passed.
+func deleteUpstreamPersistently(ctx context.Context, client *climatiq.Client, key *ownedKey) error {
+	giveUp := time.Now().Add(revokeRetryFor)
+	if deadline, ok := ctx.Deadline(); ok && deadline.Before(giveUp) {
+		giveUp = deadline
+	}
+	pause := 250 * time.Millisecond
+	for {
+		err := deleteUpstream(ctx, client, key)
+		if err == nil || ctx.Err() != nil || !mayPass(err) || time.Now().Add(pause).After(giveUp) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, 4*time.Second)
+	}
+}
+
+// mayPass reports whether an upstream failure may pass on its own: no
+// answer came, or the upstream was overloaded or failing (429, 5xx).
+func mayPass(err error) bool {
+	status, answered := upstreamStatus(err)
+	return !answered || status == statusTooManyRequests || status >= 500
 }
 
 func secretAltruistiqToken(b *backend) *framework.Secret {

@@ -140,8 +140,8 @@ func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*log
 	case refusal != nil:
 		return nil, refusal
 	}
-	if resp := answerUnrouted(req); resp != nil {
-		return resp, nil
+	if resp, err := answerUnrouted(req); resp != nil || err != nil {
+		return resp, err
 	}
 	// Before the framework parses the fields: its error would quote a
 	// mistyped secret (path_config.go).

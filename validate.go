@@ -2,11 +2,15 @@ package carbon
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"math"
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 
+	"github.com/hashicorp/go-secure-stdlib/parseutil"
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
@@ -81,8 +85,76 @@ func refuseUnknownFields(handler framework.OperationFunc) framework.OperationFun
 		if err := checkKnownFields(d); err != nil {
 			return errorResponse(err)
 		}
+		if err := checkDurations(d); err != nil {
+			return errorResponse(err)
+		}
 		return handler(ctx, req, d)
 	}
+}
+
+// maxDuration bounds every duration field: ten years is beyond any lease,
+// rotation, overlap or tidy interval an operator can mean, and far inside
+// what time.Duration holds.
+const maxDuration = 10 * 365 * 24 * time.Hour
+
+// checkDurations refuses a duration field that is not a whole number of
+// seconds (the framework would round 1.5 or 1500ms down to 1s without a
+// word) or is beyond maxDuration. A value that does not parse is left to
+// the framework, whose 400 names the field.
+func checkDurations(d *framework.FieldData) error {
+	fields := make([]string, 0, len(d.Raw))
+	for field := range d.Raw {
+		fields = append(fields, field)
+	}
+	sort.Strings(fields)
+	for _, field := range fields {
+		if schema, ok := d.Schema[field]; !ok || schema.Type != framework.TypeDurationSecond {
+			continue
+		}
+		dur, err := parseutil.ParseDurationSecond(d.Raw[field])
+		switch {
+		case err != nil:
+		case dur%time.Second != 0 || fractionalNumber(d.Raw[field]):
+			return invalidField(field, "%s is not a whole number of seconds; give whole seconds (%s=%d) or a duration such as 1m30s", quoteForMessage(fmt.Sprint(d.Raw[field])), field, int64(dur.Round(time.Second)/time.Second))
+		case dur > maxDuration:
+			return invalidField(field, "must be at most 87600h (ten years)")
+		}
+	}
+	return nil
+}
+
+// fractionalNumber reports whether a raw value is a number of seconds with
+// a fraction, which the SDK's duration parsing drops (1.5 becomes 1s).
+func fractionalNumber(raw any) bool {
+	var f float64
+	switch v := raw.(type) {
+	case float64:
+		f = v
+	case float32:
+		f = float64(v)
+	case json.Number:
+		var err error
+		if f, err = v.Float64(); err != nil {
+			return false
+		}
+	default:
+		return false
+	}
+	return f != math.Trunc(f)
+}
+
+// refuseUnknownQueryParameters has every read and list of paths refuse a
+// parameter its path does not have, as writes do: a misspelt limit or
+// after would otherwise be ignored with at most a warning.
+func refuseUnknownQueryParameters(paths []*framework.Path) []*framework.Path {
+	for _, p := range paths {
+		for op, handler := range p.Operations {
+			if po, ok := handler.(*framework.PathOperation); ok && (op == logical.ReadOperation || op == logical.ListOperation) {
+				po.Callback = refuseUnknownFields(po.Callback)
+			}
+		}
+	}
+	return paths
 }
 
 func checkKnownFields(d *framework.FieldData) error {

@@ -92,6 +92,16 @@ func TestClimatiqRenewStopsAtMaxTTL(t *testing.T) {
 	if renewed.LeaseDuration > 18 || renewed.LeaseDuration < left-2 {
 		t.Fatalf("renew past max_ttl granted %ds, want at most the %ds left of max_ttl (and at most 18s)", renewed.LeaseDuration, left)
 	}
+	// Vault says the TTL was capped; the engine must not say it again.
+	capped := 0
+	for _, w := range renewed.Warnings {
+		if strings.Contains(w, "max_ttl") {
+			capped++
+		}
+	}
+	if capped != 1 {
+		t.Fatalf("renew past max_ttl warned %d times of the cap, want once: %q", capped, renewed.Warnings)
+	}
 	cli(t, "lease", "revoke", "-sync", secret.LeaseID)
 }
 
@@ -198,5 +208,46 @@ func TestPathHelpAndOpenAPI(t *testing.T) {
 	out, err := vault.Vault("write", "-f", mount+"/rotate-root/anything")
 	if err == nil || !strings.Contains(err.Error()+out, "Code: 400") || !strings.Contains(err.Error(), "config/") {
 		t.Errorf("rotate-root: %v %s, want a 400 saying to write config/", err, out)
+	}
+}
+
+// TestRevokePrefixUnderTransientFailures: 60 leases revoked by one
+// `vault lease revoke -sync -prefix` while 30 % of the upstream's answers
+// are 503s (and the connection allows one retry per request): the command
+// succeeds and every key is gone upstream, none left to Vault's later retry.
+func TestRevokePrefixUnderTransientFailures(t *testing.T) {
+	writeClimatiqConfig(t, "cq-flaky", "max_retries=1")
+	cli(t, "write", mount+"/roles/flaky", "config=cq-flaky", "project_id="+projectID, "ttl=1h")
+	var ids []string
+	for range 60 {
+		ids = append(ids, cliJSON(t, "read", "-format=json", mount+"/creds/flaky").Data["key_id"].(string))
+	}
+	climatiqFake.SetFailureRate(0.3)
+	defer climatiqFake.SetFailureRate(0)
+	failuresBefore := climatiqFake.Stats().Failures
+	began := time.Now()
+	cli(t, "lease", "revoke", "-sync", "-prefix", mount+"/creds/flaky")
+	t.Logf("60 leases revoked in %s; the upstream failed %d requests meanwhile", time.Since(began).Round(time.Millisecond), climatiqFake.Stats().Failures-failuresBefore)
+	for _, id := range ids {
+		if _, ok := climatiqFake.Key(id); ok {
+			t.Errorf("key %s is still upstream after the revoke command succeeded", id)
+		}
+	}
+}
+
+// TestUpstreamRequestsSayWhoCalls: through a real Vault, the upstream sees
+// a User-Agent in the SDK's plugin form, naming Vault's version and this
+// plugin's release.
+func TestUpstreamRequestsSayWhoCalls(t *testing.T) {
+	writeClimatiqConfig(t, "cq-agent")
+	cli(t, "write", mount+"/roles/agent", "config=cq-agent", "project_id="+projectID, "ttl=1h")
+	lease := cliJSON(t, "read", "-format=json", mount+"/creds/agent").LeaseID
+	ua := climatiqFake.LastUserAgent()
+	cli(t, "lease", "revoke", "-sync", lease)
+	version := strings.Trim(strings.Fields(cli(t, "version"))[1], "v,") // "Vault v1.21.0, built …"
+	for _, want := range []string{"Vault/", version, "(+https://www.vaultproject.io/; vault-plugin-carbon/" + pluginVersion + ";"} {
+		if !strings.Contains(ua, want) {
+			t.Fatalf("upstream saw User-Agent %q, want it to contain %q", ua, want)
+		}
 	}
 }

@@ -58,6 +58,7 @@ type Options struct {
 	EarlyExpiry            time.Duration // a cached token is replaced this long before it expires; 0 means 30s
 	Logger                 hclog.Logger  // optional; never sees secrets or tokens
 	Transport              http.RoundTripper
+	UserAgent              string // what every request says it is; "" means "vault-plugin-carbon"
 }
 
 // Token is an access token. Expiry is never zero: a token that came without
@@ -116,7 +117,7 @@ func New(o Options) (*Client, error) {
 	// (rather than counting them as failures) keeps a burst of issuance
 	// from failing as a whole.
 	wire, err := upstream.NewWire(upstream.Options{Platform: platform, Timeout: o.Timeout, MaxRetries: o.MaxRetries,
-		RateLimit: o.RateLimit, Logger: o.Logger, Transport: o.Transport})
+		RateLimit: o.RateLimit, Logger: o.Logger, Transport: o.Transport, UserAgent: o.UserAgent})
 	if err != nil {
 		return nil, err
 	}
@@ -199,6 +200,9 @@ func (c *Client) CheckToken(ctx context.Context, accessToken string) error {
 		return nil
 	}
 	body := upstream.ReadErrorBody(resp)
+	if redirected := upstream.Redirected(resp.StatusCode, resp.Header); redirected != "" {
+		return &Error{Op: opCheckToken, StatusCode: resp.StatusCode, Message: c.redact.With(accessToken).Clean(redirected)}
+	}
 	return &Error{Op: opCheckToken, StatusCode: resp.StatusCode, Message: errorMessage(body, c.redact.With(accessToken).Clean)}
 }
 
@@ -332,6 +336,9 @@ func (c *Client) tokenError(err error) error {
 	var retrieveErr *oauth2.RetrieveError
 	if errors.As(err, &retrieveErr) && retrieveErr.Response != nil {
 		msg := errorMessage(retrieveErr.Body, c.redact.Brief)
+		if redirected := upstream.Redirected(retrieveErr.Response.StatusCode, retrieveErr.Response.Header); redirected != "" {
+			msg = c.redact.Brief(redirected)
+		}
 		if msg == "" {
 			// Form-encoded error answers are parsed by oauth2 only.
 			msg = joinMessage(c.redact.Brief(retrieveErr.ErrorDescription), c.redact.Brief(retrieveErr.ErrorCode))

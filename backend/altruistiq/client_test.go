@@ -517,7 +517,7 @@ func TestTokenAnswers(t *testing.T) {
 		{
 			name:    "redirect is not followed",
 			stub:    &stubTransport{status: 307, header: http.Header{"Location": {"https://elsewhere.example/token"}}},
-			wantErr: "altruistiq: token: 307 Temporary Redirect",
+			wantErr: "altruistiq: token: 307 Temporary Redirect: redirected to https://elsewhere.example/token",
 		},
 	}
 	for _, tc := range tests {

@@ -33,6 +33,10 @@ type Error struct {
 	Message    string
 }
 
+// FromAPI reports whether the error is the regular API's answer to the
+// check of a fresh token, rather than the token endpoint's.
+func (e *Error) FromAPI() bool { return e.Op == opCheckToken }
+
 func (e *Error) Error() string {
 	var b strings.Builder
 	b.WriteString("altruistiq: " + e.Op + ": ")

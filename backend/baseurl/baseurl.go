@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 )
 
@@ -28,6 +29,18 @@ func Check(raw string) (string, error) {
 		return "", errors.New("http:// is allowed only for loopback hosts (127.0.0.0/8, ::1, localhost); use https://")
 	case u.Scheme != "https" && u.Scheme != "http":
 		return "", fmt.Errorf("scheme %s is not supported; use https://", quote(u.Scheme))
+	}
+	if port := u.Port(); port != "" {
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return "", fmt.Errorf("port %s is out of range; use a port from 1 to 65535, or none for the scheme's", quote(port))
+		}
+	}
+	// A dot segment, escaped or not, would have requests go somewhere
+	// other than the path as written, or be refused as no such route.
+	for _, segment := range strings.Split(u.EscapedPath(), "/") {
+		if unescaped, err := url.PathUnescape(segment); err == nil && (unescaped == "." || unescaped == "..") {
+			return "", fmt.Errorf("has a %s path segment; give the base URL's path without . or .. segments", quote(segment))
+		}
 	}
 	return strings.TrimRight(u.String(), "/"), nil
 }

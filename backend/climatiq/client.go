@@ -44,6 +44,7 @@ type Options struct {
 	RetryBudget   time.Duration // overall time spent waiting out 429s; 0 means 2m
 	Logger        hclog.Logger  // optional; never sees keys or bodies
 	Transport     http.RoundTripper
+	UserAgent     string // what every request says it is; "" means "vault-plugin-carbon"
 }
 
 // Project is a Climatiq project.
@@ -99,6 +100,7 @@ func New(o Options) (*Client, error) {
 		RetryBudget: o.RetryBudget,
 		Logger:      o.Logger,
 		Transport:   o.Transport,
+		UserAgent:   o.UserAgent,
 	})
 	if err != nil {
 		return nil, err
@@ -254,9 +256,12 @@ func (c *Client) DeleteKey(ctx context.Context, keyID string) error {
 	return c.management(ctx, op, http.MethodDelete, "/api-key/"+url.PathEscape(keyID), nil, nil, maxOtherBody)
 }
 
-// CheckManagementKey proves the management key works with one cheap call.
+// CheckManagementKey proves the management key works with one cheap call,
+// answered as the management API documents it (a JSON list of projects):
+// any other 2xx, such as a web page, is not the API at all.
 func (c *Client) CheckManagementKey(ctx context.Context) error {
-	return c.management(ctx, "check management key", http.MethodGet, "/project", nil, nil, maxListBody)
+	var projects []Project
+	return c.management(ctx, "check management key", http.MethodGet, "/project", nil, &projects, maxListBody)
 }
 
 // CheckKey proves a regular API key works against the regular API.

@@ -284,7 +284,8 @@ func TestRequestHeaders(t *testing.T) {
 		}
 	}))
 	defer srv.Close()
-	c, err := climatiq.New(climatiq.Options{ManagementURL: srv.URL + "/mgmt", APIURL: srv.URL, ManagementKey: mgmtKey})
+	const userAgent = "Vault/v1.21.0 (+https://www.vaultproject.io/; vault-plugin-carbon/v9.9.9; go1.26)"
+	c, err := climatiq.New(climatiq.Options{ManagementURL: srv.URL + "/mgmt", APIURL: srv.URL, ManagementKey: mgmtKey, UserAgent: userAgent})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,7 +313,7 @@ func TestRequestHeaders(t *testing.T) {
 			want := map[string]string{
 				"Authorization": "Bearer " + tc.bearer,
 				"Accept":        "application/json",
-				"User-Agent":    "vault-plugin-carbon",
+				"User-Agent":    userAgent,
 				"Content-Type":  tc.contentType,
 			}
 			for name, value := range want {

@@ -93,6 +93,9 @@ func newError(op string, status int, header http.Header, body []byte, redact ups
 			e.Message = redact.Clean(payload.Error)
 		}
 	}
+	if redirected := upstream.Redirected(status, header); redirected != "" {
+		e.Message = redact.Clean(redirected)
+	}
 	if e.Message == "" {
 		e.Message = http.StatusText(status)
 	}

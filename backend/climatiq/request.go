@@ -76,7 +76,6 @@ func newRequest(ctx context.Context, method, target, bearer string, payload []by
 	}
 	req.Header.Set("Authorization", "Bearer "+bearer)
 	req.Header.Set("Accept", "application/json")
-	req.Header.Set("User-Agent", upstream.UserAgent)
 	// Only with a body: some servers reject a JSON content type with an
 	// empty body, as on GET and DELETE.
 	if payload != nil {

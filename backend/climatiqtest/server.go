@@ -74,6 +74,7 @@ type Server struct {
 	// completeAbandoned: act on requests whose client gave up.
 	completeAbandoned bool
 	failureRate       float64
+	lastUserAgent     string
 	retryAfter        time.Duration
 	limiter           *rate.Limiter
 	failNext          int
@@ -177,6 +178,12 @@ func (s *Server) Land() int {
 		f()
 	}
 	return len(landing)
+}
+
+// LastUserAgent is the User-Agent of the last management request.
+func (s *Server) LastUserAgent() (ua string) {
+	s.with(func() { ua = s.lastUserAgent })
+	return ua
 }
 
 // SetFailureRate answers this fraction of management requests with 503
@@ -507,6 +514,7 @@ func (s *Server) serveManagement(rw http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "invalid_request", "Request body unreadable or too large.")
 		return
 	}
+	s.with(func() { s.lastUserAgent = r.Header.Get("User-Agent") })
 	f := s.fault(r.Method)
 	if f.latency > 0 {
 		t := time.NewTimer(f.latency)

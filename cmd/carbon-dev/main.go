@@ -92,7 +92,7 @@ func run(mode string) error {
 	fmt.Printf("%s listening on http://%s\n", strings.TrimSpace(mustVault(vault, "version")), vault.Addr)
 
 	sh := func(args ...string) (string, error) {
-		fmt.Printf("\n$ vault %s\n", strings.Join(args, " "))
+		fmt.Printf("\n$ vault %s\n", shownCommand(args))
 		out, err := vault.Vault(args...)
 		fmt.Print(out)
 		return out, err
@@ -188,6 +188,25 @@ func useKey(apiURL, key string) int {
 func hasKey(cq *climatiqtest.Server, id string) bool {
 	_, ok := cq.Key(id)
 	return ok
+}
+
+// secretArgs are the arguments whose values the printed commands hide: the
+// upstream credentials, which nothing on the screen or in a terminal log
+// should hold.
+var secretArgs = []string{"management_key=", "client_secret="}
+
+// shownCommand is a vault command as printed, secret values hidden.
+func shownCommand(args []string) string {
+	shown := make([]string, len(args))
+	for i, arg := range args {
+		shown[i] = arg
+		for _, prefix := range secretArgs {
+			if strings.HasPrefix(arg, prefix) {
+				shown[i] = prefix + "<hidden>"
+			}
+		}
+	}
+	return strings.Join(shown, " ")
 }
 
 func stayUp(vault *devvault.Server) error {

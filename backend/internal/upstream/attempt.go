@@ -18,23 +18,32 @@ import (
 // every failed request, which would drop the pooled connections of all
 // concurrent requests. Wire.Close reaches the base transport.
 type attemptTransport struct {
-	base    http.RoundTripper
-	gate    *Gate
-	timeout time.Duration
+	base      http.RoundTripper
+	gate      *Gate
+	timeout   time.Duration
+	userAgent string
 }
 
 // RoundTrip waits at the gate, then sends with the per-attempt timeout,
-// which also covers reading the body.
+// which also covers reading the body, and the client's User-Agent.
 func (t *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err := t.gate.Wait(req.Context()); err != nil {
 		if ctxErr := req.Context().Err(); ctxErr != nil {
 			return nil, ctxErr
 		}
+		var paused *PausedError
+		if errors.As(err, &paused) {
+			return nil, err
+		}
 		// The limiter refuses at once a wait that would pass the deadline.
 		return nil, errLimiterDeadline
 	}
 	ctx, cancel := context.WithTimeout(req.Context(), t.timeout)
-	resp, err := t.base.RoundTrip(req.WithContext(ctx))
+	// Set here, on a copy, so every attempt of every request says it,
+	// whichever library made the request.
+	attempt := req.Clone(ctx)
+	attempt.Header.Set("User-Agent", t.userAgent)
+	resp, err := t.base.RoundTrip(attempt)
 	if err != nil {
 		cancel()
 		return nil, err

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 )
@@ -53,6 +54,21 @@ func ReadErrorBody(resp *http.Response) []byte {
 	defer Drain(resp)
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	return data
+}
+
+// Redirected says where a 3xx answer pointed ("redirected to
+// https://host/path"), for an error message; "" for any other answer. The
+// query is left out: a redirect may carry a token in it.
+func Redirected(status int, h http.Header) string {
+	if status < 300 || status > 399 {
+		return ""
+	}
+	target, err := url.Parse(h.Get("Location"))
+	if err != nil || h.Get("Location") == "" {
+		return "redirected, with no usable Location"
+	}
+	target.RawQuery, target.Fragment, target.User = "", "", nil
+	return "redirected to " + target.String()
 }
 
 // RetryAfter reads Retry-After as seconds or an HTTP date, bounded.

@@ -7,6 +7,7 @@ package upstream
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"sync"
 	"time"
@@ -48,6 +49,9 @@ func (g *Gate) Wait(ctx context.Context) error {
 	pause := time.Until(g.pausedUntil)
 	g.mu.Unlock()
 	if pause > 0 {
+		if deadline, ok := ctx.Deadline(); ok && time.Now().Add(pause).After(deadline) {
+			return &PausedError{Until: time.Now().Add(pause)}
+		}
 		t := time.NewTimer(pause)
 		defer t.Stop()
 		select {
@@ -61,6 +65,17 @@ func (g *Gate) Wait(ctx context.Context) error {
 	}
 	return nil
 }
+
+// PausedError: a 429's Retry-After pauses every request of the client
+// until Until, past this request's deadline, so waiting cannot help it; the
+// request fails at once, never sent, instead of at its deadline.
+type PausedError struct{ Until time.Time }
+
+func (e *PausedError) Error() string {
+	return fmt.Sprintf("the upstream asked (429 Retry-After) to pause every request until %s, past this request's deadline", e.Until.UTC().Format(time.RFC3339))
+}
+
+func (e *PausedError) Unwrap() error { return errLimiterDeadline }
 
 // BackOff records a 429: everyone pauses for retryAfter and the rate halves.
 func (g *Gate) BackOff(retryAfter time.Duration) {

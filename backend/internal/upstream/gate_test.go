@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 )
@@ -24,5 +25,26 @@ func TestGateBackOffPausesEveryone(t *testing.T) {
 	}
 	if got := g.limiter.Limit(); got != 100 {
 		t.Fatalf("limit did not recover to the configured rate: %v", got)
+	}
+}
+
+// A pause that would outlast the request's deadline fails the request at
+// once, as the rate limiter does, rather than at the deadline.
+func TestGatePausePastTheDeadlineFailsAtOnce(t *testing.T) {
+	g := NewGate(0)
+	g.BackOff(time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	start := time.Now()
+	err := g.Wait(ctx)
+	var paused *PausedError
+	if !errors.As(err, &paused) || !errors.Is(err, errLimiterDeadline) {
+		t.Fatalf("Wait past the deadline: %v, want a *PausedError that is errLimiterDeadline", err)
+	}
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Fatalf("Wait failed after %s, not at once", d)
+	}
+	if !NeverSent(err) {
+		t.Fatal("a request held at the gate counts as sent")
 	}
 }

@@ -22,7 +22,8 @@ const (
 	// maxIdleConnsPerHost is how many kept-alive connections a client
 	// keeps per upstream host (see NewWire).
 	maxIdleConnsPerHost = 64
-	// UserAgent is what every request of the plugin says it is.
+	// UserAgent is what a request says it is when its client was given
+	// no Options.UserAgent.
 	UserAgent = "vault-plugin-carbon"
 )
 
@@ -35,6 +36,7 @@ type Options struct {
 	RetryBudget time.Duration // overall time spent waiting out 429s; 0 means 2m
 	Logger      hclog.Logger  // optional; never sees secrets or bodies
 	Transport   http.RoundTripper
+	UserAgent   string // what every attempt says it is; "" means UserAgent
 }
 
 // Wire is the path every request of one client takes, outermost first:
@@ -75,6 +77,9 @@ func NewWire(o Options) (*Wire, error) {
 	if o.Logger == nil {
 		o.Logger = hclog.NewNullLogger()
 	}
+	if o.UserAgent == "" {
+		o.UserAgent = UserAgent
+	}
 	if o.Transport == nil {
 		t := cleanhttp.DefaultPooledTransport()
 		// A client talks to one or two hosts. cleanhttp keeps
@@ -98,7 +103,7 @@ func NewWire(o Options) (*Wire, error) {
 	httpClient := &http.Client{
 		// No http.Client.Timeout: it would also run while a request queues
 		// at the rate limiter. attemptTransport starts the clock after it.
-		Transport:     &attemptTransport{base: o.Transport, gate: w.gate, timeout: o.Timeout},
+		Transport:     &attemptTransport{base: o.Transport, gate: w.gate, timeout: o.Timeout, userAgent: o.UserAgent},
 		CheckRedirect: NoRedirects,
 	}
 	w.Idempotent = w.newRetryClient(httpClient, o.MaxRetries, retryIdempotent)
@@ -186,7 +191,6 @@ func (t wireTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	resp, err := t.w.Send(ctx, func() (*http.Response, error) {
 		attempt := req.Clone(ctx)
-		attempt.Header.Set("User-Agent", UserAgent)
 		if body != nil {
 			attempt.Body = io.NopCloser(bytes.NewReader(body))
 			attempt.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
