@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -250,4 +251,31 @@ func TestUpstreamRequestsSayWhoCalls(t *testing.T) {
 			t.Fatalf("upstream saw User-Agent %q, want it to contain %q", ua, want)
 		}
 	}
+}
+
+// TestUpstreamWaitsEndBeforeTheCallerGivesUp: Vault does not pass its
+// request deadline to a plugin, so the engine bounds its own waits. A
+// rate_limit that would hold an issuance for hours answers a 504 naming
+// rate_limit at once; a 429 asking to wait 100000 s is waited out only up
+// to its 30 s cap, inside the CLI's 60 s, and the issuance succeeds.
+func TestUpstreamWaitsEndBeforeTheCallerGivesUp(t *testing.T) {
+	writeClimatiqConfig(t, "cq-paced", "rate_limit=0.0001") // verify_connection takes the one request allowed
+	cli(t, "write", mount+"/roles/paced", "config=cq-paced", "project_id="+projectID, "ttl=1h")
+	began := time.Now()
+	_, err := vault.Vault("read", "-format=json", mount+"/creds/paced")
+	if err == nil || !strings.Contains(err.Error(), "504") || !strings.Contains(err.Error(), "rate_limit") || time.Since(began) > 10*time.Second {
+		t.Fatalf("issuance held by rate_limit=0.0001: after %s: %v; want a 504 naming rate_limit at once", time.Since(began), err)
+	}
+
+	writeClimatiqConfig(t, "cq-retry-after")
+	cli(t, "write", mount+"/roles/retry-after", "config=cq-retry-after", "project_id="+projectID, "ttl=1h")
+	climatiqFake.SetRetryAfter(100000 * time.Second)
+	defer climatiqFake.SetRetryAfter(0)
+	climatiqFake.FailNext(1, http.StatusTooManyRequests)
+	began = time.Now()
+	lease := cliJSON(t, "read", "-format=json", mount+"/creds/retry-after").LeaseID
+	if took := time.Since(began); took > 45*time.Second {
+		t.Fatalf("issuance after a 429 with Retry-After: 100000 took %s, want the 30 s cap", took)
+	}
+	cli(t, "lease", "revoke", "-sync", lease)
 }

@@ -54,7 +54,7 @@ func (t *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 
 // errLimiterDeadline: the client's own rate limit would hold a request
 // past its deadline. Retrying cannot help.
-var errLimiterDeadline = fmt.Errorf("waiting for the client's rate limit would pass the deadline: %w", context.DeadlineExceeded)
+var errLimiterDeadline = fmt.Errorf("waiting for the connection's rate_limit would pass the request's deadline (or %s); raise rate_limit or try again later: %w", maxGateWait, context.DeadlineExceeded)
 
 // cancelOnClose releases an attempt's timeout once its body is closed.
 type cancelOnClose struct {

@@ -43,8 +43,20 @@ func NewGate(perSecond float64) *Gate {
 	return g
 }
 
-// Wait blocks until the next attempt may go out.
+// maxGateWait bounds a wait at the gate for a request whose context has no
+// deadline, as Vault's requests reach a plugin: Vault keeps its request
+// limit (90 s) to itself, and a client (the CLI gives up after 60 s) would
+// otherwise see only its own timeout. It is the cap on a 429's Retry-After.
+const maxGateWait = maxRetryAfter
+
+// Wait blocks until the next attempt may go out. A wait that would pass
+// the request's deadline, or maxGateWait without one, fails at once.
 func (g *Gate) Wait(ctx context.Context) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, maxGateWait)
+		defer cancel()
+	}
 	g.mu.Lock()
 	pause := time.Until(g.pausedUntil)
 	g.mu.Unlock()

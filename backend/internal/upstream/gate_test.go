@@ -48,3 +48,19 @@ func TestGatePausePastTheDeadlineFailsAtOnce(t *testing.T) {
 		t.Fatal("a request held at the gate counts as sent")
 	}
 }
+
+// Without a deadline (Vault passes none to a plugin) a wait at the rate
+// limiter is bounded by maxGateWait: one that would be longer fails at once.
+func TestGateWaitWithoutADeadlineIsBounded(t *testing.T) {
+	g := NewGate(0.0001)
+	if err := g.Wait(context.Background()); err != nil {
+		t.Fatalf("the first request of the burst: %v", err)
+	}
+	start := time.Now()
+	if err := g.Wait(context.Background()); err == nil {
+		t.Fatal("a wait of hours at the rate limiter was allowed")
+	}
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Fatalf("the refused wait took %s, not at once", d)
+	}
+}
