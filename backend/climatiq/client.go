@@ -41,7 +41,7 @@ type Options struct {
 	Timeout       time.Duration // per attempt; 0 means 30s
 	MaxRetries    int           // retries after network errors and 5xx; 429s do not count
 	RateLimit     float64       // max requests per second, retries included; 0 means no limit
-	RetryBudget   time.Duration // overall time spent waiting out 429s; 0 means 2m
+	RetryBudget   time.Duration // overall time spent waiting out 429s; 0 means 50s
 	Logger        hclog.Logger  // optional; never sees keys or bodies
 	Transport     http.RoundTripper
 	UserAgent     string // what every request says it is; "" means "vault-plugin-carbon"

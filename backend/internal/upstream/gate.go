@@ -52,14 +52,17 @@ const maxGateWait = maxRetryAfter
 // Wait blocks until the next attempt may go out. A wait that would pass
 // the request's deadline, or maxGateWait without one, fails at once.
 func (g *Gate) Wait(ctx context.Context) error {
+	g.mu.Lock()
+	pause := time.Until(g.pausedUntil)
+	g.mu.Unlock()
+	if pause <= 0 && g.limiter == nil {
+		return nil // nothing to wait for: the common case costs nothing
+	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, maxGateWait)
 		defer cancel()
 	}
-	g.mu.Lock()
-	pause := time.Until(g.pausedUntil)
-	g.mu.Unlock()
 	if pause > 0 {
 		if deadline, ok := ctx.Deadline(); ok && time.Now().Add(pause).After(deadline) {
 			return &PausedError{Until: time.Now().Add(pause)}

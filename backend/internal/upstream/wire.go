@@ -17,8 +17,10 @@ import (
 )
 
 const (
-	defaultTimeout     = 30 * time.Second
-	defaultRetryBudget = 2 * time.Minute
+	defaultTimeout = 30 * time.Second
+	// defaultRetryBudget ends a request that keeps being rate-limited
+	// inside the CLI's 60 s: Vault passes plugins no request deadline.
+	defaultRetryBudget = 50 * time.Second
 	// maxIdleConnsPerHost is how many kept-alive connections a client
 	// keeps per upstream host (see NewWire).
 	maxIdleConnsPerHost = 64
@@ -33,7 +35,7 @@ type Options struct {
 	Timeout     time.Duration // per attempt; 0 means 30s
 	MaxRetries  int           // retries after network errors and 5xx; 429s do not count
 	RateLimit   float64       // max requests per second, retries included; 0 means no limit
-	RetryBudget time.Duration // overall time spent waiting out 429s; 0 means 2m
+	RetryBudget time.Duration // overall time spent waiting out 429s; 0 means 50s
 	Logger      hclog.Logger  // optional; never sees secrets or bodies
 	Transport   http.RoundTripper
 	UserAgent   string // what every attempt says it is; "" means UserAgent
