@@ -153,26 +153,17 @@ func (b *backend) revokeClimatiqKey(ctx context.Context, req *logical.Request, _
 // lease. It stays well inside Vault's 90 s request limit.
 var revokeRetryFor = 30 * time.Second
 
-// deleteUpstreamPersistently is deleteUpstream retried, with a growing
-// pause, until it succeeds, fails for good, or revokeRetryFor (or the
+// deleteUpstreamPersistently is deleteUpstream retried, with the client's
+// backoff, until it succeeds, fails for good, or revokeRetryFor (or the
 // request's deadline) has passed.
 func deleteUpstreamPersistently(ctx context.Context, client *climatiq.Client, key *ownedKey) error {
-	giveUp := time.Now().Add(revokeRetryFor)
-	if deadline, ok := ctx.Deadline(); ok && deadline.Before(giveUp) {
-		giveUp = deadline
-	}
-	pause := 250 * time.Millisecond
-	for {
+	retryCtx, cancel := context.WithTimeout(ctx, revokeRetryFor)
+	defer cancel()
+	for attempt := 0; ; attempt++ {
 		err := deleteUpstream(ctx, client, key)
-		if err == nil || ctx.Err() != nil || !mayPass(err) || time.Now().Add(pause).After(giveUp) {
+		if err == nil || !mayPass(err) || client.Pause(retryCtx, attempt) != nil {
 			return err
 		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(pause):
-		}
-		pause = min(2*pause, 4*time.Second)
 	}
 }
 

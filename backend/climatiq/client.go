@@ -256,6 +256,11 @@ func (c *Client) DeleteKey(ctx context.Context, keyID string) error {
 	return c.management(ctx, op, http.MethodDelete, "/api-key/"+url.PathEscape(keyID), nil, nil, maxOtherBody)
 }
 
+// Pause waits before trying a failed request again by hand (attempt counts
+// from 0), with the client's own jittered exponential backoff; it returns
+// early with ctx's error.
+func (c *Client) Pause(ctx context.Context, attempt int) error { return c.wire.Pause(ctx, attempt) }
+
 // CheckManagementKey proves the management key works with one cheap call,
 // answered as the management API documents it (a JSON list of projects):
 // any other 2xx, such as a web page, is not the API at all.
