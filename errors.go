@@ -6,6 +6,9 @@ import (
 	"fmt"
 
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/altruistiq"
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiq"
 )
 
 // How a handler's failure reaches the caller. Vault answers a Go error from
@@ -41,24 +44,35 @@ func errorResponse(err error) (*logical.Response, error) {
 // failures, where the caller did nothing wrong and a service behind Vault
 // failed.
 const (
-	statusBadRequest       = 400
-	statusUnauthorized     = 401
-	statusForbidden        = 403
-	statusNotFound         = 404
-	statusMethodNotAllowed = 405
-	statusTooManyRequests  = 429
-	statusBadGateway       = 502
-	statusGatewayTimeout   = 504
+	statusBadRequest         = 400
+	statusUnauthorized       = 401
+	statusForbidden          = 403
+	statusNotFound           = 404
+	statusMethodNotAllowed   = 405
+	statusTooManyRequests    = 429
+	statusBadGateway         = 502
+	statusServiceUnavailable = 503
+	statusGatewayTimeout     = 504
 )
 
 // upstreamError reports an upstream failure with the upstream's status and
-// message (the upstream clients' errors carry no secrets) as a 502, or a
-// 504 when the upstream did not answer in time. It stays an error, so
-// Vault's expiration manager retries a revocation that fails this way.
+// message (the upstream clients' errors carry no secrets) as a 502; a 504
+// when the upstream did not answer in time; a 503 when it kept asking to
+// wait (429) beyond what the engine waits out for one request. It stays
+// an error, so Vault's expiration manager retries a revocation that fails
+// this way.
 func upstreamError(op string, err error) error {
 	status := statusBadGateway
-	if errors.Is(err, context.DeadlineExceeded) {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
 		status = statusGatewayTimeout
+	case rateLimited(err):
+		status = statusServiceUnavailable
 	}
 	return logical.CodedError(status, fmt.Sprintf("%s: %s", op, err))
+}
+
+// rateLimited: the upstream kept answering 429 past what the engine waits.
+func rateLimited(err error) bool {
+	return errors.Is(err, climatiq.ErrRateLimited) || errors.Is(err, altruistiq.ErrRateLimited)
 }

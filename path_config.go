@@ -266,8 +266,8 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 
 	cfg.VerifyConnection = d.Get("verify_connection").(bool)
 	if cfg.VerifyConnection {
-		if resp := b.verifyConnection(ctx, name, cfg); resp != nil {
-			return resp, nil
+		if resp, err := b.verifyConnection(ctx, name, cfg); resp != nil || err != nil {
+			return resp, err
 		}
 	}
 
@@ -497,17 +497,26 @@ func projectsInUse(ctx context.Context, s logical.Storage, config string) (map[s
 // verifyConnection returns a 400 carrying the upstream's status and message
 // when the connection's credentials do not work, and nil when they do. An
 // upstream that could not be reached is reported as such: the credentials
-// were never tried.
-func (b *backend) verifyConnection(ctx context.Context, name string, cfg *connectionConfig) *logical.Response {
+// were never tried. One that kept rate-limiting the check is a 503: the
+// credentials may be fine, the upstream asked to wait too long.
+func (b *backend) verifyConnection(ctx context.Context, name string, cfg *connectionConfig) (*logical.Response, error) {
 	conn, err := newConnection(b, name, cfg)
 	if err != nil {
-		return logical.ErrorResponse("verify_connection: %s", err)
+		return logical.ErrorResponse("verify_connection: %s", err), nil
 	}
 	defer conn.close()
 	err = conn.verify(ctx)
 	if err == nil {
-		return nil
+		return nil, nil
 	}
+	if rateLimited(err) {
+		return nil, upstreamError("verify_connection", err)
+	}
+	return verifyFailure(cfg, err), nil
+}
+
+// verifyFailure words a failed check by what the upstream answered.
+func verifyFailure(cfg *connectionConfig, err error) *logical.Response {
 	const orSkip = "or write with verify_connection=false to save without checking"
 	status, answered := upstreamStatus(err)
 	field, at := urlField(cfg.Provider), cfg.upstreamURL()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
 )
@@ -148,5 +149,17 @@ func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*log
 	if resp := b.refuseMistypedSecrets(req); resp != nil {
 		return resp, nil
 	}
+	if _, ok := ctx.Deadline(); !ok && req.Operation != logical.RollbackOperation {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, requestDeadline)
+		defer cancel()
+	}
 	return b.Backend.HandleRequest(ctx, req)
 }
+
+// requestDeadline bounds a request's own work (its upstream calls, waits
+// and inline rollback) inside the CLI's 60 s: Vault keeps its request limit
+// to itself and passes a plugin no deadline, so without one a request would
+// run on after its caller gave up, who would see only a timeout. Rollback
+// (WAL entries, periodic tidy) has no caller waiting and is not bounded.
+const requestDeadline = 55 * time.Second

@@ -21,7 +21,8 @@ import (
 // mount's records. Issuance now writes blocks (issuance_wal.go).
 const walKindClimatiqKey = "climatiq_key"
 
-// rollbackTimeout bounds an in-request rollback after a failed issuance.
+// rollbackTimeout bounds an in-request rollback after a failed issuance
+// when the request has no deadline of its own.
 const rollbackTimeout = 2 * time.Minute
 
 // walRollback dispatches the framework's WAL rollback by entry kind.
@@ -219,10 +220,15 @@ func (b *backend) heldByAnotherRole(ctx context.Context, s logical.Storage, key 
 // when not, the WAL entry must stay for the rollback manager. cause is why
 // the issuance failed: a create that got no clear answer may still land
 // upstream after this rollback looked, so it never resolves. It runs
-// detached from the request's cancellation: a client that gave up must not
-// stop the cleanup.
+// detached from the request's cancellation (a client that gave up must not
+// stop the cleanup) but within its deadline: the caller is owed an answer,
+// and the WAL entry covers what the rollback did not reach.
 func (b *backend) rollbackNow(ctx context.Context, s logical.Storage, key *ownedKey, cause error) bool {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(rollbackTimeout)
+	}
+	ctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
 	defer cancel()
 	if err := b.rollbackClimatiqKey(ctx, s, key); err != nil {
 		b.Logger().Warn("rollback after a failed key creation failed; the rollback manager will retry", "key_name", key.KeyName, "error", err)

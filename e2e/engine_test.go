@@ -279,3 +279,51 @@ func TestUpstreamWaitsEndBeforeTheCallerGivesUp(t *testing.T) {
 	}
 	cli(t, "lease", "revoke", "-sync", lease)
 }
+
+// TestUpstreamThatKeepsRateLimitingIsA503: an upstream that answers every
+// request with 429 and Retry-After: 100000 ends a config write's check and
+// an issuance, each after one capped wait, in a 503 that names the upstream
+// and the wait it asked for, well inside the CLI's 60 s.
+func TestUpstreamThatKeepsRateLimitingIsA503(t *testing.T) {
+	writeClimatiqConfig(t, "cq-throttled")
+	cli(t, "write", mount+"/roles/throttled", "config=cq-throttled", "project_id="+projectID, "ttl=1h")
+	climatiqFake.SetRetryAfter(100000 * time.Second)
+	climatiqFake.FailNext(1000, http.StatusTooManyRequests)
+	defer func() {
+		climatiqFake.FailNext(0, 0)
+		climatiqFake.SetRetryAfter(0)
+	}()
+
+	requests := map[string][]string{ // run at once: each waits out one capped Retry-After
+		"issuance":     {"read", "-format=json", mount + "/creds/throttled"},
+		"config write": {"write", mount + "/config/cq-throttled-2", "provider=climatiq", "management_key=" + managementKey, "management_url=" + climatiqFake.ManagementURL(), "api_url=" + climatiqFake.APIURL()},
+	}
+	type outcome struct {
+		what string
+		err  error
+		took time.Duration
+	}
+	done := make(chan outcome, len(requests))
+	for what, args := range requests {
+		go func() {
+			began := time.Now()
+			_, err := vault.Vault(args...)
+			done <- outcome{what, err, time.Since(began)}
+		}()
+	}
+	for range requests {
+		o := <-done
+		if o.err == nil {
+			t.Fatalf("%s against an upstream that only rate-limits succeeded", o.what)
+		}
+		msg := o.err.Error()
+		for _, want := range []string{"Code: 503", "climatiq", "Retry-After: 100000", "try again later"} {
+			if !strings.Contains(msg, want) {
+				t.Errorf("%s: the answer lacks %q: %s", o.what, want, msg)
+			}
+		}
+		if o.took > 45*time.Second {
+			t.Errorf("%s took %s, want one capped wait (30 s) and an answer inside the CLI's 60 s", o.what, o.took)
+		}
+	}
+}

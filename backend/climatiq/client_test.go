@@ -485,10 +485,14 @@ func TestRateLimitedBeyondBudget(t *testing.T) {
 		ctxTimeout  time.Duration
 		cancelAfter time.Duration
 		wantCtxErr  error
+		wantSays    string // what the message says about giving up
 	}{
-		{name: "budget spent", budget: 500 * time.Millisecond},
-		{name: "ctx deadline before Retry-After", budget: time.Minute, ctxTimeout: 300 * time.Millisecond},
-		{name: "ctx cancelled while waiting", budget: time.Minute, cancelAfter: 100 * time.Millisecond, wantCtxErr: context.Canceled},
+		{name: "budget spent", budget: 500 * time.Millisecond,
+			wantSays: "(gave up after waiting out rate limits for 0s: the upstream asked for a further wait (Retry-After: 1) that would pass the 500ms the engine waits out rate limits for one request; try again later)"},
+		{name: "ctx deadline before Retry-After", budget: time.Minute, ctxTimeout: 300 * time.Millisecond,
+			wantSays: "that would pass the request's deadline; try again later)"},
+		{name: "ctx cancelled while waiting", budget: time.Minute, cancelAfter: 100 * time.Millisecond, wantCtxErr: context.Canceled,
+			wantSays: "while waiting out a rate limit"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -512,6 +516,9 @@ func TestRateLimitedBeyondBudget(t *testing.T) {
 			}
 			if tc.wantCtxErr != nil && !errors.Is(err, tc.wantCtxErr) {
 				t.Fatalf("err = %v, want also %v", err, tc.wantCtxErr)
+			}
+			if !strings.Contains(err.Error(), tc.wantSays) {
+				t.Fatalf("err = %v, want it to say %q", err, tc.wantSays)
 			}
 			if d := time.Since(start); d > 500*time.Millisecond {
 				t.Fatalf("gave up after %s; a wait that cannot finish should not start", d)

@@ -50,9 +50,7 @@ func (c *Client) do(ctx context.Context, op, method, target, bearer string, body
 		if rateLimited.Cause != nil {
 			return fmt.Errorf("climatiq: %s: %w while waiting out a rate limit: %w", op, rateLimited.Cause, rateErr)
 		}
-		if rateLimited.BudgetSpent {
-			rateErr.Message += fmt.Sprintf(" (gave up: waiting out rate limits took more than %s)", c.wire.Budget())
-		}
+		rateErr.Message += " (" + rateLimited.GaveUp() + ")"
 		return rateErr
 	case err != nil:
 		logger.Debug("request failed", "op", op, "method", method, "path", path, "error", err)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -93,6 +94,9 @@ type RateLimitedError struct {
 	// BudgetSpent: waiting for Last's Retry-After would pass the overall
 	// budget of the request.
 	BudgetSpent bool
+	// Budget is that overall budget; Waited is how long Send waited out
+	// 429s before it gave up.
+	Budget, Waited time.Duration
 	// Cause is the context's error when it ended during a wait; nil when
 	// Send gave up before waiting.
 	Cause error
@@ -107,6 +111,21 @@ func (e *RateLimitedError) Error() string {
 
 func (e *RateLimitedError) Unwrap() error { return e.Cause }
 
+// GaveUp says why Send stopped waiting, for the caller's message: how long
+// it waited, what the upstream asked for next, and which bound that passed.
+func (e *RateLimitedError) GaveUp() string {
+	asked := "a further wait"
+	if v := e.Last.Header.Get("Retry-After"); v != "" {
+		asked = fmt.Sprintf("a further wait (Retry-After: %s)", v)
+	}
+	bound := "the request's deadline"
+	if e.BudgetSpent {
+		bound = fmt.Sprintf("the %s the engine waits out rate limits for one request", e.Budget)
+	}
+	return fmt.Sprintf("gave up after waiting out rate limits for %s: the upstream asked for %s that would pass %s; try again later",
+		e.Waited.Round(time.Second), asked, bound)
+}
+
 // Send makes one logical request: send makes it once, with the retries of
 // one of w's retrying clients. Network errors and 5xx are retried there
 // within MaxRetries; a 429 comes back here and is waited out outside that
@@ -114,7 +133,8 @@ func (e *RateLimitedError) Unwrap() error { return e.Cause }
 // its Retry-After) until the retry budget or ctx runs out: then Send
 // returns a *RateLimitedError. logArgs go into the debug log of each wait.
 func (w *Wire) Send(ctx context.Context, send func() (*http.Response, error), logArgs ...any) (*http.Response, error) {
-	budgetEnd := time.Now().Add(w.budget)
+	began := time.Now()
+	budgetEnd := began.Add(w.budget)
 	for {
 		resp, err := send()
 		if err != nil {
@@ -134,10 +154,10 @@ func (w *Wire) Send(ctx context.Context, send func() (*http.Response, error), lo
 		w.gate.BackOff(wait)
 		resume := time.Now().Add(wait)
 		if resume.After(budgetEnd) {
-			return nil, &RateLimitedError{Last: resp, BudgetSpent: true}
+			return nil, &RateLimitedError{Last: resp, BudgetSpent: true, Budget: w.budget, Waited: time.Since(began)}
 		}
 		if deadline, ok := ctx.Deadline(); ok && resume.After(deadline) {
-			return nil, &RateLimitedError{Last: resp}
+			return nil, &RateLimitedError{Last: resp, Budget: w.budget, Waited: time.Since(began)}
 		}
 		w.logger.Debug("rate limited; waiting", append(logArgs, "retry_after", wait)...)
 		timer := time.NewTimer(wait)

@@ -154,9 +154,6 @@ func (w *Wire) Logger() hclog.Logger { return w.logger }
 // MaxRetries is how often a failed request may be tried again.
 func (w *Wire) MaxRetries() int { return w.maxRetries }
 
-// Budget is the overall time a request may spend waiting out 429s.
-func (w *Wire) Budget() time.Duration { return w.budget }
-
 // Failed words a request that got no answer: it names the request timeout
 // when the upstream was too slow, rather than the caller's ctx or the
 // client's own rate limit.
