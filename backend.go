@@ -81,9 +81,11 @@ type backend struct {
 	initRetryDone    chan struct{}
 	initRetryStopped bool
 
-	// lastTidy is when periodic tidy last ran per connection, on this node.
+	// lastTidy is when periodic tidy last ran per connection, on this node;
+	// tidyJobs runs tidy in the background (tidy_job.go).
 	tidyLock sync.Mutex
 	lastTidy map[string]time.Time
+	tidyJobs tidyJobs
 
 	// The mount's max lease TTL, read at most once a minute.
 	mountMaxLock sync.Mutex
@@ -165,6 +167,7 @@ func newBackend() *backend {
 		initRetryDelay: initRetryFirstDelay,
 		initRetryMax:   initRetryMaxDelay,
 	}
+	b.tidyJobs.init()
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
@@ -292,6 +295,7 @@ func (b *backend) invalidate(_ context.Context, key string) {
 func (b *backend) clean(ctx context.Context) {
 	b.stopInitializeRetries()
 	b.stopRotationScheduler()
+	b.stopTidy()
 	// Idle blocks are retired now (queued for the deleter, which drains
 	// its queue before it stops); busy ones by their last issuance.
 	b.closeBlocks(ctx, "")

@@ -44,6 +44,7 @@ func errorResponse(err error) (*logical.Response, error) {
 // failures, where the caller did nothing wrong and a service behind Vault
 // failed.
 const (
+	statusAccepted           = 202
 	statusBadRequest         = 400
 	statusUnauthorized       = 401
 	statusForbidden          = 403

@@ -2,6 +2,7 @@ package carbon
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"time"
 
@@ -51,9 +52,10 @@ func pathTidy(b *backend) []*framework.Path {
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ReadOperation: &framework.PathOperation{
-					Callback:  b.pathTidyStatusRead,
-					Responses: tidyStatusResponse,
-					Summary:   "Read the report of the last tidy, manual or periodic.",
+					Callback:                  b.pathTidyStatusRead,
+					Responses:                 tidyStatusResponse,
+					ForwardPerformanceStandby: true, // the run goes on on the active node
+					Summary:                   "Read the report of the last tidy, manual or periodic.",
 				},
 			},
 			HelpSynopsis:    "Read the report of the last tidy, manual or periodic.",
@@ -63,24 +65,33 @@ func pathTidy(b *backend) []*framework.Path {
 }
 
 func (b *backend) pathTidyStatusRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	if run := b.runningTidy(); run != nil {
+		return &logical.Response{Data: run.snapshot().data()}, nil
+	}
 	report, err := getEntry[tidyReport](ctx, req.Storage, tidyStatusStorageKey)
 	if err != nil || report == nil {
 		return nil, err
 	}
-	data := report.data()
-	data["started"], data["finished"] = formatTime(report.Started), formatTime(report.Finished)
-	data["config"], data["min_age"] = report.Config, int64(report.MinAge.Seconds())
-	return &logical.Response{Data: data}, nil
+	switch report.State {
+	case "": // written before runs had states
+		report.State = tidyFinished
+	case tidyRunning: // and no instance runs it: the plugin stopped midway
+		report.State = tidyInterrupted
+	}
+	return &logical.Response{Data: report.data()}, nil
 }
 
+// tidyAnswerWait is how long a tidy request waits for its run: one that
+// ends by then is answered with its report, as a short run always was;
+// a longer one with what was started (202), and tidy-status follows it.
+const tidyAnswerWait = 2 * time.Second
+
 func (b *backend) pathTidyWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	dryRun := d.Get("dry_run").(bool)
-	minAge := time.Duration(d.Get("min_age").(int)) * time.Second
-	if minAge < 0 {
+	opts := tidyOptions{dryRun: d.Get("dry_run").(bool), minAge: time.Duration(d.Get("min_age").(int)) * time.Second}
+	if opts.minAge < 0 {
 		return logical.ErrorResponse("min_age: must not be negative"), nil
 	}
-	only := strings.TrimSpace(d.Get("config").(string))
-	if only != "" {
+	if only := strings.TrimSpace(d.Get("config").(string)); only != "" {
 		if err := validateName("config", only); err != nil {
 			return errorResponse(err)
 		}
@@ -91,12 +102,30 @@ func (b *backend) pathTidyWrite(ctx context.Context, req *logical.Request, d *fr
 		if cfg == nil || cfg.Provider != providerClimatiq {
 			return logical.ErrorResponse("config: %q is not a climatiq connection; tidy looks after Climatiq keys", only), nil
 		}
+		opts.configs = []string{only}
 	}
-	report, err := b.tidy(ctx, req.Storage, tidyOptions{only: only, minAge: minAge, dryRun: dryRun})
-	if err != nil {
-		return nil, err
+	run, running := b.startTidy(req.Storage, opts)
+	switch {
+	case running != nil:
+		r := running.snapshot()
+		what := "every connection"
+		if r.Config != "" {
+			what = "config " + r.Config
+		}
+		return logical.ErrorResponse("tidy: a tidy of %s started at %s is still running; read %stidy-status for its progress and start this one once it has finished",
+			what, formatTime(r.Started), req.MountPoint), nil
+	case run == nil:
+		return nil, logical.CodedError(statusServiceUnavailable, "tidy: the plugin is stopping; try again once the mount is back")
 	}
-	return &logical.Response{Data: report.data()}, nil
+	select {
+	case <-run.done:
+		return &logical.Response{Data: run.final.data()}, nil
+	case <-time.After(tidyAnswerWait):
+	case <-ctx.Done():
+	}
+	resp := &logical.Response{Data: run.snapshot().data()}
+	resp.AddWarning(fmt.Sprintf("tidy is still running in the background; read %stidy-status for its progress and each connection's outcome", req.MountPoint))
+	return logical.RespondWithStatusCode(resp, req, statusAccepted)
 }
 
 const pathTidyHelp = `

@@ -2,14 +2,18 @@ package carbon
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"reflect"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiqtest"
 )
 
 // tidyFixture builds a mount whose upstream holds every kind of key tidy
@@ -206,5 +210,164 @@ func TestTidyMinAgeZeroSparesKeysOfTheCurrentSecond(t *testing.T) {
 	e.mustOK(logical.UpdateOperation, "tidy", map[string]any{"min_age": "0s"})
 	if e.upstreamHas(young) {
 		t.Fatal("tidy kept an untracked key two seconds old with min_age=0")
+	}
+}
+
+// startTidy sends a tidy that must outlast the answer wait, without waiting
+// for its run as the other tests' requests do: its 202 carries the
+// response (data and warnings) in its body, as Vault sends it.
+func startTidy(t *testing.T, e *testEnv, data map[string]any) *logical.Response {
+	t.Helper()
+	resp, err := e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.UpdateOperation, Path: "tidy",
+		Storage: e.storage, Data: data, MountPoint: "carbon/"})
+	if err != nil || resp == nil || resp.Data[logical.HTTPStatusCode] != statusAccepted {
+		t.Fatalf("tidy of a slow connection: %v, %v; want a 202", resp, err)
+	}
+	var body struct {
+		Data     map[string]any `json:"data"`
+		Warnings []string       `json:"warnings"`
+	}
+	if err := json.Unmarshal([]byte(resp.Data[logical.HTTPRawBody].(string)), &body); err != nil {
+		t.Fatalf("the 202's body: %v", err)
+	}
+	if len(body.Warnings) != 1 || !strings.Contains(body.Warnings[0], "carbon/tidy-status") {
+		t.Fatalf("the 202 warns %q, want it to point at tidy-status", body.Warnings)
+	}
+	return &logical.Response{Data: body.Data, Warnings: body.Warnings}
+}
+
+// slowConnection is a second Climatiq connection, on its own fake, whose
+// role makes tidy scan one of its projects; every management answer comes
+// latency late once the connection is written.
+func slowConnection(t *testing.T, e *testEnv, name string, latency time.Duration) *climatiqtest.Server {
+	t.Helper()
+	slow := climatiqtest.NewServer(testManagementKey)
+	t.Cleanup(slow.Close)
+	e.mustOK(logical.CreateOperation, "config/"+name, map[string]any{"provider": "climatiq", "management_key": testManagementKey,
+		"management_url": slow.ManagementURL(), "api_url": slow.APIURL(), "max_retries": 0, "request_timeout": "30s"})
+	e.writeRole(name+"-role", map[string]any{"config": name, "project_id": slow.AddProject("slow").ID})
+	slow.SetLatency(latency)
+	return slow
+}
+
+// markedName is a key name of this mount made at created.
+func markedName(t *testing.T, e *testEnv, created time.Time, nonce string) string {
+	t.Helper()
+	marker, err := e.b.mountMarker(context.Background(), e.storage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("vault-%s-%d-%s-x", marker, created.Unix(), nonce)
+}
+
+// TestTidyGoesOnInTheBackgroundAndIsolatesConnections: a run that outlasts
+// the answer wait is answered at once with a 202 saying it runs; a slow
+// connection does not hold up the others, whose outcome tidy-status shows
+// while the slow one is still being scanned; a second tidy meanwhile is
+// refused naming the running one; the run then ends on its own.
+func TestTidyGoesOnInTheBackgroundAndIsolatesConnections(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
+	orphan := e.climatiq.AddKey(e.projectID, markedName(t, e, time.Now().Add(-time.Hour), "bbbbb1")).ID
+	slowConnection(t, e, "cq-slow", 2*time.Second) // two calls: the project list, then the project's keys
+
+	began := time.Now()
+	started := startTidy(t, e, map[string]any{"min_age": "0s"})
+	if took := time.Since(began); took > tidyAnswerWait+time.Second {
+		t.Fatalf("the 202 came after %s, want it after the %s answer wait", took, tidyAnswerWait)
+	}
+	if started.Data["state"] != tidyRunning || started.Data["started"] == "" {
+		t.Fatalf("the 202 says %v, want what was started, running", started.Data)
+	}
+
+	status := e.mustOK(logical.ReadOperation, "tidy-status", nil).Data
+	conns := status["connections"].(map[string]any)
+	healthy, slow := conns["cq"].(map[string]any), conns["cq-slow"].(map[string]any)
+	if status["state"] != tidyRunning || healthy["state"] != tidyFinished || healthy["outcome"] != tidySucceeded || slow["state"] == tidyFinished {
+		t.Fatalf("while the slow connection is scanned: run %v, cq %v/%v, cq-slow %v; want running, cq finished and succeeded, cq-slow not finished",
+			status["state"], healthy["state"], healthy["outcome"], slow["state"])
+	}
+	if !reflect.DeepEqual(healthy["orphans"], []string{orphan}) || healthy["deleted"] != 1 || !reflect.DeepEqual(status["orphans"], []string{orphan}) {
+		t.Fatalf("cq's findings while cq-slow runs: %v (run: %v), want orphan %s deleted", healthy, status["orphans"], orphan)
+	}
+	if _, ok := e.climatiq.Key(orphan); ok {
+		t.Fatal("the healthy connection's orphan waits for the slow connection")
+	}
+	e.mustFail(logical.UpdateOperation, "tidy", nil, "is still running")
+
+	e.b.waitTidy()
+	status = e.mustOK(logical.ReadOperation, "tidy-status", nil).Data
+	slow = status["connections"].(map[string]any)["cq-slow"].(map[string]any)
+	if status["state"] != tidyFinished || status["finished"] == "" || slow["outcome"] != tidySucceeded || slow["projects_scanned"] != 1 {
+		t.Fatalf("after the run: %v, cq-slow %v; want finished, cq-slow succeeded with its project scanned", status["state"], slow)
+	}
+}
+
+// TestTidyConfigLimitsEveryStep: config= limits the WAL rollback too: a
+// stale entry of another connection stays, with the key it covers. A dry
+// run lists the entries it would roll back and changes nothing.
+func TestTidyConfigLimitsEveryStep(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	e.writeClimatiqConfig("other", nil)
+	stranded := map[string]string{} // config -> key id
+	for i, config := range []string{"cq", "other"} {
+		k := e.climatiq.AddKey(e.projectID, markedName(t, e, time.Now(), fmt.Sprintf("ccccc%d", i)))
+		stranded[config] = k.ID
+		if _, err := framework.PutWAL(context.Background(), e.storage, walKindClimatiqKey,
+			&ownedKey{Config: config, Role: "ci", ProjectID: e.projectID, KeyName: k.Name}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.b.startedAt = time.Now().Add(2 * time.Second) // the entries predate this instance: stale
+	walEntries := func() int {
+		ids, err := framework.ListWAL(context.Background(), e.storage)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ids)
+	}
+
+	dry := e.mustOK(logical.UpdateOperation, "tidy", map[string]any{"config": "cq", "dry_run": true}).Data
+	listed, _ := dry["stale_wal"].([]map[string]any)
+	if len(listed) != 1 || listed[0]["kind"] != walKindClimatiqKey || !strings.Contains(listed[0]["covers"].(string), "ccccc0") || dry["wal_rolled_back"] != 0 {
+		t.Fatalf("dry run of cq lists stale WAL %v (rolled back %v), want cq's one entry, not rolled back", listed, dry["wal_rolled_back"])
+	}
+	if n := walEntries(); n != 2 {
+		t.Fatalf("a dry run left %d WAL entries, want both", n)
+	}
+
+	done := e.mustOK(logical.UpdateOperation, "tidy", map[string]any{"config": "cq"}).Data
+	if done["wal_rolled_back"] != 1 || walEntries() != 1 {
+		t.Fatalf("tidy of cq rolled back %v, %d entries left; want cq's rolled back and other's kept", done["wal_rolled_back"], walEntries())
+	}
+	if _, ok := e.climatiq.Key(stranded["cq"]); ok {
+		t.Fatal("cq's stranded key survived its rollback")
+	}
+	if _, ok := e.climatiq.Key(stranded["other"]); !ok {
+		t.Fatal("tidy config=cq rolled back another connection's WAL entry")
+	}
+	if _, ok := done["connections"].(map[string]any)["other"]; ok {
+		t.Fatalf("tidy config=cq reports on other: %v", done["connections"])
+	}
+}
+
+// TestTidyStoppedMidwayReadsInterrupted: a run the plugin stops (a reload)
+// is kept as interrupted, its unfinished connection cancelled, and the
+// next instance shows it so.
+func TestTidyStoppedMidwayReadsInterrupted(t *testing.T) {
+	e := newTestEnv(t)
+	slowConnection(t, e, "cq-slow", 20*time.Second)
+	startTidy(t, e, map[string]any{"min_age": "0s"})
+	began := time.Now()
+	e.reload().clean(context.Background())
+	if took := time.Since(began); took > 5*time.Second {
+		t.Fatalf("stopping the instance took %s: the run did not stop", took)
+	}
+	status := e.mustOK(logical.ReadOperation, "tidy-status", nil).Data
+	slow := status["connections"].(map[string]any)["cq-slow"].(map[string]any)
+	if status["state"] != tidyInterrupted || slow["outcome"] != tidyCancelled {
+		t.Fatalf("after a stop midway: run %v, cq-slow %v; want interrupted and cancelled", status["state"], slow["outcome"])
 	}
 }

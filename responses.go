@@ -112,30 +112,30 @@ var keyReadResponse = okResponse(map[string]*framework.FieldSchema{
 })
 
 var tidyReportFields = map[string]*framework.FieldSchema{
+	"state":           str("running, finished, or interrupted (the plugin stopped while it ran)"),
+	"started":         timestamp("Start of the run"),
+	"finished":        timestamp("End of the run; empty while it runs"),
 	"dry_run":         boolean("Whether nothing was deleted"),
+	"config":          str("The connection tidied; empty for all"),
+	"min_age":         integer("min_age in seconds"),
+	"periodic":        boolean("Whether tidy_interval started the run"),
 	"orphans":         list("Marked keys nothing tracks"),
 	"orphan_projects": list("Marked per-lease projects nothing tracks"),
 	"stale_records":   list("Static keys whose inventory record names a role that does not hold them; the records were forgotten"),
 	"expired":         list("Keys of leases past their recorded expiry"),
+	"stale_wal":       {Type: framework.TypeSlice, Description: "Stale WAL entries rolled back (in a dry run: that would be), each with id, kind, created and what it covers"},
 	"deleted":         integer("Keys and projects deleted"),
 	"wal_rolled_back": integer("Stale WAL entries resolved"),
 	"errors":          list("Steps that failed, each with its connection and cause"),
+	"connections":     {Type: framework.TypeMap, Description: "Per connection: state, outcome (succeeded, failed, cancelled), started, finished, projects_scanned of projects, and its own orphans, orphan_projects, expired, stale_records, stale_wal, deleted, wal_rolled_back and errors"},
 }
 
-var tidyResponse = okResponse(tidyReportFields)
+var tidyResponse = map[int][]framework.Response{
+	200: {{Description: "The run ended at once: its report", Fields: tidyReportFields}},
+	202: {{Description: "The run goes on in the background: what was started, and its progress so far", Fields: tidyReportFields}},
+}
 
-var tidyStatusResponse = okResponse(func() map[string]*framework.FieldSchema {
-	fields := map[string]*framework.FieldSchema{
-		"started":  timestamp("Start of the last tidy"),
-		"finished": timestamp("End of the last tidy"),
-		"config":   str("The connection tidied; empty for all"),
-		"min_age":  integer("min_age in seconds"),
-	}
-	for k, v := range tidyReportFields {
-		fields[k] = v
-	}
-	return fields
-}())
+var tidyStatusResponse = okResponse(tidyReportFields)
 
 var rotateRoleResponse = okResponse(map[string]*framework.FieldSchema{
 	"key_id":       str("The new key id"),
