@@ -186,8 +186,8 @@ type tidyRun struct {
 	cutoff time.Time // keys and WAL entries created after it are left alone
 	marker string
 
-	inFlight        map[string]bool                // key names of WAL entries too young to roll back
-	inFlightBlocks  []*issuanceBlock               // blocks of names too young to roll back
+	inFlight        map[string]bool                  // key names of WAL entries too young to roll back
+	inFlightBlocks  []*issuanceBlock                 // blocks of names too young to roll back
 	staleWAL        map[string][]*framework.WALEntry // config -> its stale WAL entries, with their ids
 	staleWALIDs     map[*framework.WALEntry]string
 	tracked         map[string]bool            // key ids the mount owns
