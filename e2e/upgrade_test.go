@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/vault/api"
 
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiqtest"
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/internal/devvault"
@@ -152,37 +151,6 @@ func (r *upgradeRig) switchTo(version string) {
 	r.t.Logf("switched %s/ to %s in %s", mount, version, time.Since(start).Round(time.Millisecond))
 }
 
-// interruptIssuance leaves the WAL entry of an interrupted issuance
-// pending: the create lands upstream (on hang, which answers late) but its
-// answer times out, and so does the rollback in the request. It returns
-// the stranded key's id.
-func (r *upgradeRig) interruptIssuance(hang *climatiqtest.Server) string {
-	r.t.Helper()
-	hangProject := hang.AddProject("hang").ID
-	r.run("write", mount+"/config/cq-hang", "provider=climatiq", "management_key="+managementKey,
-		"management_url="+hang.ManagementURL(), "api_url="+hang.APIURL(), "request_timeout=1s", "max_retries=0")
-	r.run("write", mount+"/roles/hang", "config=cq-hang", "project_id="+hangProject, "ttl=1h")
-	hang.SetCompleteAbandoned(true)
-	hang.SetLatency(3 * time.Second)
-	// One attempt: the CLI would retry the 5xx and interrupt three issuances.
-	once, err := api.NewClient(&api.Config{Address: "http://" + r.s.Addr, Timeout: 30 * time.Second, MaxRetries: 0})
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	once.SetToken(r.s.Token)
-	if _, err := once.Logical().Read(mount + "/creds/hang"); err == nil {
-		r.t.Fatal("issuance against a hanging upstream succeeded")
-	}
-	eventually(r.t, 10*time.Second, "the interrupted create lands upstream", func() bool { return len(hang.Keys()) == 1 })
-	stranded := hang.Keys()[0].ID
-	time.Sleep(3 * time.Second) // the in-request rollback's calls finish (and fail) before the upstream recovers
-	hang.SetLatency(0)
-	if _, ok := hang.Key(stranded); !ok {
-		r.t.Fatal("the interrupted issuance was rolled back in the request: no pending WAL entry to carry over")
-	}
-	return stranded
-}
-
 // staticKey reads static-creds/app.
 func (r *upgradeRig) staticKey() (keyID, apiKey, previous string) {
 	r.t.Helper()
@@ -222,7 +190,7 @@ func TestUpgradeFromV01AndDowngradeInPlace(t *testing.T) {
 	oldLease := runJSON("read", mount+"/creds/ci")
 	oldLeaseKey := oldLease["key_id"].(string)
 
-	strandedKey := r.interruptIssuance(hang)
+	strandedKey := interruptIssuance(t, r.s, hang, "cq-hang")
 
 	const rotationPeriod, overlap = 20 * time.Second, 10 * time.Second
 	run("write", mount+"/static-roles/app", "config=cq", "project_id="+project,
@@ -352,7 +320,7 @@ func TestUpgradeFromFormat3AndBack(t *testing.T) {
 	run("write", mount+"/roles/ci", "config=cq", "project_id="+project, "ttl=1h", "max_ttl=2h")
 	oldLease := runJSON("read", mount+"/creds/ci")
 
-	strandedKey := r.interruptIssuance(hang)
+	strandedKey := interruptIssuance(t, r.s, hang, "cq-hang")
 
 	// A released key and a static role in overlap.
 	run("write", mount+"/static-roles/rel", "config=cq", "project_id="+project, "rotation_period=1h", "delete_key_on_remove=false")
