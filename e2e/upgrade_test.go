@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiqtest"
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/internal/devvault"
 )
