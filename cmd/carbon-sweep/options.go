@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -40,6 +41,59 @@ type options struct {
 	rateLimit      float64
 	requestTimeout time.Duration
 	maxRetries     int
+
+	// What a Vault WAL entry covers, as the plugin names it when a
+	// connection is deleted with its rollbacks abandoned: exact names, or
+	// names of a nonce prefix made in a time window; keep names what the
+	// mount still holds.
+	names        []string
+	noncePrefix  string
+	createdFrom  time.Time
+	createdUntil time.Time
+	keep         []string
+}
+
+// narrowed reports whether a filter beyond the marker and age was given.
+func (o options) narrowed() bool {
+	return len(o.names) > 0 || o.noncePrefix != "" || !o.createdFrom.IsZero() || !o.createdUntil.IsZero()
+}
+
+// filters describes the filters given, for the plan's heading.
+func (o options) filters() string {
+	var parts []string
+	if len(o.names) > 0 {
+		parts = append(parts, "names "+strings.Join(o.names, ", "))
+	}
+	if o.noncePrefix != "" {
+		parts = append(parts, fmt.Sprintf("nonce prefix %q", o.noncePrefix))
+	}
+	if !o.createdFrom.IsZero() {
+		parts = append(parts, "made from "+o.createdFrom.UTC().Format(time.RFC3339))
+	}
+	if !o.createdUntil.IsZero() {
+		parts = append(parts, "made until "+o.createdUntil.UTC().Format(time.RFC3339))
+	}
+	if o.olderThanSet {
+		parts = append(parts, "older than "+age(o.olderThan))
+	}
+	if len(o.keep) > 0 {
+		parts = append(parts, "keeping "+strings.Join(o.keep, ", "))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// selects reports whether a marked name passes the filters.
+func (o options) selects(e entry) bool {
+	if len(o.names) > 0 && !slices.Contains(o.names, e.name) {
+		return false
+	}
+	if nonce, _ := keyname.Nonce(e.name); !strings.HasPrefix(nonce, o.noncePrefix) {
+		return false
+	}
+	if (!o.createdFrom.IsZero() && e.created.Before(o.createdFrom)) || (!o.createdUntil.IsZero() && e.created.After(o.createdUntil)) {
+		return false
+	}
+	return !slices.Contains(o.keep, e.name)
 }
 
 // errUsage is a usage error already explained on stderr.
@@ -51,6 +105,11 @@ Shows, per Vault mount marker, how many Climatiq keys and per-lease projects
 carry it and how old they are. With -marker M -older-than D it lists what it
 would delete; add -delete to delete them (after typing the marker to confirm,
 unless -yes). Keys without a marker are never touched.
+
+-name, -nonce-prefix, -created-from and -created-until narrow a marker's sweep
+to what one Vault WAL entry covers (vault delete config/<name>
+abandon_rollbacks=true prints the command for each); -keep spares names the
+mount still holds. With them, -older-than is optional.
 
 Flags:
 `
@@ -73,6 +132,11 @@ func parseArgs(args []string, env func(string) string, stdout, stderr io.Writer)
 	fs.Float64Var(&o.rateLimit, "rate-limit", defaultRateLimit, "max requests per second to the management API; 0 means no limit (429s are waited out either way)")
 	fs.DurationVar(&o.requestTimeout, "request-timeout", defaultRequestTimeout, "time limit of one request attempt")
 	fs.IntVar(&o.maxRetries, "max-retries", defaultMaxRetries, "retries after network errors and 5xx")
+	fs.Func("name", "only the key or project of this exact name (repeatable)", func(v string) error { o.names = append(o.names, v); return nil })
+	fs.StringVar(&o.noncePrefix, "nonce-prefix", "", "only names whose nonce (the part after the creation time) starts with this")
+	fs.Func("created-from", "only names made at or after this time (RFC 3339)", timeFlag(&o.createdFrom))
+	fs.Func("created-until", "only names made at or before this time (RFC 3339)", timeFlag(&o.createdUntil))
+	fs.Func("keep", "never delete the key or project of this exact name (repeatable)", func(v string) error { o.keep = append(o.keep, v); return nil })
 	showVersion := fs.Bool("version", false, "print the version and exit")
 
 	if err := fs.Parse(args); err != nil {
@@ -95,8 +159,10 @@ func parseArgs(args []string, env func(string) string, stdout, stderr io.Writer)
 		return usage("unexpected argument %q: everything is a flag", fs.Arg(0))
 	case o.marker != "" && !keyname.ValidMarker(o.marker):
 		return usage("-marker %q is not a mount marker (%d lower-case letters or digits, as in vault-<marker>-...)", o.marker, keyname.MarkerLength)
-	case o.delete && (o.marker == "" || !o.olderThanSet):
-		return usage("-delete needs -marker and -older-than: the sweep deletes one marker's keys older than a cut-off")
+	case o.narrowed() && o.marker == "":
+		return usage("-name, -nonce-prefix, -created-from and -created-until need -marker")
+	case o.delete && (o.marker == "" || (!o.olderThanSet && !o.narrowed())):
+		return usage("-delete needs -marker and -older-than (or -name, -nonce-prefix, -created-from or -created-until): the sweep deletes one marker's keys older than a cut-off, or those a filter names")
 	case o.yes && !o.delete:
 		return usage("-yes only applies with -delete")
 	case o.olderThanSet && o.marker == "":
@@ -124,6 +190,18 @@ func parseArgs(args []string, env func(string) string, stdout, stderr io.Writer)
 func checkURL(raw string) error {
 	_, err := baseurl.Check(raw)
 	return err
+}
+
+// timeFlag parses an RFC 3339 time into t.
+func timeFlag(t *time.Time) func(string) error {
+	return func(v string) error {
+		parsed, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			return fmt.Errorf("%q is not an RFC 3339 time (e.g. 2026-12-03T08:10:00Z)", v)
+		}
+		*t = parsed
+		return nil
+	}
 }
 
 // ageFlag is a duration that also takes whole days ("7d"), the unit

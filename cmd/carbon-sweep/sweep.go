@@ -55,7 +55,10 @@ func run(ctx context.Context, args []string, env func(string) string, stdin io.R
 	}
 
 	cutoff := now.Add(-o.olderThan)
-	p := inv.plan(o.marker, cutoff)
+	if o.narrowed() && !o.olderThanSet {
+		cutoff = now.Add(time.Second) // narrowed by a filter alone: every age
+	}
+	p := inv.plan(o, cutoff)
 	p.print(stdout, o, cutoff, now)
 	if p.empty() {
 		return exitCode(failed)
@@ -191,11 +194,12 @@ type plan struct {
 
 func (p plan) empty() bool { return len(p.projects) == 0 && len(p.keys) == 0 }
 
-func (inv *inventory) plan(marker string, cutoff time.Time) plan {
+func (inv *inventory) plan(o options, cutoff time.Time) plan {
 	var p plan
+	marker := o.marker
 	whole := map[string]bool{}
 	for _, e := range inv.entries {
-		if e.kind != "project" || e.marker != marker || !e.created.Before(cutoff) {
+		if e.kind != "project" || e.marker != marker || !e.created.Before(cutoff) || !o.selects(e) {
 			continue
 		}
 		keys, listed := inv.keysOf[e.id]
@@ -213,7 +217,7 @@ func (inv *inventory) plan(marker string, cutoff time.Time) plan {
 		p.projects = append(p.projects, e)
 	}
 	for _, e := range inv.entries {
-		if e.kind == "key" && e.marker == marker && e.created.Before(cutoff) && !whole[e.projectID] {
+		if e.kind == "key" && e.marker == marker && e.created.Before(cutoff) && !whole[e.projectID] && o.selects(e) {
 			p.keys = append(p.keys, e)
 		}
 	}
@@ -248,8 +252,12 @@ func sortEntries(es []entry) {
 }
 
 func (p plan) print(w io.Writer, o options, cutoff, now time.Time) {
-	fmt.Fprintf(w, "\nMarker %s, created before %s (older than %s): %d keys, %d per-lease projects\n",
-		o.marker, cutoff.UTC().Format(time.RFC3339), age(o.olderThan), len(p.keys), len(p.projects))
+	if o.narrowed() {
+		fmt.Fprintf(w, "\nMarker %s, narrowed to %s: %d keys, %d per-lease projects\n", o.marker, o.filters(), len(p.keys), len(p.projects))
+	} else {
+		fmt.Fprintf(w, "\nMarker %s, created before %s (older than %s): %d keys, %d per-lease projects\n",
+			o.marker, cutoff.UTC().Format(time.RFC3339), age(o.olderThan), len(p.keys), len(p.projects))
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for _, e := range p.projects {
 		fmt.Fprintf(tw, "  project\t%s\t%s\t%s\twith its keys\n", e.id, e.name, when(e.created, now))

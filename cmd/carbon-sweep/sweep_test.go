@@ -31,11 +31,12 @@ type fixture struct {
 	fake     *climatiqtest.Server
 	keys     map[string]string // label -> key id
 	projects map[string]string // label -> project id
+	names    map[string]string // label -> key name
 }
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	f := &fixture{fake: climatiqtest.NewServer(testKey), keys: map[string]string{}, projects: map[string]string{}}
+	f := &fixture{fake: climatiqtest.NewServer(testKey), keys: map[string]string{}, projects: map[string]string{}, names: map[string]string{}}
 	t.Cleanup(f.fake.Close)
 	nonce := 0
 	name := func(marker string, age time.Duration, rest string) string {
@@ -51,7 +52,7 @@ func newFixture(t *testing.T) *fixture {
 		f.projects[label] = id
 		return id
 	}
-	key := func(label, projectID, name string) { f.keys[label] = f.fake.AddKey(projectID, name).ID }
+	key := func(label, projectID, name string) { f.keys[label], f.names[label] = f.fake.AddKey(projectID, name).ID, name }
 
 	prod := project("prod", "production")
 	key("A-old-1", prod, name(markerA, tenDays, "ci-deploy"))
@@ -231,6 +232,61 @@ func TestSweep(t *testing.T) {
 	}
 }
 
+// TestSweepNarrowedToWhatAWALEntryCovers: the filters the plugin prints
+// for an abandoned rollback take exactly the names the entry covers, of
+// the marker given, and spare the names -keep gives; -older-than is then
+// optional.
+func TestSweepNarrowedToWhatAWALEntryCovers(t *testing.T) {
+	tenDaysAgo := now.Add(-tenDays).UTC()
+	window := []string{"-created-from", tenDaysAgo.Format(time.RFC3339), "-created-until", tenDaysAgo.Format(time.RFC3339)}
+	tests := []struct {
+		name         string
+		args         func(f *fixture) []string
+		wantKeys     []string
+		wantProjects []string
+	}{
+		{
+			name:     "exact names",
+			args:     func(f *fixture) []string { return []string{"-name", f.names["A-old-2"], "-name", f.names["A-new"]} },
+			wantKeys: []string{"A-new", "A-old-2"},
+		},
+		{
+			name: "a block: nonce prefix and time window",
+			args: func(*fixture) []string { return append([]string{"-nonce-prefix", "nnnnn"}, window...) },
+			// Every ten-day-old name of marker A; the mixed project holds a
+			// hand-made key, so only its marked key goes.
+			wantKeys:     []string{"A-lease-old-key", "A-mixed-key", "A-old-1"},
+			wantProjects: []string{"A-lease-empty", "A-lease-old"},
+		},
+		{
+			name: "a block, keeping what the mount holds",
+			args: func(f *fixture) []string {
+				return append([]string{"-nonce-prefix", "nnnnn", "-keep", f.names["A-old-1"]}, window...)
+			},
+			wantKeys:     []string{"A-lease-old-key", "A-mixed-key"},
+			wantProjects: []string{"A-lease-empty", "A-lease-old"},
+		},
+		{
+			name: "a nonce prefix no name has",
+			args: func(*fixture) []string { return append([]string{"-nonce-prefix", "zz"}, window...) },
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			args := append([]string{"-marker", markerA, "-delete", "-yes"}, tc.args(f)...)
+			code, out, errOut := f.run(t, "", nil, args...)
+			if code != 0 || !strings.Contains(out, "narrowed to") {
+				t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+			}
+			keys, projects := f.gone()
+			if !slices.Equal(keys, tc.wantKeys) || !slices.Equal(projects, tc.wantProjects) {
+				t.Fatalf("gone: keys %v projects %v; want keys %v projects %v\n%s", keys, projects, tc.wantKeys, tc.wantProjects, out)
+			}
+		})
+	}
+}
+
 func TestSweepUsage(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -246,6 +302,8 @@ func TestSweepUsage(t *testing.T) {
 		{"delete without cut-off", []string{"-delete", "-marker", markerA}, nil, "-delete needs -marker and -older-than"},
 		{"yes without delete", []string{"-yes", "-marker", markerA, "-older-than", "1h"}, nil, "-yes only applies with -delete"},
 		{"cut-off without marker", []string{"-older-than", "1h"}, nil, "-older-than needs -marker"},
+		{"filter without marker", []string{"-nonce-prefix", "abc"}, nil, "need -marker"},
+		{"bad time", []string{"-marker", markerA, "-created-from", "yesterday"}, nil, "not an RFC 3339 time"},
 		{"bad age", []string{"-marker", markerA, "-older-than", "a week"}, nil, "not a duration"},
 		{"negative age", []string{"-marker", markerA, "-older-than", "-1d"}, nil, "whole number of days"},
 		{"negative rate", []string{"-rate-limit", "-1"}, nil, "-rate-limit must not be negative"},
