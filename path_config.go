@@ -149,6 +149,11 @@ func pathConfig(b *backend) []*framework.Path {
 					Description: "Climatiq: before returning a new key, call the regular API (api_url) with it until it is accepted, for up to " +
 						issuedKeyWait.String() + "; if it is still refused then, the key is returned with a warning. Default false.",
 				},
+				"abandon_rollbacks": {
+					Type: framework.TypeBool,
+					Description: "Delete only: when WAL entries of interrupted key creations through this connection cannot be rolled back (its upstream is gone), drop them and delete the connection anyway. " +
+						"The answer names the key names each entry covers and the carbon-sweep command that deletes them from outside Vault.",
+				},
 				"verify_connection": {
 					Type:        framework.TypeBool,
 					Default:     true,
@@ -171,7 +176,7 @@ func pathConfig(b *backend) []*framework.Path {
 				},
 			},
 			ExistenceCheck:  b.pathConfigExists,
-			Operations:      crudOperations(b.pathConfigWrite, b.pathConfigRead, b.pathConfigDelete, "a connection", configReadResponse),
+			Operations:      withDeleteResponse(crudOperations(b.pathConfigWrite, b.pathConfigRead, b.pathConfigDelete, "a connection", configReadResponse), configDeleteResponse),
 			HelpSynopsis:    "Configure a connection to Climatiq or Altruistiq.",
 			HelpDescription: strings.TrimSpace(pathConfigHelp),
 		},
@@ -236,6 +241,9 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	name := d.Get("name").(string)
 	if err := validateName("name", name); err != nil {
 		return errorResponse(err)
+	}
+	if _, given := d.Raw["abandon_rollbacks"]; given {
+		return logical.ErrorResponse("abandon_rollbacks: only applies to deleting the connection (vault delete %sconfig/%s abandon_rollbacks=true)", req.MountPoint, name), nil
 	}
 	cfg, err := getConnectionConfig(ctx, req.Storage, name)
 	if err != nil {
@@ -418,7 +426,7 @@ func (b *backend) checkKeysStayReachable(ctx context.Context, s logical.Storage,
 	b.closeBlocks(ctx, name)
 	b.deleteQueuedSpentWAL(ctx)
 	perLease := 0
-	err = forEachPendingWAL(ctx, s, name, func(covered *ownedKey) {
+	err = forEachPendingWAL(ctx, s, name, func(_ pendingWAL, covered *ownedKey) {
 		if covered.ProjectPerLease {
 			perLease++
 		} else if covered.ProjectID != "" {
@@ -716,22 +724,17 @@ func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, d 
 		return logical.ErrorResponse("name: connection %q still owns %d live keys; revoke their leases first (vault lease revoke -prefix %screds/)", name, live, req.MountPoint), nil
 	}
 	// A pending WAL entry's rollback needs the connection to delete what
-	// the interrupted issuance may have created.
-	b.closeBlocks(ctx, name)
-	b.deleteQueuedSpentWAL(ctx)
-	pending, err := pendingWALForConfig(ctx, req.Storage, name)
-	if err != nil {
-		return nil, err
-	}
-	if pending > 0 {
-		return logical.ErrorResponse("name: connection %q has %d key creations awaiting rollback; Vault resolves them within %s (or run tidy after a restart of the mount); delete the connection after that",
-			name, pending, walRollbackMinAge+time.Minute), nil
+	// the interrupted issuance may have created: resolve them now, or, when
+	// the operator gives them up, name what they cover.
+	abandoned, resp, err := b.resolvePendingRollbacks(ctx, req, name, d.Get("abandon_rollbacks").(bool))
+	if resp != nil || err != nil {
+		return resp, err
 	}
 	if err := req.Storage.Delete(ctx, configStoragePrefix+name); err != nil {
 		return nil, err
 	}
 	b.resetConnection(name)
-	return nil, nil
+	return abandonedResponse(req, name, abandoned), nil
 }
 
 // staticRolesUsingConfig names the static roles whose keys live through
@@ -754,18 +757,16 @@ func staticRolesUsingConfig(ctx context.Context, s logical.Storage, config strin
 	return using, nil
 }
 
-// pendingWALForConfig counts the WAL entries whose rollback would go
-// through the given connection.
-func pendingWALForConfig(ctx context.Context, s logical.Storage, config string) (int, error) {
-	n := 0
-	err := forEachPendingWAL(ctx, s, config, func(*ownedKey) { n++ })
-	return n, err
+// pendingWAL is a WAL entry with its id.
+type pendingWAL struct {
+	id    string
+	entry *framework.WALEntry
 }
 
-// forEachPendingWAL calls fn with what each WAL entry whose rollback goes
-// through the given connection covers (a key's creation, or a block of
-// issuances: its config and project scope).
-func forEachPendingWAL(ctx context.Context, s logical.Storage, config string, fn func(*ownedKey)) error {
+// forEachPendingWAL calls fn with each WAL entry whose rollback goes
+// through the given connection, and what it covers (a key's creation, or
+// a block of issuances: its config and project scope).
+func forEachPendingWAL(ctx context.Context, s logical.Storage, config string, fn func(pendingWAL, *ownedKey)) error {
 	ids, err := framework.ListWAL(ctx, s)
 	if err != nil {
 		return err
@@ -777,7 +778,7 @@ func forEachPendingWAL(ctx context.Context, s logical.Storage, config string, fn
 		}
 		var key ownedKey
 		if entry != nil && (entry.Kind == walKindClimatiqKey || entry.Kind == walKindIssuanceBlock) && decodeInto(entry.Data, &key) == nil && key.Config == config {
-			fn(&key)
+			fn(pendingWAL{id: id, entry: entry}, &key)
 		}
 	}
 	return nil

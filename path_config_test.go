@@ -8,8 +8,12 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiq"
 )
 
 func TestConfigCRUD(t *testing.T) {
@@ -265,4 +269,64 @@ func TestConfigMistypedSecret(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestConfigDeleteResolvesPendingRollbacksOrNamesWhatItAbandons: a delete
+// rolls back the connection's pending WAL entries at once when the
+// upstream answers; when it does not, the delete is refused with the
+// cause, and abandon_rollbacks=true deletes the connection anyway, naming
+// each entry's key names and the carbon-sweep command for them (sparing
+// the connection's released keys), with no secret in the answer.
+func TestConfigDeleteResolvesPendingRollbacksOrNamesWhatItAbandons(t *testing.T) {
+	strand := func(e *testEnv, name string) climatiq.APIKey {
+		k := e.climatiq.AddKey(e.projectID, name)
+		if _, err := framework.PutWAL(context.Background(), e.storage, walKindClimatiqKey,
+			&ownedKey{Config: "cq", Role: "ci", ProjectID: e.projectID, KeyName: k.Name}); err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	t.Run("upstream answers: rolled back, then deleted", func(t *testing.T) {
+		e := newTestEnv(t)
+		e.writeClimatiqConfig("cq", nil)
+		stranded := strand(e, "vault-abcdefgh-1700000000-nonce1-ci")
+		if resp := e.mustOK(logical.DeleteOperation, "config/cq", nil); resp != nil {
+			t.Fatalf("delete answered %v, want nothing", resp.Data)
+		}
+		if e.upstreamHas(stranded.ID) {
+			t.Fatal("the stranded key survived the delete's rollback")
+		}
+	})
+	t.Run("upstream gone: refused, then abandoned with a sweep command", func(t *testing.T) {
+		e := newTestEnv(t)
+		e.writeClimatiqConfig("cq", nil)
+		stranded := strand(e, "vault-abcdefgh-1700000000-nonce1-ci")
+		if err := releaseKey(context.Background(), e.storage, &ownedKey{Config: "cq", KeyID: "key_released", KeyName: "vault-abcdefgh-1700000000-rel000-app"}, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		e.climatiq.FailNext(1000, http.StatusServiceUnavailable)
+		e.mustFail(logical.DeleteOperation, "config/cq", nil, "abandon_rollbacks=true")
+		e.mustFail(logical.UpdateOperation, "config/cq", map[string]any{"abandon_rollbacks": true}, "abandon_rollbacks: only applies to deleting")
+
+		resp := e.mustOK(logical.DeleteOperation, "config/cq", map[string]any{"abandon_rollbacks": true})
+		list, _ := resp.Data["abandoned_rollbacks"].([]map[string]any)
+		if len(list) != 1 || len(resp.Warnings) != 1 {
+			t.Fatalf("abandoning delete answered %v (warnings %v), want one abandoned rollback and a warning", resp.Data, resp.Warnings)
+		}
+		sweep := list[0]["sweep"].(string)
+		for _, want := range []string{"carbon-sweep", "-marker", "-name " + stranded.Name, "-keep vault-abcdefgh-1700000000-rel000-app", "-management-url " + e.climatiq.ManagementURL()} {
+			if !strings.Contains(sweep, want) {
+				t.Errorf("sweep command %q lacks %q", sweep, want)
+			}
+		}
+		if !strings.Contains(list[0]["covers"].(string), stranded.Name) || strings.Contains(fmt.Sprint(resp.Data, resp.Warnings), testManagementKey) {
+			t.Fatalf("abandoned rollback %v: want it to name %s and never the management key", list[0], stranded.Name)
+		}
+		if cfg, _ := getConnectionConfig(context.Background(), e.storage, "cq"); cfg != nil {
+			t.Fatal("the connection survived its abandoning delete")
+		}
+		if ids, _ := framework.ListWAL(context.Background(), e.storage); len(ids) != 0 {
+			t.Fatalf("%d WAL entries left after they were abandoned", len(ids))
+		}
+	})
 }

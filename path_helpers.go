@@ -62,6 +62,12 @@ func crudOperations(write, read, del framework.OperationFunc, what string, readR
 	}
 }
 
+// withDeleteResponse documents what a delete may answer.
+func withDeleteResponse(ops map[logical.Operation]framework.OperationHandler, responses map[int][]framework.Response) map[logical.Operation]framework.OperationHandler {
+	ops[logical.DeleteOperation].(*framework.PathOperation).Responses = responses
+	return ops
+}
+
 // requireNameOperation answers an operation on a path that lacks the item
 // name with a 400 naming the field. It is left out of the OpenAPI document.
 func requireNameOperation(field, pathHint string) *framework.PathOperation {

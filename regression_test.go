@@ -271,7 +271,9 @@ func TestRegressionConfigDeleteKeepsPendingWALRecoverable(t *testing.T) {
 		&ownedKey{Config: "cq", Role: "ci", ProjectID: e.projectID, KeyName: stranded.Name}); err != nil {
 		t.Fatal(err)
 	}
-	e.mustFail(logical.DeleteOperation, "config/cq", nil, "awaiting rollback")
+	e.climatiq.FailNext(100, http.StatusServiceUnavailable) // the rollback the delete tries fails
+	e.mustFail(logical.DeleteOperation, "config/cq", nil, "awaiting rollback that could not be resolved now")
+	e.climatiq.FailNext(0, 0)
 
 	runRollbackManager(t, e)
 	if e.upstreamHas(stranded.ID) {

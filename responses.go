@@ -47,6 +47,13 @@ var configReadResponse = okResponse(map[string]*framework.FieldSchema{
 	"scopes":             list("Altruistiq: default scopes"),
 })
 
+var configDeleteResponse = map[int][]framework.Response{
+	204: {{Description: "Deleted"}},
+	200: {{Description: "Deleted with abandon_rollbacks=true, giving up rollbacks it could not finish", Fields: map[string]*framework.FieldSchema{
+		"abandoned_rollbacks": {Type: framework.TypeSlice, Description: "Each abandoned WAL entry: id, kind, created, covers (the key names it covers) and sweep (the carbon-sweep command that lists them; add -delete to delete them)"},
+	}}},
+}
+
 var roleReadResponse = okResponse(map[string]*framework.FieldSchema{
 	"config":            str("Connection the role issues from"),
 	"ttl":               integer("Default lease TTL in seconds; 0 for the mount's"),

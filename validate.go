@@ -149,7 +149,7 @@ func fractionalNumber(raw any) bool {
 func refuseUnknownQueryParameters(paths []*framework.Path) []*framework.Path {
 	for _, p := range paths {
 		for op, handler := range p.Operations {
-			if po, ok := handler.(*framework.PathOperation); ok && (op == logical.ReadOperation || op == logical.ListOperation) {
+			if po, ok := handler.(*framework.PathOperation); ok && (op == logical.ReadOperation || op == logical.ListOperation || op == logical.DeleteOperation) {
 				po.Callback = refuseUnknownFields(po.Callback)
 			}
 		}

@@ -3,6 +3,9 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -151,4 +154,69 @@ func TestTidyRunsInTheBackgroundAndIsolatesConnections(t *testing.T) {
 	}
 	cli(t, "delete", mount+"/roles/cq-stuck")
 	cli(t, "delete", mount+"/config/cq-stuck")
+}
+
+// TestDeletingAConnectionWhoseUpstreamIsGone: a connection with a pending
+// rollback whose upstream fails every request cannot be deleted plainly
+// (the 400 gives the cause and the way out); abandon_rollbacks=true
+// deletes it and names the covered keys and the carbon-sweep command,
+// which, run as printed once the account answers, deletes exactly the
+// stranded key.
+func TestDeletingAConnectionWhoseUpstreamIsGone(t *testing.T) {
+	hang := climatiqtest.NewServer(managementKey)
+	defer hang.Close()
+	stranded := interruptIssuance(t, vault, hang, "cq-gone")
+	bystander := hang.AddKey(hang.Projects()[0].ID, "hand-made")
+	cli(t, "delete", mount+"/roles/cq-gone")
+	hang.SetFailureRate(1) // every management request: 503
+
+	_, err := vault.Vault("delete", mount+"/config/cq-gone")
+	if err == nil || !strings.Contains(err.Error(), "Code: 400") || !strings.Contains(err.Error(), "could not be resolved now") ||
+		!strings.Contains(err.Error(), "abandon_rollbacks=true") {
+		t.Fatalf("deleting a connection with a rollback its upstream refuses: %v; want a 400 with the cause and the way out", err)
+	}
+
+	out := cli(t, "delete", "-format=json", mount+"/config/cq-gone", "abandon_rollbacks=true")
+	var answer struct {
+		Data struct {
+			Abandoned []struct {
+				Covers string `json:"covers"`
+				Sweep  string `json:"sweep"`
+			} `json:"abandoned_rollbacks"`
+		} `json:"data"`
+		Warnings []string `json:"warnings"`
+	}
+	if err := json.Unmarshal([]byte(out), &answer); err != nil {
+		t.Fatalf("decoding %q: %v", out, err)
+	}
+	if len(answer.Data.Abandoned) != 1 || len(answer.Warnings) != 1 || strings.Contains(out, managementKey) {
+		t.Fatalf("abandoning delete answered %s; want one abandoned rollback, a warning, and no secret", out)
+	}
+	if _, err := vault.Vault("read", mount+"/config/cq-gone"); err == nil {
+		t.Fatal("the connection survived its abandoning delete")
+	}
+
+	// The account answers again; the operator runs the command printed.
+	hang.SetFailureRate(0)
+	root, err := devvault.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := t.TempDir()
+	build := exec.Command("go", "build", "-o", filepath.Join(bin, "carbon-sweep"), "./cmd/carbon-sweep")
+	build.Dir = root
+	if msg, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building carbon-sweep: %v\n%s", err, msg)
+	}
+	sweep := exec.Command("sh", "-c", answer.Data.Abandoned[0].Sweep+" -delete -yes")
+	sweep.Env = append(os.Environ(), "PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"), "CLIMATIQ_MANAGEMENT_KEY="+managementKey)
+	if msg, err := sweep.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", answer.Data.Abandoned[0].Sweep, err, msg)
+	}
+	if _, ok := hang.Key(stranded); ok {
+		t.Fatal("the printed sweep left the stranded key")
+	}
+	if _, ok := hang.Key(bystander.ID); !ok {
+		t.Fatal("the printed sweep deleted a key it does not cover")
+	}
 }

@@ -52,7 +52,9 @@ func newFixture(t *testing.T) *fixture {
 		f.projects[label] = id
 		return id
 	}
-	key := func(label, projectID, name string) { f.keys[label], f.names[label] = f.fake.AddKey(projectID, name).ID, name }
+	key := func(label, projectID, name string) {
+		f.keys[label], f.names[label] = f.fake.AddKey(projectID, name).ID, name
+	}
 
 	prod := project("prod", "production")
 	key("A-old-1", prod, name(markerA, tenDays, "ci-deploy"))
