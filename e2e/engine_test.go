@@ -3,7 +3,10 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -325,5 +328,42 @@ func TestUpstreamThatKeepsRateLimitingIsA503(t *testing.T) {
 		if o.took > 45*time.Second {
 			t.Errorf("%s took %s, want one capped wait (30 s) and an answer inside the CLI's 60 s", o.what, o.took)
 		}
+	}
+}
+
+// TestUpstreamAnsweringHTMLIsNamedAsSuch: a management_url or token_url
+// that answers 200 with a web page (a portal, a proxy's login page) is not
+// saved as verified; the 400 says the URL answered, but not as the API
+// does, and carries no secret.
+func TestUpstreamAnsweringHTMLIsNamedAsSuch(t *testing.T) {
+	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		_, _ = io.WriteString(w, "<!doctype html><html><body><h1>Sign in</h1></body></html>")
+	}))
+	defer page.Close()
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"climatiq management_url", []string{"provider=climatiq", "management_key=" + managementKey, "management_url=" + page.URL + "/management", "api_url=" + page.URL},
+			"answered, but not as the climatiq API does"},
+		{"altruistiq token_url", []string{"provider=altruistiq", "client_id=" + atqClientID, "client_secret=" + atqClientSecret, "token_url=" + page.URL + "/oauth/token", "api_url=" + page.URL},
+			"answered, but not as the altruistiq API does"},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			path := fmt.Sprintf("%s/config/html-%d", mount, i)
+			_, err := vault.Vault(append([]string{"write", path}, tc.args...)...)
+			if err == nil || !strings.Contains(err.Error(), "Code: 400") || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("a web page as the upstream: %v; want a 400 saying %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), managementKey) || strings.Contains(err.Error(), atqClientSecret) {
+				t.Fatalf("the refusal carries a secret: %v", err)
+			}
+			if _, err := vault.Vault("read", path); err == nil {
+				t.Fatal("the connection was saved")
+			}
+		})
 	}
 }
