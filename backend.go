@@ -172,6 +172,7 @@ func newBackend() *backend {
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
 		PathsSpecial: &logical.Paths{
+			LocalStorage: localStoragePrefixes,
 			SealWrapStorage: []string{
 				configStoragePrefix,
 				roleStoragePrefix,
@@ -204,12 +205,13 @@ func newBackend() *backend {
 
 func (b *backend) now() time.Time { return b.clock() }
 
-// initialize runs where writes are safe (the active node of a primary
-// cluster): it finishes any move of the storage layout, then starts the
+// initialize finishes any move of the inventory's storage layout where
+// this cluster's local storage may be written, then, where the replicated
+// storage may be written too (the active node of the primary), starts the
 // rotation scheduler.
 func (b *backend) initialize(ctx context.Context, req *logical.InitializationRequest) error {
-	if !b.WriteSafeReplicationState() {
-		b.Logger().Debug("not starting the rotation scheduler: storage is read-only here")
+	if !b.mayWriteLocalStorage() {
+		b.Logger().Debug("not initializing: storage is read-only here")
 		return nil
 	}
 	if err := b.moveLegacyInventory(ctx, req.Storage); err != nil {
@@ -222,6 +224,10 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 		defer cancel()
 		b.deleteFormat3Records(ctx, req.Storage)
 	}()
+	if !b.WriteSafeReplicationState() {
+		b.Logger().Debug("not starting the rotation scheduler: static roles rotate on the primary")
+		return nil
+	}
 	return b.startRotationScheduler(ctx, req.Storage)
 }
 

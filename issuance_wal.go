@@ -381,6 +381,9 @@ func (b *backend) rollbackIssuanceBlock(ctx context.Context, s logical.Storage, 
 	if holder, held := blocksHeld.Load(blk.ID); held {
 		return holder.(*heldBlock).giveUp()
 	}
+	if another, err := b.anotherClustersMarker(ctx, s, blk.Marker); err != nil || another {
+		return err
+	}
 	client, err := b.climatiqClient(ctx, s, blk.Config)
 	if err != nil {
 		var ce *connectionError

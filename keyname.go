@@ -88,7 +88,13 @@ func (b *backend) mountMarker(ctx context.Context, s logical.Storage) (string, e
 	if err != nil {
 		return "", err
 	}
+	foreign := false
 	if entry != nil {
+		if foreign, err = b.markerIsForeign(ctx, s); err != nil {
+			return "", err
+		}
+	}
+	if entry != nil && !foreign {
 		b.marker = string(entry.Value)
 		return b.marker, nil
 	}
@@ -96,8 +102,19 @@ func (b *backend) mountMarker(ctx context.Context, s logical.Storage) (string, e
 	if err != nil {
 		return "", err
 	}
+	// The marker first: were the cluster recorded and the marker's write
+	// then failed, a copy of the primary's marker would read as this
+	// cluster's. A marker whose cluster write failed reads as foreign and is
+	// replaced: no key was named with it.
 	if err := s.Put(ctx, &logical.StorageEntry{Key: markerStorageKey, Value: []byte(marker)}); err != nil {
 		return "", err
+	}
+	if err := b.recordMarkerCluster(ctx, s); err != nil {
+		return "", err
+	}
+	if foreign {
+		b.Logger().Info("this performance secondary names its keys with its own marker; the primary's, copied here before the marker was local storage, is left to the primary",
+			"marker", marker, "primary_marker", string(entry.Value))
 	}
 	b.marker = marker
 	return marker, nil

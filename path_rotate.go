@@ -31,10 +31,11 @@ func pathRotateRole(b *backend) []*framework.Path {
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.UpdateOperation: &framework.PathOperation{
-					Callback:                  refuseUnknownFields(b.lockingStaticRole(b.pathRotateRoleWrite)),
-					Responses:                 rotateRoleResponse,
-					ForwardPerformanceStandby: true,
-					Summary:                   "Rotate a static role's key now.",
+					Callback:                    refuseUnknownFields(b.lockingStaticRole(b.pathRotateRoleWrite)),
+					Responses:                   rotateRoleResponse,
+					ForwardPerformanceStandby:   true,
+					ForwardPerformanceSecondary: true, // static roles are the primary's
+					Summary:                     "Rotate a static role's key now.",
 				},
 			},
 			HelpSynopsis: "Rotate a static role's key now.",

@@ -108,7 +108,7 @@ func (b *backend) initializeOnce(ctx context.Context, req *logical.Initializatio
 		// request with the refusal and the way back.
 		return nil
 	}
-	if b.WriteSafeReplicationState() {
+	if b.mayWriteLocalStorage() {
 		stored, err := getEntry[storageFormat](ctx, req.Storage, formatStorageKey)
 		if err != nil {
 			return err

@@ -185,6 +185,9 @@ type tidyRun struct {
 	now    time.Time
 	cutoff time.Time // keys and WAL entries created after it are left alone
 	marker string
+	// copiesOfOthers: on a performance secondary, records of another
+	// marker are copies of the primary's, spared but never acted on.
+	copiesOfOthers bool
 
 	inFlight        map[string]bool                  // key names of WAL entries too young to roll back
 	inFlightBlocks  []*issuanceBlock                 // blocks of names too young to roll back
@@ -268,6 +271,11 @@ func (run *tidyRun) run(ctx context.Context) *tidyReport {
 
 // collect reads what the run needs to know before it tidies anything.
 func (run *tidyRun) collect(ctx context.Context) error {
+	marker, err := run.b.mountMarker(ctx, run.storage)
+	if err != nil {
+		return err
+	}
+	run.marker, run.copiesOfOthers = marker, run.b.onPerformanceSecondary()
 	if err := run.collectWAL(ctx); err != nil {
 		return err
 	}
@@ -277,12 +285,10 @@ func (run *tidyRun) collect(ctx context.Context) error {
 	if err := run.collectRoles(ctx); err != nil {
 		return err
 	}
-	marker, err := run.b.mountMarker(ctx, run.storage)
-	run.marker = marker
 	for _, config := range run.configs() {
 		run.connection(config) // listed from the start, waiting their turn
 	}
-	return err
+	return nil
 }
 
 // connection is a connection's part of the report; the caller holds mu,
@@ -488,6 +494,11 @@ func (run *tidyRun) collectInventory(ctx context.Context) error {
 			run.trackedProjects[k.ProjectID] = true
 		}
 		run.scanProject(k.Config, k.ProjectID)
+		if run.copiesOfOthers {
+			if m, _, _ := parseKeyName(k.KeyName); m != run.marker {
+				return nil // the primary's key: its lease is the primary's
+			}
+		}
 		if k.kind() == keyKindDynamic && !k.Expires.IsZero() && run.now.After(k.Expires.Add(expiredGrace)) {
 			run.expired = append(run.expired, k)
 		}
@@ -744,11 +755,12 @@ func (run *tidyRun) scanProjectKeys(ctx context.Context, client *climatiq.Client
 }
 
 // periodicTidy starts, from the rollback manager's periodic call (about
-// once a minute) and on the node that may write, a background tidy of the
+// once a minute) and on the node that may write this cluster's local
+// storage (each cluster tidies its own keys), a background tidy of the
 // connections whose tidy_interval has passed. While a tidy runs, none
 // starts: the due connections are tidied a minute later.
 func (b *backend) periodicTidy(ctx context.Context, req *logical.Request) error {
-	if !b.WriteSafeReplicationState() {
+	if !b.mayWriteLocalStorage() {
 		return nil
 	}
 	b.closeSpentBlocks(ctx)

@@ -59,6 +59,9 @@ func decodeInto(data any, out any) error {
 // rollbackClimatiqKey deletes whatever the covered issuance or rotation
 // created upstream, unless the key made it into the mount's records.
 func (b *backend) rollbackClimatiqKey(ctx context.Context, s logical.Storage, key *ownedKey) error {
+	if another, err := b.anotherClustersName(ctx, s, key.KeyName); err != nil || another {
+		return err
+	}
 	client, err := b.climatiqClient(ctx, s, key.Config)
 	if err != nil {
 		if _, gone := err.(*connectionError); gone {
