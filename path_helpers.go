@@ -55,10 +55,10 @@ func collectionPath(prefix, suffix, what string, info func(ctx context.Context, 
 // forwarded from performance standbys, since they write storage.
 func crudOperations(write, read, del framework.OperationFunc, what string, readResponse map[int][]framework.Response) map[logical.Operation]framework.OperationHandler {
 	return map[logical.Operation]framework.OperationHandler{
-		logical.CreateOperation: &framework.PathOperation{Callback: refuseUnknownFields(write), ForwardPerformanceStandby: true, Summary: "Create " + what + "."},
-		logical.UpdateOperation: &framework.PathOperation{Callback: refuseUnknownFields(write), ForwardPerformanceStandby: true, Summary: "Update " + what + "."},
+		logical.CreateOperation: &framework.PathOperation{Callback: refuseUnknownFields(write), ForwardPerformanceStandby: true, ForwardPerformanceSecondary: true, Summary: "Create " + what + "."},
+		logical.UpdateOperation: &framework.PathOperation{Callback: refuseUnknownFields(write), ForwardPerformanceStandby: true, ForwardPerformanceSecondary: true, Summary: "Update " + what + "."},
 		logical.ReadOperation:   &framework.PathOperation{Callback: read, Summary: "Read " + what + ".", Responses: readResponse},
-		logical.DeleteOperation: &framework.PathOperation{Callback: del, ForwardPerformanceStandby: true, Summary: "Delete " + what + "."},
+		logical.DeleteOperation: &framework.PathOperation{Callback: del, ForwardPerformanceStandby: true, ForwardPerformanceSecondary: true, Summary: "Delete " + what + "."},
 	}
 }
 
