@@ -81,6 +81,10 @@ type backend struct {
 	initRetryDone    chan struct{}
 	initRetryStopped bool
 
+	// staticKeyChecks: static roles' keys this instance saw upstream
+	// (static_key_check.go).
+	staticKeyChecks staticKeyChecks
+
 	// lastTidy is when periodic tidy last ran per connection, on this node;
 	// tidyJobs runs tidy in the background (tidy_job.go).
 	tidyLock sync.Mutex
@@ -228,7 +232,19 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 		b.Logger().Debug("not starting the rotation scheduler: static roles rotate on the primary")
 		return nil
 	}
-	return b.startRotationScheduler(ctx, req.Storage)
+	if err := b.startRotationScheduler(ctx, req.Storage); err != nil {
+		return err
+	}
+	checked := b.staticKeyChecks.started()
+	b.backgroundDone.Add(1)
+	go func() {
+		defer b.backgroundDone.Done()
+		defer close(checked)
+		ctx, cancel := contextUntil(b.stopBackground)
+		defer cancel()
+		b.checkStaticKeys(ctx, req.Storage)
+	}()
+	return nil
 }
 
 // retryInitialize runs Initialize's steps again in the background until

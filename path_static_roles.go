@@ -622,6 +622,9 @@ func (b *backend) pathStaticCredsRead(ctx context.Context, req *logical.Request,
 	if role == nil {
 		return b.noStaticRole(ctx, req, name, "static-creds")
 	}
+	if role, err = b.checkBeforeServing(ctx, req, name, role); err != nil || role == nil {
+		return nil, err
+	}
 	now := b.now()
 	data := map[string]any{
 		"api_key":      role.KeyValue,

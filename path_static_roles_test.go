@@ -555,3 +555,49 @@ func TestStaticRolePathsPointADynamicRoleAtCreds(t *testing.T) {
 		})
 	}
 }
+
+// TestAStaticRoleWhoseKeyIsGoneIsRotated: a static role pointing at a key
+// that is gone upstream (restored from a snapshot taken before a rotation,
+// or deleted in the dashboard) is rotated by the next start's check, or by
+// the first static-creds read of an instance that has not seen its key,
+// instead of serving the dead key until its next rotation.
+func TestAStaticRoleWhoseKeyIsGoneIsRotated(t *testing.T) {
+	tests := []struct {
+		name         string
+		healedByRead bool
+		heal         func(t *testing.T, e *testEnv)
+	}{
+		{"at the next start", false, func(t *testing.T, e *testEnv) {
+			e.reload()
+			if err := e.b.initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-e.b.staticKeyChecks.ended():
+			case <-time.After(10 * time.Second):
+				t.Fatal("the start's check did not end")
+			}
+		}},
+		{"at the first read of an instance", true, func(t *testing.T, e *testEnv) { e.reload() }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newTestEnv(t)
+			e.writeClimatiqConfig("cq", nil)
+			e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{"config": "cq", "project_id": e.projectID, "rotation_period": "24h"})
+			dead := e.staticRole("app").KeyID
+			e.climatiq.RemoveKey(dead)
+			tc.heal(t, e)
+			if stored := e.staticRole("app").KeyID; (stored == dead) != tc.healedByRead {
+				t.Fatalf("before the read the role holds %s (dead: %s); healed by the read: %v", stored, dead, tc.healedByRead)
+			}
+			served := e.mustOK(logical.ReadOperation, "static-creds/app", nil).Data
+			if served["key_id"] == dead || !e.upstreamHas(served["key_id"].(string)) {
+				t.Fatalf("static-creds serves key %v (dead: %s); want a new key that exists upstream", served["key_id"], dead)
+			}
+			if _, ok := e.climatiq.KeyByValue(served["api_key"].(string)); !ok {
+				t.Fatal("the served api_key is not the new key's")
+			}
+		})
+	}
+}

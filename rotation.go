@@ -124,6 +124,7 @@ func (b *backend) replaceStaticKey(ctx context.Context, s logical.Storage, name 
 	// The role holds the key now: the entry is spent (a stop before it is
 	// gone leaves it to the rollback manager, which finds the key held).
 	b.retireWAL(ctx, s, walID)
+	b.staticKeyChecks.markVerified(name, created.ID) // just made: no need to look
 	return nil
 }
 
