@@ -57,7 +57,16 @@ func interruptIssuance(t *testing.T, s *devvault.Server, hang *climatiqtest.Serv
 // CLI as an operator does.
 func tidyData(t *testing.T, args ...string) map[string]any {
 	t.Helper()
-	out := cli(t, append([]string{args[0], "-format=json"}, args[1:]...)...)
+	return tidyDataOn(t, vault, args...)
+}
+
+// tidyDataOn is tidyData on another server.
+func tidyDataOn(t *testing.T, s *devvault.Server, args ...string) map[string]any {
+	t.Helper()
+	out, err := s.Vault(append([]string{args[0], "-format=json"}, args[1:]...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var secret struct {
 		Data     map[string]any `json:"data"`
 		Warnings []string       `json:"warnings"`
