@@ -81,6 +81,9 @@ type backend struct {
 	initRetryDone    chan struct{}
 	initRetryStopped bool
 
+	// metrics are this mount's figures (metrics.go, path_metrics.go).
+	metrics *metrics
+
 	// staticKeyChecks: static roles' keys this instance saw upstream
 	// (static_key_check.go).
 	staticKeyChecks staticKeyChecks
@@ -166,6 +169,7 @@ func newBackend() *backend {
 		roleLocks:      locksutil.CreateLocks(),
 		adoptionLocks:  locksutil.CreateLocks(),
 		clock:          time.Now,
+		metrics:        newMetrics(),
 		startedAt:      time.Now().Truncate(time.Second),
 		schedulerTick:  schedulerTick,
 		initRetryDelay: initRetryFirstDelay,
@@ -191,6 +195,7 @@ func newBackend() *backend {
 			pathTidy(b),
 			pathStaticRoles(b),
 			pathRotateRole(b),
+			pathMetrics(b),
 		)),
 		Secrets: []*framework.Secret{
 			secretClimatiqKey(b),

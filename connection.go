@@ -58,6 +58,7 @@ func newConnection(b *backend, name string, cfg *connectionConfig) (*connection,
 			RateLimit:     cfg.RateLimit,
 			Logger:        logger,
 			UserAgent:     b.userAgent(),
+			Observer:      connectionObserver{m: b.metrics, connection: name},
 		})
 	case providerAltruistiq:
 		c.altruistiq, err = altruistiq.New(altruistiq.Options{
@@ -75,6 +76,7 @@ func newConnection(b *backend, name string, cfg *connectionConfig) (*connection,
 			EarlyExpiry: minAltruistiqLease,
 			Logger:      logger,
 			UserAgent:   b.userAgent(),
+			Observer:    connectionObserver{m: b.metrics, connection: name},
 		})
 	default:
 		err = fmt.Errorf("unknown provider %q", cfg.Provider)

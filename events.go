@@ -52,6 +52,7 @@ func (b *backend) logAndEmit(event string, metadata ...string) {
 		}
 	}
 	metadata = kept
+	b.metrics.observeEvent(event, metadata)
 	if !perLeaseEvents[event] {
 		args := make([]any, len(metadata))
 		for i, m := range metadata {

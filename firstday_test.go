@@ -154,7 +154,8 @@ func TestReadResponsesHaveSchemas(t *testing.T) {
 			if !ok || po.Unpublished || (op != logical.ReadOperation && p.Pattern != "tidy$" && !strings.HasPrefix(p.Pattern, "rotate-role/")) {
 				continue
 			}
-			if len(po.Responses[200]) == 0 || len(po.Responses[200][0].Fields) == 0 {
+			// A raw answer (metrics) has its media type instead of fields.
+			if len(po.Responses[200]) == 0 || (len(po.Responses[200][0].Fields) == 0 && po.Responses[200][0].MediaType == "") {
 				t.Errorf("%s %s has no response schema", op, p.Pattern)
 			}
 		}

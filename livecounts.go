@@ -147,3 +147,22 @@ func (b *backend) resetLiveCounts() {
 	b.liveCounts.built = false
 	b.liveCounts.mu.Unlock()
 }
+
+// snapshot copies the counts: per role (as "<kind>/<role>") and per
+// connection. Call after ensureLiveCounts.
+func (c *liveCounts) snapshot() (byRole, byConfig map[string]int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	byRole, byConfig = make(map[string]int, len(c.byRole)), make(map[string]int, len(c.byConfig))
+	for k, n := range c.byRole {
+		if n > 0 {
+			byRole[k] = n
+		}
+	}
+	for k, n := range c.byConfig {
+		if n > 0 {
+			byConfig[k] = n
+		}
+	}
+	return byRole, byConfig
+}

@@ -42,7 +42,7 @@ func pathCreds(b *backend) []*framework.Path {
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ReadOperation: &framework.PathOperation{
-					Callback:  b.pathCredsRead,
+					Callback:  b.countIssuance(b.pathCredsRead),
 					Responses: credsResponse,
 					// Issuance writes storage (WAL, inventory), which only
 					// the active node may do.

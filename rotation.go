@@ -188,6 +188,11 @@ func (role *staticRole) clearRotationFailure() {
 // caller got the error, and a manual-only role must never rotate by itself.
 func (b *backend) recordRotationFailure(ctx context.Context, s logical.Storage, name string, role *staticRole, cause error, scheduled bool) {
 	now := b.now()
+	trigger := "manual"
+	if scheduled {
+		trigger = "schedule"
+	}
+	b.metrics.rotations.WithLabelValues(name, trigger, "failed").Inc()
 	role.LastError, role.LastErrorTime = cause.Error(), now
 	if scheduled {
 		role.FailedAttempts++

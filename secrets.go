@@ -30,7 +30,7 @@ func secretClimatiqKey(b *backend) *framework.Secret {
 			"project_id": {Type: framework.TypeString, Description: "Project the key belongs to."},
 		},
 		Renew:  b.renewClimatiqKey,
-		Revoke: b.revokeClimatiqKey,
+		Revoke: b.countRevocation(b.revokeClimatiqKey),
 	}
 }
 

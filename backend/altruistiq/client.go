@@ -58,8 +58,12 @@ type Options struct {
 	EarlyExpiry            time.Duration // a cached token is replaced this long before it expires; 0 means 30s
 	Logger                 hclog.Logger  // optional; never sees secrets or tokens
 	Transport              http.RoundTripper
-	UserAgent              string // what every request says it is; "" means "vault-plugin-carbon"
+	UserAgent              string   // what every request says it is; "" means "vault-plugin-carbon"
+	Observer               Observer // optional; told of every attempt, retry and wait, for metrics
 }
+
+// Observer hears what the client's requests do, for metrics.
+type Observer = upstream.Observer
 
 // Token is an access token. Expiry is never zero: a token that came without
 // expires_in is given a lifetime of 5 minutes.
@@ -117,7 +121,7 @@ func New(o Options) (*Client, error) {
 	// (rather than counting them as failures) keeps a burst of issuance
 	// from failing as a whole.
 	wire, err := upstream.NewWire(upstream.Options{Platform: platform, Timeout: o.Timeout, MaxRetries: o.MaxRetries,
-		RateLimit: o.RateLimit, Logger: o.Logger, Transport: o.Transport, UserAgent: o.UserAgent})
+		RateLimit: o.RateLimit, Logger: o.Logger, Transport: o.Transport, UserAgent: o.UserAgent, Observer: o.Observer})
 	if err != nil {
 		return nil, err
 	}
@@ -185,7 +189,7 @@ func (c *Client) CheckToken(ctx context.Context, accessToken string) error {
 	if accessToken == "" {
 		return fmt.Errorf("altruistiq: %s: empty access token", opCheckToken)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.apiURL+"/organization/", nil)
+	req, err := http.NewRequestWithContext(upstream.WithOperation(ctx, opCheckToken), http.MethodGet, c.apiURL+"/organization/", nil)
 	if err != nil {
 		return fmt.Errorf("altruistiq: %s: %w", opCheckToken, err)
 	}
@@ -282,7 +286,7 @@ func (c *Client) newFetcher(scopes []string) *fetcher {
 		Scopes:       scopes,
 		AuthStyle:    c.credentials.authStyle,
 	}
-	return &fetcher{config: config, ctx: c.oauthCtx, earlyExpiry: c.earlyExpiry, logger: c.logger, warned: &c.warnedShortLifetime}
+	return &fetcher{config: config, ctx: upstream.WithOperation(c.oauthCtx, opToken), earlyExpiry: c.earlyExpiry, logger: c.logger, warned: &c.warnedShortLifetime}
 }
 
 // fetcher fetches a new token on every call; the caching is

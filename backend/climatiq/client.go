@@ -44,8 +44,12 @@ type Options struct {
 	RetryBudget   time.Duration // overall time spent waiting out 429s; 0 means 50s
 	Logger        hclog.Logger  // optional; never sees keys or bodies
 	Transport     http.RoundTripper
-	UserAgent     string // what every request says it is; "" means "vault-plugin-carbon"
+	UserAgent     string   // what every request says it is; "" means "vault-plugin-carbon"
+	Observer      Observer // optional; told of every attempt, retry and wait, for metrics
 }
+
+// Observer hears what the client's requests do, for metrics.
+type Observer = upstream.Observer
 
 // Project is a Climatiq project.
 type Project struct {
@@ -101,6 +105,7 @@ func New(o Options) (*Client, error) {
 		Logger:      o.Logger,
 		Transport:   o.Transport,
 		UserAgent:   o.UserAgent,
+		Observer:    o.Observer,
 	})
 	if err != nil {
 		return nil, err

@@ -35,6 +35,7 @@ func (c *Client) do(ctx context.Context, op, method, target, bearer string, body
 		redact = redact.With(bearer)
 	}
 	logger := c.wire.Logger()
+	ctx = upstream.WithOperation(ctx, op)
 	resp, err := c.wire.Send(ctx, func() (*http.Response, error) {
 		req, err := newRequest(ctx, method, target, bearer, payload)
 		if err != nil {

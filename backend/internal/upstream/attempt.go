@@ -22,12 +22,18 @@ type attemptTransport struct {
 	gate      *Gate
 	timeout   time.Duration
 	userAgent string
+	observer  Observer
 }
 
 // RoundTrip waits at the gate, then sends with the per-attempt timeout,
 // which also covers reading the body, and the client's User-Agent.
 func (t *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if err := t.gate.Wait(req.Context()); err != nil {
+	queued := time.Now()
+	err := t.gate.Wait(req.Context())
+	if waited := time.Since(queued); waited >= time.Millisecond {
+		t.observer.Waited(WaitRateLimit, waited)
+	}
+	if err != nil {
 		if ctxErr := req.Context().Err(); ctxErr != nil {
 			return nil, ctxErr
 		}
@@ -43,11 +49,14 @@ func (t *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	// whichever library made the request.
 	attempt := req.Clone(ctx)
 	attempt.Header.Set("User-Agent", t.userAgent)
+	sent := time.Now()
 	resp, err := t.base.RoundTrip(attempt)
 	if err != nil {
 		cancel()
+		t.observer.Attempted(operationOf(req.Context()), 0, time.Since(sent))
 		return nil, err
 	}
+	t.observer.Attempted(operationOf(req.Context()), resp.StatusCode, time.Since(sent))
 	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
 	return resp, nil
 }

@@ -161,11 +161,14 @@ func (w *Wire) Send(ctx context.Context, send func() (*http.Response, error), lo
 		}
 		w.logger.Debug("rate limited; waiting", append(logArgs, "retry_after", wait)...)
 		timer := time.NewTimer(wait)
+		waitStart := time.Now()
 		select {
 		case <-ctx.Done():
 			timer.Stop()
+			w.observer.Waited(WaitRetryAfter, time.Since(waitStart))
 			return nil, &RateLimitedError{Last: resp, Cause: ctx.Err()}
 		case <-timer.C:
 		}
+		w.observer.Waited(WaitRetryAfter, time.Since(waitStart))
 	}
 }

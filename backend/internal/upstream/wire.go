@@ -38,7 +38,8 @@ type Options struct {
 	RetryBudget time.Duration // overall time spent waiting out 429s; 0 means 50s
 	Logger      hclog.Logger  // optional; never sees secrets or bodies
 	Transport   http.RoundTripper
-	UserAgent   string // what every attempt says it is; "" means UserAgent
+	UserAgent   string   // what every attempt says it is; "" means UserAgent
+	Observer    Observer // optional; told of every attempt, retry and wait
 }
 
 // Wire is the path every request of one client takes, outermost first:
@@ -55,6 +56,7 @@ type Wire struct {
 	logger     hclog.Logger
 	gate       *Gate
 	base       http.RoundTripper
+	observer   Observer
 
 	// Idempotent retries network errors and 5xx; Create retries only what
 	// proves the upstream did not act on the request.
@@ -82,6 +84,9 @@ func NewWire(o Options) (*Wire, error) {
 	if o.UserAgent == "" {
 		o.UserAgent = UserAgent
 	}
+	if o.Observer == nil {
+		o.Observer = noObserver{}
+	}
 	if o.Transport == nil {
 		t := cleanhttp.DefaultPooledTransport()
 		// A client talks to one or two hosts. cleanhttp keeps
@@ -101,11 +106,12 @@ func NewWire(o Options) (*Wire, error) {
 		logger:     o.Logger,
 		gate:       NewGate(o.RateLimit),
 		base:       o.Transport,
+		observer:   o.Observer,
 	}
 	httpClient := &http.Client{
 		// No http.Client.Timeout: it would also run while a request queues
 		// at the rate limiter. attemptTransport starts the clock after it.
-		Transport:     &attemptTransport{base: o.Transport, gate: w.gate, timeout: o.Timeout, userAgent: o.UserAgent},
+		Transport:     &attemptTransport{base: o.Transport, gate: w.gate, timeout: o.Timeout, userAgent: o.UserAgent, observer: o.Observer},
 		CheckRedirect: NoRedirects,
 	}
 	w.Idempotent = w.newRetryClient(httpClient, o.MaxRetries, retryIdempotent)
@@ -114,7 +120,7 @@ func NewWire(o Options) (*Wire, error) {
 }
 
 func (w *Wire) newRetryClient(httpClient *http.Client, maxRetries int, policy retryablehttp.CheckRetry) *retryablehttp.Client {
-	logger := w.logger
+	logger, observer := w.logger, w.observer
 	return &retryablehttp.Client{
 		HTTPClient:   httpClient,
 		RetryWaitMin: retryWaitMin,
@@ -125,6 +131,7 @@ func (w *Wire) newRetryClient(httpClient *http.Client, maxRetries int, policy re
 		ErrorHandler: retryablehttp.PassthroughErrorHandler,
 		RequestLogHook: func(_ retryablehttp.Logger, req *http.Request, attempt int) {
 			if attempt > 0 {
+				observer.Retried(operationOf(req.Context()))
 				logger.Debug("retrying request", "method", req.Method, "path", req.URL.Path, "attempt", attempt+1)
 			}
 		},
