@@ -68,14 +68,14 @@ func TestMetricsCountWhatTheMountDoes(t *testing.T) {
 
 	got := scrape(t, e)
 	want := map[string]float64{
-		`vault_carbon_issuances_total{outcome="issued",role="ci"}`:                                    2,
-		`vault_carbon_issuances_total{outcome="refused",role="unknown"}`:                              1,
-		`vault_carbon_revocations_total{outcome="revoked"}`:                                           1,
-		`vault_carbon_rotations_total{outcome="rotated",role="app",trigger="manual"}`:                 1,
-		`vault_carbon_tidy_runs_total{outcome="succeeded"}`:                                          1,
-		`vault_carbon_live_keys{kind="dynamic",role="ci"}`:                                            1,
-		`vault_carbon_live_keys{kind="static",role="app"}`:                                            1,
-		`vault_carbon_live_keys_by_connection{connection="cq"}`:                                       2,
+		`vault_carbon_issuances_total{outcome="issued",role="ci"}`:                                        2,
+		`vault_carbon_issuances_total{outcome="refused",role="unknown"}`:                                  1,
+		`vault_carbon_revocations_total{outcome="revoked"}`:                                               1,
+		`vault_carbon_rotations_total{outcome="rotated",role="app",trigger="manual"}`:                     1,
+		`vault_carbon_tidy_runs_total{outcome="succeeded"}`:                                               1,
+		`vault_carbon_live_keys{kind="dynamic",role="ci"}`:                                                1,
+		`vault_carbon_live_keys{kind="static",role="app"}`:                                                1,
+		`vault_carbon_live_keys_by_connection{connection="cq"}`:                                           2,
 		`vault_carbon_upstream_requests_total{connection="cq",operation="create key",status_class="2xx"}`: 4, // 2 issued, the static role's first key and its rotation
 	}
 	for k, v := range want {
