@@ -134,15 +134,15 @@ func (b *backend) connection(ctx context.Context, s logical.Storage, name string
 // connectionError says why config/:name cannot serve a Climatiq call. Path
 // handlers answer it with a 400 where the caller named the connection.
 type connectionError struct {
-	name    string
-	missing bool
+	name        string
+	notClimatiq bool // it exists, for another provider; false: it does not exist
 }
 
 func (e *connectionError) Error() string {
-	if e.missing {
-		return fmt.Sprintf("connection %q does not exist", e.name)
+	if e.notClimatiq {
+		return fmt.Sprintf("connection %q is not a climatiq connection", e.name)
 	}
-	return fmt.Sprintf("connection %q is not a climatiq connection", e.name)
+	return fmt.Sprintf("connection %q does not exist", e.name)
 }
 
 // climatiqClient is the one way to the Climatiq client of config/:name. It
@@ -154,9 +154,9 @@ func (b *backend) climatiqClient(ctx context.Context, s logical.Storage, name st
 	case err != nil:
 		return nil, err
 	case conn == nil:
-		return nil, &connectionError{name: name, missing: true}
-	case conn.climatiq == nil:
 		return nil, &connectionError{name: name}
+	case conn.climatiq == nil:
+		return nil, &connectionError{name: name, notClimatiq: true}
 	}
 	return conn.climatiq, nil
 }

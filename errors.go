@@ -32,7 +32,8 @@ func invalidField(field, format string, args ...any) error {
 // errorResponse turns an inputError into a 400 response and passes any
 // other error through for Vault to report.
 func errorResponse(err error) (*logical.Response, error) {
-	if ie, ok := err.(*inputError); ok {
+	var ie *inputError
+	if errors.As(err, &ie) {
 		return logical.ErrorResponse(ie.Error()), nil
 	}
 	return nil, err

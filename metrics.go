@@ -3,6 +3,7 @@ package carbon
 import (
 	"bytes"
 	"context"
+	"errors"
 	"strconv"
 	"strings"
 	"time"
@@ -115,7 +116,8 @@ func statusClass(status int) string {
 func requestOutcome(resp *logical.Response, err error, success string) string {
 	switch {
 	case err != nil:
-		if coded, ok := err.(logical.HTTPCodedError); ok && coded.Code() < 500 {
+		var coded logical.HTTPCodedError
+		if errors.As(err, &coded) && coded.Code() < 500 {
 			return "refused"
 		}
 		return "failed"

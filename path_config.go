@@ -488,8 +488,11 @@ func projectsInUse(ctx context.Context, s logical.Storage, config string) (map[s
 				ProjectID string `json:"project_id"`
 			}
 			entry, err := s.Get(ctx, prefix+n)
-			if err != nil || entry == nil {
+			if err != nil {
 				return nil, err
+			}
+			if entry == nil {
+				continue // deleted since the list: its projects are no longer in use
 			}
 			if err := entry.DecodeJSON(&role); err != nil {
 				return nil, err

@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiq"
+	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiqtest"
 )
 
 func TestConfigCRUD(t *testing.T) {
@@ -329,4 +330,27 @@ func TestConfigDeleteResolvesPendingRollbacksOrNamesWhatItAbandons(t *testing.T)
 			t.Fatalf("%d WAL entries left after they were abandoned", len(ids))
 		}
 	})
+}
+
+// TestRepointCheckSeesEveryRoleWhenOneIsDeletedMidway: a role deleted while
+// the re-point check reads the roles is skipped, not taken for the end of
+// the list: the projects of the roles after it still hold the change back.
+func TestRepointCheckSeesEveryRoleWhenOneIsDeletedMidway(t *testing.T) {
+	s := newHookStorage()
+	e := newTestEnvWithStorage(t, s)
+	e.writeClimatiqConfig("cq", nil)
+	e.writeRole("a-gone", map[string]any{"config": "cq", "project_id": e.projectID})
+	e.writeRole("b-stays", map[string]any{"config": "cq", "project_id": e.projectID})
+	other := climatiqtest.NewServer("other-account-key")
+	t.Cleanup(other.Close)
+	other.AddProject("elsewhere")
+
+	s.setHook(func(op, key string) error {
+		if op == "get" && key == roleStoragePrefix+"a-gone" {
+			_ = s.Storage.Delete(context.Background(), key) // deleted between the list and the read
+		}
+		return nil
+	})
+	e.mustFail(logical.UpdateOperation, "config/cq", map[string]any{"management_url": other.ManagementURL(),
+		"api_url": other.APIURL(), "management_key": "other-account-key"}, "cannot see project")
 }

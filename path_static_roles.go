@@ -2,6 +2,7 @@ package carbon
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"time"
@@ -322,11 +323,12 @@ func (b *backend) pathStaticRoleWrite(ctx context.Context, req *logical.Request,
 		return errorResponse(err)
 	}
 	client, err := b.climatiqClient(ctx, req.Storage, role.Config)
-	if ce, ok := err.(*connectionError); ok {
-		if ce.missing {
-			return logical.ErrorResponse("config: %s; create it first with a write to config/%s", ce, role.Config), nil
+	var ce *connectionError
+	if errors.As(err, &ce) {
+		if ce.notClimatiq {
+			return logical.ErrorResponse("config: %s; static roles hold Climatiq keys", ce), nil
 		}
-		return logical.ErrorResponse("config: %s; static roles hold Climatiq keys", ce), nil
+		return logical.ErrorResponse("config: %s; create it first with a write to config/%s", ce, role.Config), nil
 	}
 	if err != nil {
 		return nil, err
@@ -560,7 +562,7 @@ func (b *backend) pathStaticRoleDelete(ctx context.Context, req *logical.Request
 	keys := role.ownedKeys(name)
 	if role.DeleteKeyOnRemove {
 		client, err := b.climatiqClient(ctx, req.Storage, role.Config)
-		if _, ok := err.(*connectionError); ok {
+		if errors.As(err, new(*connectionError)) {
 			return logical.ErrorResponse("config: connection %q no longer exists, so the key cannot be deleted; recreate it, or set delete_key_on_remove=false", role.Config), nil
 		}
 		if err != nil {

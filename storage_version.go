@@ -80,7 +80,7 @@ func (b *backend) storageRefusal(ctx context.Context, s logical.Storage, mountPo
 	if mountPoint == "" {
 		mountPoint = "<mount>"
 	}
-	return logical.CodedError(503, fmt.Sprintf(
+	return logical.CodedError(statusServiceUnavailable, fmt.Sprintf(
 		"this mount's storage is in format %d, written by plugin version %s; this plugin version (%s) reads formats up to %d and will not serve it, so that nothing is misread or lost. "+
 			"Switch the mount back: vault secrets tune -plugin-version=%s %s && vault write sys/plugins/reload/backend mounts=%s",
 		newer.Version, newer.WrittenBy, Version, storageFormatVersion, newer.WrittenBy, mountPoint, mountPoint)), nil

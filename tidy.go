@@ -338,7 +338,7 @@ func (run *tidyRun) tidyConnection(ctx context.Context, config string) {
 	client, err := run.b.climatiqClient(ctx, run.storage, config)
 	var ce *connectionError
 	switch {
-	case errors.As(err, &ce) && !ce.missing:
+	case errors.As(err, &ce) && ce.notClimatiq:
 		// An Altruistiq connection: it has no keys to tidy.
 	case err != nil:
 		run.fail(config, fmt.Errorf("%w; the keys recorded through it cannot be checked until it is recreated", err))

@@ -64,7 +64,7 @@ func (b *backend) rollbackClimatiqKey(ctx context.Context, s logical.Storage, ke
 	}
 	client, err := b.climatiqClient(ctx, s, key.Config)
 	if err != nil {
-		if _, gone := err.(*connectionError); gone {
+		if errors.As(err, new(*connectionError)) {
 			// Nothing can reach the upstream any more; keeping the entry
 			// would only retry forever.
 			b.Logger().Warn("cannot roll back key creation: connection no longer exists", "config", key.Config, "key_name", key.KeyName)
