@@ -10,7 +10,6 @@ package carbon
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -203,7 +202,6 @@ func newBackend() *backend {
 		},
 		WALRollback:       b.walRollback,
 		WALRollbackMinAge: walRollbackMinAge,
-		InitializeFunc:    b.initialize,
 		PeriodicFunc:      b.periodicTidy,
 		Invalidate:        b.invalidate,
 		Clean:             b.clean,
@@ -213,94 +211,6 @@ func newBackend() *backend {
 }
 
 func (b *backend) now() time.Time { return b.clock() }
-
-// initialize finishes any move of the inventory's storage layout where
-// this cluster's local storage may be written, then, where the replicated
-// storage may be written too (the active node of the primary), starts the
-// rotation scheduler.
-func (b *backend) initialize(ctx context.Context, req *logical.InitializationRequest) error {
-	if !b.mayWriteLocalStorage() {
-		b.Logger().Debug("not initializing: storage is read-only here")
-		return nil
-	}
-	if err := b.moveLegacyInventory(ctx, req.Storage); err != nil {
-		return fmt.Errorf("moving the inventory to the current storage layout: %w", err)
-	}
-	b.backgroundDone.Add(1)
-	go func() {
-		defer b.backgroundDone.Done()
-		ctx, cancel := contextUntil(b.stopBackground)
-		defer cancel()
-		b.deleteFormat3Records(ctx, req.Storage)
-	}()
-	if !b.WriteSafeReplicationState() {
-		b.Logger().Debug("not starting the rotation scheduler: static roles rotate on the primary")
-		return nil
-	}
-	if err := b.startRotationScheduler(ctx, req.Storage); err != nil {
-		return err
-	}
-	checked := b.staticKeyChecks.started()
-	b.backgroundDone.Add(1)
-	go func() {
-		defer b.backgroundDone.Done()
-		defer close(checked)
-		ctx, cancel := contextUntil(b.stopBackground)
-		defer cancel()
-		b.checkStaticKeys(ctx, req.Storage)
-	}()
-	return nil
-}
-
-// retryInitialize runs Initialize's steps again in the background until
-// they succeed: Vault only logs an error from Initialize and serves on, so
-// without this one storage error would leave the mount without rotations
-// and overlap ends until its next restart. Clean stops it.
-func (b *backend) retryInitialize(req *logical.InitializationRequest, err error) {
-	b.initRetryLock.Lock()
-	defer b.initRetryLock.Unlock()
-	if b.stopInitRetry != nil || b.initRetryStopped {
-		return // Vault initializes an instance once; one loop suffices
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	b.stopInitRetry, b.initRetryDone = cancel, done
-	go func() {
-		defer close(done)
-		delay := b.initRetryDelay
-		for {
-			b.Logger().Warn("initializing the mount failed; retrying, the rotation scheduler starts once it succeeds",
-				"error", err, "retry_in", delay.String())
-			timer := time.NewTimer(delay)
-			select {
-			case <-ctx.Done():
-				timer.Stop()
-				return
-			case <-timer.C:
-			}
-			if err = b.initializeOnce(ctx, req); err == nil {
-				b.Logger().Info("initialized the mount after retrying")
-				return
-			}
-			delay = min(2*delay, b.initRetryMax)
-		}
-	}()
-}
-
-// stopInitializeRetries ends retryInitialize and keeps it from starting
-// again. It waits for an attempt in flight, so that Clean stops the
-// scheduler the attempt may have started.
-func (b *backend) stopInitializeRetries() {
-	b.initRetryLock.Lock()
-	b.initRetryStopped = true
-	stop, done := b.stopInitRetry, b.initRetryDone
-	b.stopInitRetry, b.initRetryDone = nil, nil
-	b.initRetryLock.Unlock()
-	if stop != nil {
-		stop()
-		<-done
-	}
-}
 
 // invalidate drops cached state that another node (or a replicated write)
 // has changed underneath this one.
@@ -337,6 +247,44 @@ func (b *backend) clean(ctx context.Context) {
 		delete(b.connections, name)
 	}
 }
+
+// HandleRequest refuses every request, lease revocation and renewal
+// included, while the storage is newer than this binary: Vault keeps a
+// refused revocation and retries it, where a misread one could lose a key.
+// Rollback (WAL and periodic tidy) is skipped silently, help still works.
+func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*logical.Response, error) {
+	refusal, err := b.storageRefusal(ctx, req.Storage, req.MountPoint)
+	switch {
+	case req.Operation == logical.HelpOperation:
+	case err != nil:
+		return nil, err
+	case refusal != nil && req.Operation == logical.RollbackOperation:
+		return nil, nil
+	case refusal != nil:
+		return nil, refusal
+	}
+	if resp, err := answerUnrouted(req); resp != nil || err != nil {
+		return resp, err
+	}
+	// Before the framework parses the fields: its error would quote a
+	// mistyped secret (path_config.go).
+	if resp := b.refuseMistypedSecrets(req); resp != nil {
+		return resp, nil
+	}
+	if _, ok := ctx.Deadline(); !ok && req.Operation != logical.RollbackOperation {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, requestDeadline)
+		defer cancel()
+	}
+	return b.Backend.HandleRequest(ctx, req)
+}
+
+// requestDeadline bounds a request's own work (its upstream calls, waits
+// and inline rollback) inside the CLI's 60 s: Vault keeps its request limit
+// to itself and passes a plugin no deadline, so without one a request would
+// run on after its caller gave up, who would see only a timeout. Rollback
+// (WAL entries, periodic tidy) has no caller waiting and is not bounded.
+const requestDeadline = 55 * time.Second
 
 const backendHelp = `
 The carbon secrets engine issues credentials for carbon-accounting platforms.

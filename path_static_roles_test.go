@@ -305,7 +305,7 @@ func TestRotationQueueRebuiltAfterRestart(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := restarted.initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
+	if err := restarted.initializeOnce(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
 		t.Fatal(err)
 	}
 	defer restarted.clean(context.Background())
@@ -328,7 +328,7 @@ func TestRotationQueueRebuiltAfterRestart(t *testing.T) {
 func TestSchedulerRotatesOnItsOwn(t *testing.T) {
 	e := newTestEnv(t)
 	e.writeClimatiqConfig("cq", nil)
-	if err := e.b.initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
+	if err := e.b.initializeOnce(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
 		t.Fatal(err)
 	}
 	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{"config": "cq", "project_id": e.projectID, "rotation_period": "5s"})
@@ -569,7 +569,7 @@ func TestAStaticRoleWhoseKeyIsGoneIsRotated(t *testing.T) {
 	}{
 		{"at the next start", false, func(t *testing.T, e *testEnv) {
 			e.reload()
-			if err := e.b.initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
+			if err := e.b.initializeOnce(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
 				t.Fatal(err)
 			}
 			select {

@@ -136,7 +136,7 @@ func (e *testEnv) schedulerByHand() *fakeClock {
 	clock := newFakeClock()
 	e.b.clock = clock.Now
 	e.b.schedulerTick = 0
-	if err := e.b.initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
+	if err := e.b.initializeOnce(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
 		e.t.Fatal(err)
 	}
 	return clock
@@ -255,7 +255,7 @@ func TestRegressionCleanWhileSchedulerTicks(t *testing.T) {
 		if err := b.Setup(context.Background(), &logical.BackendConfig{StorageView: s, System: logical.TestSystemView(), Logger: testLogger()}); err != nil {
 			t.Fatal(err)
 		}
-		if err := b.initialize(context.Background(), &logical.InitializationRequest{Storage: s}); err != nil {
+		if err := b.initializeOnce(context.Background(), &logical.InitializationRequest{Storage: s}); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(time.Duration(i%5) * time.Millisecond)

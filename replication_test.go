@@ -91,7 +91,7 @@ func newCluster(t *testing.T, base *testEnv, replicated logical.Storage, local *
 	}
 	b := raw.(*backend)
 	t.Cleanup(func() { b.clean(context.Background()) })
-	if err := b.initialize(context.Background(), &logical.InitializationRequest{Storage: s}); err != nil {
+	if err := b.initializeOnce(context.Background(), &logical.InitializationRequest{Storage: s}); err != nil {
 		t.Fatal(err)
 	}
 	return &testEnv{t: t, b: b, storage: s, climatiq: base.climatiq, altruistiq: base.altruistiq, projectID: base.projectID}

@@ -70,7 +70,7 @@ func TestOperationCostsDoNotGrowWithKeys(t *testing.T) {
 		s := &countingStorage{Storage: &logical.InmemStorage{}}
 		e := newTestEnvWithStorage(t, s)
 		e.b.schedulerTick = 0
-		if err := e.b.initialize(context.Background(), &logical.InitializationRequest{Storage: s}); err != nil {
+		if err := e.b.initializeOnce(context.Background(), &logical.InitializationRequest{Storage: s}); err != nil {
 			t.Fatal(err)
 		}
 		e.writeClimatiqConfig("cq", nil)
@@ -274,7 +274,7 @@ func TestLegacyInventoryMovedInPlace(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if err := restarted.initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
+	if err := restarted.initializeOnce(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
 		t.Fatal(err)
 	}
 	if left, _ := e.storage.List(context.Background(), legacyInventoryPrefix); len(left) != 1 || left[0] != legacyTombstoneKind {

@@ -24,7 +24,7 @@ func regressEnv(t *testing.T) (*testEnv, *fakeClock) {
 	clock := &fakeClock{now: time.Now().UTC().Truncate(time.Second)}
 	e.b.clock = clock.Now
 	e.b.schedulerTick = 0
-	if err := e.b.initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
+	if err := e.b.initializeOnce(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
 		t.Fatal(err)
 	}
 	e.writeClimatiqConfig("cq", map[string]any{"request_timeout": 1})

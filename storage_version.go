@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
 )
@@ -85,81 +84,3 @@ func (b *backend) storageRefusal(ctx context.Context, s logical.Storage, mountPo
 			"Switch the mount back: vault secrets tune -plugin-version=%s %s && vault write sys/plugins/reload/backend mounts=%s",
 		newer.Version, newer.WrittenBy, Version, storageFormatVersion, newer.WrittenBy, mountPoint, mountPoint)), nil
 }
-
-// Initialize records the format version (on nodes that may write) before
-// the rotation scheduler starts, and starts nothing on a newer layout. A
-// storage error is retried in the background (retryInitialize) rather than
-// returned: Vault would only log it.
-func (b *backend) Initialize(ctx context.Context, req *logical.InitializationRequest) error {
-	if err := b.initializeOnce(ctx, req); err != nil {
-		b.retryInitialize(req, err)
-	}
-	return nil
-}
-
-// initializeOnce is one attempt at Initialize; every step is idempotent.
-func (b *backend) initializeOnce(ctx context.Context, req *logical.InitializationRequest) error {
-	refusal, err := b.storageRefusal(ctx, req.Storage, "")
-	if err != nil {
-		return err
-	}
-	if refusal != nil {
-		// Not an error for Vault: the mount stays, and answers every
-		// request with the refusal and the way back.
-		return nil
-	}
-	if b.mayWriteLocalStorage() {
-		stored, err := getEntry[storageFormat](ctx, req.Storage, formatStorageKey)
-		if err != nil {
-			return err
-		}
-		if stored == nil || *stored != (storageFormat{Version: storageFormatVersion, WrittenBy: Version}) {
-			// Format 1 → 2 needs no eager migration (see above). A failed
-			// write (leadership lost mid-start) must not keep the scheduler
-			// from starting: format 2 is readable by every older binary, and
-			// the next start writes it.
-			if err := putEntry(ctx, req.Storage, formatStorageKey, storageFormat{Version: storageFormatVersion, WrittenBy: Version}); err != nil {
-				b.Logger().Warn("recording the storage format version failed; will retry at the next start", "error", err)
-			}
-		}
-	}
-	return b.Backend.Initialize(ctx, req)
-}
-
-// HandleRequest refuses every request, lease revocation and renewal
-// included, while the storage is newer than this binary: Vault keeps a
-// refused revocation and retries it, where a misread one could lose a key.
-// Rollback (WAL and periodic tidy) is skipped silently, help still works.
-func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*logical.Response, error) {
-	refusal, err := b.storageRefusal(ctx, req.Storage, req.MountPoint)
-	switch {
-	case req.Operation == logical.HelpOperation:
-	case err != nil:
-		return nil, err
-	case refusal != nil && req.Operation == logical.RollbackOperation:
-		return nil, nil
-	case refusal != nil:
-		return nil, refusal
-	}
-	if resp, err := answerUnrouted(req); resp != nil || err != nil {
-		return resp, err
-	}
-	// Before the framework parses the fields: its error would quote a
-	// mistyped secret (path_config.go).
-	if resp := b.refuseMistypedSecrets(req); resp != nil {
-		return resp, nil
-	}
-	if _, ok := ctx.Deadline(); !ok && req.Operation != logical.RollbackOperation {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, requestDeadline)
-		defer cancel()
-	}
-	return b.Backend.HandleRequest(ctx, req)
-}
-
-// requestDeadline bounds a request's own work (its upstream calls, waits
-// and inline rollback) inside the CLI's 60 s: Vault keeps its request limit
-// to itself and passes a plugin no deadline, so without one a request would
-// run on after its caller gave up, who would see only a timeout. Rollback
-// (WAL entries, periodic tidy) has no caller waiting and is not bounded.
-const requestDeadline = 55 * time.Second
