@@ -133,3 +133,8 @@ func randomLowerAlnum(n int) (string, error) {
 	}
 	return string(buf), nil
 }
+
+// sanitizeName keeps a role name usable inside a key name.
+func sanitizeName(name string) string {
+	return strings.Trim(unsafeNameChars.ReplaceAllString(name, "-"), "-")
+}

@@ -807,13 +807,6 @@ func cleanScopes(in []string) ([]string, error) {
 
 var scopeToken = regexp.MustCompile(`^[\x21\x23-\x5B\x5D-\x7E]+$`)
 
-func nonNil(s []string) []string {
-	if s == nil {
-		return []string{}
-	}
-	return s
-}
-
 const operationPrefixCarbon = "carbon"
 
 const pathConfigHelp = `

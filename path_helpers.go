@@ -79,28 +79,6 @@ func requireNameOperation(field, pathHint string) *framework.PathOperation {
 	}
 }
 
-// getEntry reads and decodes a typed storage entry; nil when absent.
-func getEntry[T any](ctx context.Context, s logical.Storage, key string) (*T, error) {
-	entry, err := s.Get(ctx, key)
-	if err != nil || entry == nil {
-		return nil, err
-	}
-	out := new(T)
-	if err := entry.DecodeJSON(out); err != nil {
-		return nil, fmt.Errorf("decoding %q: %w", key, err)
-	}
-	return out, nil
-}
-
-// putEntry encodes and stores a typed storage entry.
-func putEntry(ctx context.Context, s logical.Storage, key string, v any) error {
-	entry, err := logical.StorageEntryJSON(key, v)
-	if err != nil {
-		return err
-	}
-	return s.Put(ctx, entry)
-}
-
 // pathsNeedingAName are the paths whose requests need an item name: without
 // it (creds, creds/) they get a 400 naming the field. They are answered
 // by answerUnrouted, ahead of the framework's routing (HandleRequest in

@@ -1,6 +1,8 @@
 package carbon
 
 import (
+	"time"
+
 	"github.com/hashicorp/vault/sdk/framework"
 )
 
@@ -148,3 +150,17 @@ var rotateRoleResponse = okResponse(map[string]*framework.FieldSchema{
 	"key_id":       str("The new key id"),
 	"last_rotated": timestamp("Time of this rotation"),
 })
+
+func formatTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}

@@ -5,12 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
-	"github.com/hashicorp/vault/sdk/rotation"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiq"
@@ -166,23 +164,6 @@ func (b *backend) deleteEndedPreviousKeys(ctx context.Context, s logical.Storage
 	}
 }
 
-// deleteFailed records a failed (or impossible) delete of the key and
-// when to try again.
-func (pk *previousKey) deleteFailed(now time.Time, err error) {
-	pk.DeleteAttempts++
-	pk.DeleteRetryAt = now.Add(backoff(pk.DeleteAttempts)).UTC()
-	pk.LastDeleteError = err.Error()
-}
-
-// backoff is the wait before attempt n+1 after n failures.
-func backoff(failures int) time.Duration {
-	return min(rotationBackoffMin<<min(failures-1, 10), rotationBackoffMax)
-}
-
-func (role *staticRole) clearRotationFailure() {
-	role.LastError, role.LastErrorTime, role.FailedAttempts, role.RetryAt = "", time.Time{}, 0, time.Time{}
-}
-
 // recordRotationFailure stores the error of a rotation. A scheduled
 // rotation is retried with exponential back-off; a manual one is not: its
 // caller got the error, and a manual-only role must never rotate by itself.
@@ -204,31 +185,6 @@ func (b *backend) recordRotationFailure(ctx context.Context, s logical.Storage, 
 	if err := putStaticRole(ctx, s, name, role); err != nil {
 		b.Logger().Error("storing rotation failure", "role", name, "error", err)
 	}
-}
-
-// nextRotationAttempt is when the role will next be rotated on its own: a
-// retry after a failed scheduled rotation, else the next scheduled time;
-// zero for manual-only roles.
-func (role *staticRole) nextRotationAttempt() time.Time {
-	switch {
-	case role.DisableAutomatedRotation:
-		return time.Time{}
-	case !role.RetryAt.IsZero():
-		return role.RetryAt
-	}
-	return role.NextRotation
-}
-
-// dueAt is when the scheduler must next look at the role: the end of an
-// overlap (or the retry of a failed delete), or the next rotation attempt.
-func (role *staticRole) dueAt() time.Time {
-	due := role.nextRotationAttempt()
-	for _, pk := range role.PreviousKeys {
-		if d := pk.deleteDue(); due.IsZero() || d.Before(due) {
-			due = d
-		}
-	}
-	return due
 }
 
 // scheduleStaticRole (re)places the role in the rotation queue, or takes
@@ -479,58 +435,4 @@ func (b *backend) stopRotationScheduler() {
 	b.schedulerLock.Lock()
 	b.rotationQueue = nil
 	b.schedulerLock.Unlock()
-}
-
-// sanitizeName keeps a role name usable inside a key name.
-func sanitizeName(name string) string {
-	return strings.Trim(unsafeNameChars.ReplaceAllString(name, "-"), "-")
-}
-
-// nextRotationAfter computes the next scheduled rotation after t.
-func (role *staticRole) nextRotationAfter(t time.Time) time.Time {
-	switch {
-	case role.DisableAutomatedRotation:
-		return time.Time{}
-	case role.RotationSchedule != "":
-		sched, err := rotation.DefaultScheduler.Parse(role.RotationSchedule)
-		if err != nil {
-			return time.Time{} // validated on write
-		}
-		return sched.Next(t)
-	default:
-		return t.Add(role.RotationPeriod)
-	}
-}
-
-// shortestRotationGap is the shortest time between two rotations: the
-// period, or for a schedule the shortest gap among its next occurrences
-// (uneven schedules such as "0 0,1 * * *" have short and long gaps).
-func (role *staticRole) shortestRotationGap(now time.Time) time.Duration {
-	if role.RotationSchedule == "" || role.DisableAutomatedRotation {
-		return role.RotationPeriod
-	}
-	const occurrences = 32
-	var shortest time.Duration
-	prev := role.nextRotationAfter(now)
-	for i := 0; i < occurrences && !prev.IsZero(); i++ {
-		next := role.nextRotationAfter(prev)
-		if gap := next.Sub(prev); !next.IsZero() && (shortest == 0 || gap < shortest) {
-			shortest = gap
-		}
-		prev = next
-	}
-	return shortest
-}
-
-// rotationInterval is the time between rotations: the period, or for a
-// schedule the gap between its next two times after now.
-func (role *staticRole) rotationInterval(now time.Time) time.Duration {
-	if role.RotationSchedule == "" || role.DisableAutomatedRotation {
-		return role.RotationPeriod
-	}
-	first := role.nextRotationAfter(now)
-	if first.IsZero() {
-		return 0
-	}
-	return role.nextRotationAfter(first).Sub(first)
 }

@@ -2,7 +2,6 @@ package carbon
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -44,16 +43,6 @@ func (b *backend) walRollback(ctx context.Context, req *logical.Request, kind st
 		b.Logger().Warn("dropping WAL entry of unknown kind", "kind", kind)
 		return nil
 	}
-}
-
-// decodeInto converts generic data (a WAL entry's, a lease's internal data)
-// into its typed form.
-func decodeInto(data any, out any) error {
-	raw, err := json.Marshal(data)
-	if err != nil {
-		return err
-	}
-	return json.Unmarshal(raw, out)
 }
 
 // rollbackClimatiqKey deletes whatever the covered issuance or rotation
