@@ -60,7 +60,7 @@ func newMetrics() *metrics {
 		upstreamWaited:   counter("upstream_wait_seconds_total", "Time requests spent waiting before they were sent.", "connection", "reason"),
 		issuances:        counter("issuances_total", "creds/ reads, by role and outcome (issued, refused: 4xx, failed: 5xx).", "role", "outcome"),
 		revocations:      counter("revocations_total", "Lease revocations, by outcome (revoked, failed: Vault retries them).", "outcome"),
-		rotations:        counter("rotations_total", "Static role rotations, by role, trigger (schedule, manual) and outcome (rotated, failed).", "role", "trigger", "outcome"),
+		rotations:        counter("rotations_total", "Static role rotations, by role, trigger (schedule, manual, heal) and outcome (rotated, failed).", "role", "trigger", "outcome"),
 		rotationLateness: gauge("rotation_lateness_seconds", "How long after it was due the last scheduled rotation of a static role ran.", "role"),
 		overlapEnds:      counter("overlap_ends_total", "Replaced static keys deleted at the end of their overlap (or at once).", "role"),
 		tidyRuns:         counter("tidy_runs_total", "Tidy runs, by outcome (succeeded, failed: a step failed).", "outcome"),

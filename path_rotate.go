@@ -2,7 +2,6 @@ package carbon
 
 import (
 	"context"
-	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -69,8 +68,8 @@ func (b *backend) pathRotateRoleWrite(ctx context.Context, req *logical.Request,
 		return logical.ErrorResponse("name: static role %q already has %d replaced keys waiting for the end of their overlap (the next at %s); rotate again after that, or with delete_previous_keys=true to delete them now",
 			name, n, formatTime(role.PreviousKeys[0].deleteDue())), nil
 	}
-	if err := b.rotateStaticRole(ctx, req.Storage, name, role, client, time.Time{}, deletePrevious); err != nil {
-		b.recordRotationFailure(ctx, req.Storage, name, role, err, false)
+	if err := b.rotateStaticRole(ctx, req.Storage, rotationInput{name: name, role: role, client: client, trigger: triggerManual, deletePrevious: deletePrevious}); err != nil {
+		b.recordRotationFailure(ctx, req.Storage, name, role, err, triggerManual)
 		b.scheduleStaticRole(name, role)
 		return nil, err
 	}

@@ -205,7 +205,7 @@ func (b *backend) pathStaticRoleWrite(ctx context.Context, req *logical.Request,
 	if create {
 		role = &staticRole{DeleteKeyOnRemove: true}
 	}
-	if err := role.update(d, create, b.now()); err != nil {
+	if err := role.update(d, b.now()); err != nil {
 		return errorResponse(err)
 	}
 	client, err := b.climatiqClient(ctx, req.Storage, role.Config)
@@ -250,8 +250,10 @@ func (b *backend) pathStaticRoleWrite(ctx context.Context, req *logical.Request,
 	return nil, nil
 }
 
-// update applies the request's fields and validates them.
-func (role *staticRole) update(d *framework.FieldData, create bool, now time.Time) error {
+// update applies the request's fields and validates them. A role without
+// a connection is being created: every stored role has one.
+func (role *staticRole) update(d *framework.FieldData, now time.Time) error {
+	create := role.Config == ""
 	for _, field := range []string{"config", "project_id", "key_id"} {
 		if v, ok := d.GetOk(field); ok && !create {
 			current := map[string]string{"config": role.Config, "project_id": role.ProjectID, "key_id": role.KeyID}[field]

@@ -458,7 +458,7 @@ func TestANewPeriodDropsARetryThatIsNoLongerDue(t *testing.T) {
 			if err == nil {
 				t.Fatal("scheduled rotation succeeded against a failing upstream")
 			}
-			e.b.recordRotationFailure(context.Background(), e.storage, "app", role, err, true)
+			e.b.recordRotationFailure(context.Background(), e.storage, "app", role, err, triggerSchedule)
 
 			e.mustOK(logical.UpdateOperation, "static-roles/app", map[string]any{"rotation_period": tc.period})
 			role = e.staticRole("app")

@@ -354,7 +354,7 @@ func TestRegressionManualOnlyRoleIsNeverRotatedByTheScheduler(t *testing.T) {
 				if err := e.b.endOverlapOrRotate(context.Background(), e.storage, "app", role, clock.Now()); err == nil {
 					t.Fatal("scheduled rotation succeeded against a failing upstream")
 				}
-				e.b.recordRotationFailure(context.Background(), e.storage, "app", role, errors.New("injected"), true)
+				e.b.recordRotationFailure(context.Background(), e.storage, "app", role, errors.New("injected"), triggerSchedule)
 				e.mustOK(logical.UpdateOperation, "static-roles/app", tc.after)
 			}
 			role := e.staticRole("app")
@@ -459,7 +459,7 @@ func TestRegressionRetriesHonourRotationWindow(t *testing.T) {
 	for clock.Now().Before(start.Add(2 * time.Hour)) {
 		role := e.staticRole("app")
 		if err := e.b.endOverlapOrRotate(context.Background(), e.storage, "app", role, clock.Now()); err != nil {
-			e.b.recordRotationFailure(context.Background(), e.storage, "app", role, err, true)
+			e.b.recordRotationFailure(context.Background(), e.storage, "app", role, err, triggerSchedule)
 		}
 		clock.Advance(rotationBackoffMax)
 	}
@@ -520,7 +520,7 @@ func TestRegressionStaticCredsTTLCountsToTheRetry(t *testing.T) {
 	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{"config": "cq", "project_id": e.projectID, "rotation_period": "1h"})
 	clock.Advance(time.Hour + time.Second)
 	role := e.staticRole("app")
-	e.b.recordRotationFailure(context.Background(), e.storage, "app", role, errors.New("upstream down"), true)
+	e.b.recordRotationFailure(context.Background(), e.storage, "app", role, errors.New("upstream down"), triggerSchedule)
 
 	creds := e.mustOK(logical.ReadOperation, "static-creds/app", nil)
 	want := int64(rotationBackoffMin.Seconds())

@@ -48,31 +48,55 @@ const (
 // overlap stay until their own time, unless the operator asked for them to
 // go at once (deletePrevious, rotate-role's delete_previous_keys).
 //
-// due is when the scheduler wanted the rotation (zero for a manual one); the
-// event reports how late it ran.
-func (b *backend) rotateStaticRole(ctx context.Context, s logical.Storage, name string, role *staticRole, client *climatiq.Client, due time.Time, deletePrevious bool) error {
+// The event reports what triggered the rotation and, for a scheduled one,
+// how late it ran.
+func (b *backend) rotateStaticRole(ctx context.Context, s logical.Storage, in rotationInput) error {
+	name, role := in.name, in.role
 	started := b.now()
 	oldKeyID := role.KeyID
-	if err := b.replaceStaticKey(ctx, s, name, role, client); err != nil {
+	if err := b.replaceStaticKey(ctx, s, name, role, in.client); err != nil {
 		return err
 	}
 	now := b.now()
-	if deletePrevious {
+	if in.deletePrevious {
 		for i := range role.PreviousKeys {
 			role.PreviousKeys[i].Expires = now
 		}
 	}
 	// Best effort now: a key that cannot be deleted stays listed with its
 	// own retry time, which never causes another rotation.
-	b.deleteEndedPreviousKeys(ctx, s, name, role, client, now)
+	b.deleteEndedPreviousKeys(ctx, s, name, role, in.client, now)
 
-	args := []string{"role", name, "key_id", role.KeyID, "previous_key_id", oldKeyID, "trigger", "manual"}
-	if !due.IsZero() {
-		args = append(args[:len(args)-1], "schedule", "lateness_ms", strconv.FormatInt(started.Sub(due).Milliseconds(), 10))
+	args := []string{"role", name, "key_id", role.KeyID, "previous_key_id", oldKeyID, "trigger", string(in.trigger)}
+	if in.trigger == triggerSchedule {
+		args = append(args, "lateness_ms", strconv.FormatInt(started.Sub(in.due).Milliseconds(), 10))
 	}
 	b.logAndEmit(eventStaticRotate, args...)
 	return nil
 }
+
+// rotationInput is what one rotation of a static role needs.
+type rotationInput struct {
+	name   string
+	role   *staticRole // rotated in place, and stored
+	client *climatiq.Client
+	// trigger is why it rotates; due, for a scheduled rotation, is when the
+	// scheduler wanted it.
+	trigger rotationTrigger
+	due     time.Time
+	// deletePrevious deletes every replaced key at once instead of at the
+	// end of its overlap (rotate-role's delete_previous_keys).
+	deletePrevious bool
+}
+
+// rotationTrigger says why a static role rotates, in events and metrics.
+type rotationTrigger string
+
+const (
+	triggerSchedule rotationTrigger = "schedule" // its rotation_period or rotation_schedule, or a retry of a failed one
+	triggerManual   rotationTrigger = "manual"   // rotate-role
+	triggerHeal     rotationTrigger = "heal"     // its key was found gone upstream (static_key_check.go)
+)
 
 // replaceStaticKey creates a new key under a WAL entry and stores it as the
 // role's current key, in the same write that lists the key it replaces (if
@@ -164,18 +188,15 @@ func (b *backend) deleteEndedPreviousKeys(ctx context.Context, s logical.Storage
 	}
 }
 
-// recordRotationFailure stores the error of a rotation. A scheduled
-// rotation is retried with exponential back-off; a manual one is not: its
-// caller got the error, and a manual-only role must never rotate by itself.
-func (b *backend) recordRotationFailure(ctx context.Context, s logical.Storage, name string, role *staticRole, cause error, scheduled bool) {
+// recordRotationFailure stores the error of a rotation. The engine's own
+// (scheduled, or healing a key gone upstream) are retried with exponential
+// back-off; a manual one is not: its caller got the error, and a
+// manual-only role must never rotate by itself.
+func (b *backend) recordRotationFailure(ctx context.Context, s logical.Storage, name string, role *staticRole, cause error, trigger rotationTrigger) {
 	now := b.now()
-	trigger := "manual"
-	if scheduled {
-		trigger = "schedule"
-	}
-	b.metrics.rotations.WithLabelValues(name, trigger, "failed").Inc()
+	b.metrics.rotations.WithLabelValues(name, string(trigger), "failed").Inc()
 	role.LastError, role.LastErrorTime = cause.Error(), now
-	if scheduled {
+	if trigger != triggerManual { // the engine's own rotations retry with a back-off
 		role.FailedAttempts++
 		role.RetryAt = now.Add(backoff(role.FailedAttempts))
 		b.Logger().Warn("static role rotation failed; will retry", "role", name, "attempt", role.FailedAttempts, "retry_at", role.RetryAt, "error", cause)
@@ -356,7 +377,7 @@ func (b *backend) processStaticRole(ctx context.Context, s logical.Storage, name
 			b.requeueLater(name, config)
 			return
 		}
-		b.recordRotationFailure(ctx, s, name, role, err, true)
+		b.recordRotationFailure(ctx, s, name, role, err, triggerSchedule)
 	}
 	b.scheduleStaticRole(name, role)
 }
@@ -400,7 +421,7 @@ func (b *backend) endOverlapOrRotate(ctx context.Context, s logical.Storage, nam
 		}
 		return nil
 	}
-	return b.rotateStaticRole(ctx, s, name, role, client, attempt, false)
+	return b.rotateStaticRole(ctx, s, rotationInput{name: name, role: role, client: client, trigger: triggerSchedule, due: attempt})
 }
 
 // errMissedWindowNotStored: a role past its rotation window could not be

@@ -130,10 +130,11 @@ func (b *backend) healStaticRole(ctx context.Context, s logical.Storage, name, d
 		"role", name, "key_id", deadKeyID)
 	client, err := b.climatiqClient(ctx, s, role.Config)
 	if err == nil {
-		err = b.rotateStaticRole(ctx, s, name, role, client, time.Time{}, false)
+		err = b.rotateStaticRole(ctx, s, rotationInput{name: name, role: role, client: client, trigger: triggerHeal})
 	}
 	if err != nil {
-		b.recordRotationFailure(ctx, s, name, role, err, true)
+		// Retried as a scheduled rotation is, with its back-off.
+		b.recordRotationFailure(ctx, s, name, role, err, triggerHeal)
 	} else {
 		b.staticKeyChecks.markVerified(name, role.KeyID)
 	}
