@@ -50,25 +50,17 @@ type backend struct {
 	markerLock sync.Mutex
 	marker     string
 
-	// roleLocks serialise all changes to one static role's key, and the
-	// renewals and revocations of one leased key.
-	roleLocks []*locksutil.LockEntry
+	// staticRoleLocks serialise all changes to one static role and its key;
+	// keyLocks the renewals, revocations and tidy's expiry of one leased
+	// key. Each guards its own names: one is never taken for the other.
+	staticRoleLocks []*locksutil.LockEntry
+	keyLocks        []*locksutil.LockEntry
 	// adoptionLocks serialise adoptions of one upstream key (taken inside
 	// the adopting role's lock, never the other way round).
 	adoptionLocks []*locksutil.LockEntry
 
-	// The rotation scheduler of static roles (rotation.go); rotationQueue
-	// is nil where this node does not rotate (standbys, DR secondaries).
-	// schedulerTick 0 starts no ticker: tests run ticks themselves.
-	schedulerTick      time.Duration
-	schedulerLock      sync.Mutex
-	rotationQueue      *rotationQueues
-	schedulerCtx       context.Context
-	stopScheduler      context.CancelFunc
-	schedulerDone      chan struct{}
-	rotationsRunning   int
-	rotationsPerConfig map[string]int
-	rotations          sync.WaitGroup
+	// scheduler rotates static roles (rotation.go).
+	scheduler rotationScheduler
 
 	// A failed Initialize is retried in the background until it succeeds
 	// or Clean runs (retryInitialize); initRetryDelay is the first wait,
@@ -114,18 +106,13 @@ type backend struct {
 	// ages. Tests replace it to run hours of TTL in milliseconds.
 	clock func() time.Time
 
-	// roles caches dynamic roles for issuance; dropped on write, delete
-	// and Invalidate.
-	// liveCounts counts live keys per role and connection (livecounts.go);
+	// liveCounts counts live keys per role and connection (livecounts.go).
+	liveCounts liveCounts
 	// legacyInventoryMoved is set once no v0.1 inventory entry is left.
-	liveCounts           liveCounts
 	legacyInventoryMoved atomic.Bool
 
-	// rolesGeneration counts forgetRole calls, so a read that raced a
-	// write is not cached.
-	rolesLock       sync.RWMutex
-	roles           map[string]*roleEntry
-	rolesGeneration uint64
+	// roles caches dynamic roles for issuance (path_roles.go).
+	roles roleCache
 
 	// blocks are the WAL entries covering this instance's issuances
 	// (issuance_wal.go).
@@ -160,19 +147,19 @@ func newBackend() *backend {
 	b := &backend{
 		connections: make(map[string]*connection),
 		lastTidy:    make(map[string]time.Time),
-		roles:       make(map[string]*roleEntry),
 
-		events:         make(chan pendingEvent, eventQueueSize),
-		spentWAL:       make(chan spentWALEntry, spentWALQueueSize),
-		stopBackground: make(chan struct{}),
-		roleLocks:      locksutil.CreateLocks(),
-		adoptionLocks:  locksutil.CreateLocks(),
-		clock:          time.Now,
-		metrics:        newMetrics(),
-		startedAt:      time.Now().Truncate(time.Second),
-		schedulerTick:  schedulerTick,
-		initRetryDelay: initRetryFirstDelay,
-		initRetryMax:   initRetryMaxDelay,
+		events:          make(chan pendingEvent, eventQueueSize),
+		spentWAL:        make(chan spentWALEntry, spentWALQueueSize),
+		stopBackground:  make(chan struct{}),
+		staticRoleLocks: locksutil.CreateLocks(),
+		keyLocks:        locksutil.CreateLocks(),
+		adoptionLocks:   locksutil.CreateLocks(),
+		clock:           time.Now,
+		metrics:         newMetrics(),
+		startedAt:       time.Now().Truncate(time.Second),
+		scheduler:       rotationScheduler{tick: schedulerTick},
+		initRetryDelay:  initRetryFirstDelay,
+		initRetryMax:    initRetryMaxDelay,
 	}
 	b.tidyJobs.init()
 	b.Backend = &framework.Backend{

@@ -291,12 +291,12 @@ func (s *unavailableStorage) Put(ctx context.Context, e *logical.StorageEntry) e
 // rotation scheduler; and Clean during the retries leaves nothing running.
 func TestInitializeRetriesUntilTheSchedulerStarts(t *testing.T) {
 	queued := func(b *backend) int {
-		b.schedulerLock.Lock()
-		defer b.schedulerLock.Unlock()
-		if b.rotationQueue == nil {
+		b.scheduler.lock.Lock()
+		defer b.scheduler.lock.Unlock()
+		if b.scheduler.queue == nil {
 			return -1
 		}
-		return b.rotationQueue.len()
+		return b.scheduler.queue.len()
 	}
 	for _, tc := range []struct {
 		step   string

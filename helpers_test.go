@@ -152,7 +152,7 @@ func (e *testEnv) reload() *backend {
 		e.t.Fatal(err)
 	}
 	fresh := raw.(*backend)
-	fresh.schedulerTick = 0
+	fresh.scheduler.tick = 0
 	fresh.startedAt = time.Now().Add(2 * time.Second)
 	e.t.Cleanup(func() { fresh.clean(context.Background()) })
 	old := e.b

@@ -167,8 +167,8 @@ func getKey(ctx context.Context, s logical.Storage, id string) (*ownedKey, error
 // role has no max_keys). A failed write counts nothing.
 func (b *backend) recordKey(ctx context.Context, s logical.Storage, k *ownedKey, slot *keySlot) error {
 	k.Kind = k.kind()
-	b.liveCounts.RLock()
-	defer b.liveCounts.RUnlock()
+	b.liveCounts.building.RLock()
+	defer b.liveCounts.building.RUnlock()
 	if err := s.Put(ctx, &logical.StorageEntry{Key: k.listingPath()}); err != nil {
 		return err
 	}
@@ -183,8 +183,8 @@ func (b *backend) recordKey(ctx context.Context, s logical.Storage, k *ownedKey,
 // with its latest expiry, and the caller's retry (Vault retries a failed
 // revocation) finishes the job.
 func (b *backend) forgetKey(ctx context.Context, s logical.Storage, k *ownedKey) error {
-	b.liveCounts.RLock()
-	defer b.liveCounts.RUnlock()
+	b.liveCounts.building.RLock()
+	defer b.liveCounts.building.RUnlock()
 	found, err := b.forgetEntriesLocked(ctx, s, k.KeyID, func(*ownedKey) bool { return true })
 	if err != nil {
 		return err
@@ -210,8 +210,8 @@ func (b *backend) forgetKey(ctx context.Context, s logical.Storage, k *ownedKey)
 // forgetRoleRecords removes the static entries of id that name the given
 // role, and leaves any other's; the counts move once no entry is left.
 func (b *backend) forgetRoleRecords(ctx context.Context, s logical.Storage, id, role string) error {
-	b.liveCounts.RLock()
-	defer b.liveCounts.RUnlock()
+	b.liveCounts.building.RLock()
+	defer b.liveCounts.building.RUnlock()
 	_, err := b.forgetEntriesLocked(ctx, s, id, func(e *ownedKey) bool {
 		return e.kind() == keyKindStatic && e.Role == role
 	})
@@ -220,7 +220,7 @@ func (b *backend) forgetRoleRecords(ctx context.Context, s logical.Storage, id, 
 
 // forgetEntriesLocked deletes the entries of id that match, and moves the
 // counts once none is left. It reports how many entries id had. The
-// caller holds liveCounts' read lock.
+// caller holds liveCounts.building for reading.
 func (b *backend) forgetEntriesLocked(ctx context.Context, s logical.Storage, id string, match func(*ownedKey) bool) (int, error) {
 	entries, names, err := keyEntries(ctx, s, id)
 	if err != nil {

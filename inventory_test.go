@@ -213,7 +213,7 @@ func TestInitializeDeletesFormat3RecordCopies(t *testing.T) {
 	if err := putEntry(context.Background(), e.storage, format3RecordPrefix+keyID, k); err != nil {
 		t.Fatal(err)
 	}
-	e.b.schedulerTick = 0
+	e.b.scheduler.tick = 0
 	if err := e.b.Initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
 		t.Fatal(err)
 	}

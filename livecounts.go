@@ -16,11 +16,12 @@ import (
 // slots in flight, so max_keys is exact without holding a lock across the
 // upstream call, and a capped role issues as concurrently as any other.
 //
-// The write lock is held while the counts are built from storage, so no key
-// recorded or forgotten meanwhile is counted twice or missed; recording and
-// forgetting hold the read lock, and do not wait for each other.
 type liveCounts struct {
-	sync.RWMutex
+	// building is held for writing while the counts are built from
+	// storage, and for reading by every write that records or forgets a
+	// key: no key recorded or forgotten meanwhile is counted twice or
+	// missed, and recorders do not wait for each other.
+	building sync.RWMutex
 	mu       sync.Mutex // guards the maps and built
 	built    bool
 	byRole   map[string]int
@@ -40,7 +41,7 @@ func roleCountKey(kind, role string) string { return kind + "/" + role }
 
 // add moves the counts by delta for k and, in the same step, ends the slot
 // k was issued under, so the role's count never shows the key twice or not
-// at all. Called with the read lock held.
+// at all. Called with building held for reading.
 func (c *liveCounts) add(k *ownedKey, delta int, slot *keySlot) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -108,8 +109,8 @@ func (b *backend) ensureLiveCounts(ctx context.Context, s logical.Storage) error
 	if built {
 		return nil
 	}
-	c.Lock()
-	defer c.Unlock()
+	c.building.Lock()
+	defer c.building.Unlock()
 	if c.built {
 		return nil
 	}
@@ -141,8 +142,8 @@ func (b *backend) liveKeysOfConfig(ctx context.Context, s logical.Storage, confi
 // resetLiveCounts drops the counts, to be rebuilt: another node changed
 // the inventory. Slots in flight stay: their keys are not recorded yet.
 func (b *backend) resetLiveCounts() {
-	b.liveCounts.Lock()
-	defer b.liveCounts.Unlock()
+	b.liveCounts.building.Lock()
+	defer b.liveCounts.building.Unlock()
 	b.liveCounts.mu.Lock()
 	b.liveCounts.built = false
 	b.liveCounts.mu.Unlock()

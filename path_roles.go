@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -124,10 +125,11 @@ func getRole(ctx context.Context, s logical.Storage, name string) (*roleEntry, e
 // once and kept until written, deleted or invalidated. Callers must not
 // modify the returned entry.
 func (b *backend) cachedRole(ctx context.Context, s logical.Storage, name string) (*roleEntry, error) {
-	b.rolesLock.RLock()
-	role, ok := b.roles[name]
-	generation := b.rolesGeneration
-	b.rolesLock.RUnlock()
+	c := &b.roles
+	c.lock.RLock()
+	role, ok := c.roles[name]
+	generation := c.generation
+	c.lock.RUnlock()
 	if ok {
 		return role, nil
 	}
@@ -135,21 +137,33 @@ func (b *backend) cachedRole(ctx context.Context, s logical.Storage, name string
 	if err != nil || role == nil {
 		return role, err
 	}
-	b.rolesLock.Lock()
+	c.lock.Lock()
 	// A write or delete that forgot roles while this read was under way
 	// may have changed what it read: serve it this once, never cache it.
-	if generation == b.rolesGeneration {
-		b.roles[name] = role
+	if generation == c.generation {
+		if c.roles == nil {
+			c.roles = map[string]*roleEntry{}
+		}
+		c.roles[name] = role
 	}
-	b.rolesLock.Unlock()
+	c.lock.Unlock()
 	return role, nil
 }
 
 func (b *backend) forgetRole(name string) {
-	b.rolesLock.Lock()
-	delete(b.roles, name)
-	b.rolesGeneration++
-	b.rolesLock.Unlock()
+	c := &b.roles
+	c.lock.Lock()
+	delete(c.roles, name)
+	c.generation++
+	c.lock.Unlock()
+}
+
+// roleCache holds dynamic roles read for issuance, until a write, delete or
+// Invalidate forgets them.
+type roleCache struct {
+	lock       sync.RWMutex // guards what follows
+	roles      map[string]*roleEntry
+	generation uint64 // counts forgetRole calls, so a read that raced a write is not cached
 }
 
 // rolesUsingConfig names the roles that issue from the given connection.

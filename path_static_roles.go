@@ -117,7 +117,7 @@ func pathStaticRoles(b *backend) []*framework.Path {
 // staticRoleLock serialises everything that changes one static role's key:
 // scheduled and manual rotation, writes and deletes.
 func (b *backend) staticRoleLock(name string) *locksutil.LockEntry {
-	return locksutil.LockForKey(b.roleLocks, "static-roles/"+name)
+	return locksutil.LockForKey(b.staticRoleLocks, name)
 }
 
 // lockingStaticRole wraps a handler that changes a static role's key: it

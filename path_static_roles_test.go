@@ -299,7 +299,7 @@ func TestRotationQueueRebuiltAfterRestart(t *testing.T) {
 
 	// A new backend on the same storage, as after a restart.
 	restarted := newBackend()
-	restarted.schedulerTick = 0 // drive the queue by hand
+	restarted.scheduler.tick = 0 // drive the queue by hand
 	if err := restarted.Setup(context.Background(), &logical.BackendConfig{
 		StorageView: e.storage, System: logical.TestSystemView(), Logger: e.b.Logger(),
 	}); err != nil {
@@ -309,12 +309,12 @@ func TestRotationQueueRebuiltAfterRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer restarted.clean(context.Background())
-	if n := restarted.rotationQueue.len(); n != 2 {
+	if n := restarted.scheduler.queue.len(); n != 2 {
 		t.Fatalf("queue holds %d roles, want 2 (the manual role has no schedule)", n)
 	}
 	later := e.staticRole("later").KeyID
 	restarted.runDueRotations(e.storage)
-	if n := restarted.rotationQueue.len(); n != 2 {
+	if n := restarted.scheduler.queue.len(); n != 2 {
 		t.Fatalf("after the tick the queue holds %d roles, want 2", n)
 	}
 	if e.staticRole("later").KeyID != later {

@@ -135,7 +135,7 @@ func (e *testEnv) schedulerByHand() *fakeClock {
 	e.t.Helper()
 	clock := newFakeClock()
 	e.b.clock = clock.Now
-	e.b.schedulerTick = 0
+	e.b.scheduler.tick = 0
 	if err := e.b.initializeOnce(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
 		e.t.Fatal(err)
 	}
@@ -250,7 +250,7 @@ func TestRegressionAdoptingAnOwnedKeyIsRefused(t *testing.T) {
 func TestRegressionCleanWhileSchedulerTicks(t *testing.T) {
 	for i := 0; i < 50; i++ {
 		b := newBackend()
-		b.schedulerTick = time.Millisecond
+		b.scheduler.tick = time.Millisecond
 		s := &logical.InmemStorage{}
 		if err := b.Setup(context.Background(), &logical.BackendConfig{StorageView: s, System: logical.TestSystemView(), Logger: testLogger()}); err != nil {
 			t.Fatal(err)
@@ -559,7 +559,7 @@ func TestRegressionSlowConnectionDoesNotDelayOthers(t *testing.T) {
 		}
 	}
 	slow.SetLatency(0)
-	e.b.rotations.Wait()
+	e.b.scheduler.inFlight.Wait()
 }
 
 func TestRegressionUpstreamFailuresAreNot500(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -36,6 +37,23 @@ const (
 	rotationBackoffMax = 5 * time.Minute
 	rotationTimeout    = 2 * time.Minute
 )
+
+// rotationScheduler is the state of the scheduler of static roles' rotations
+// on the node that rotates; queue is nil where this node does not rotate
+// (standbys, DR and performance secondaries).
+type rotationScheduler struct {
+	tick time.Duration // 0 starts no ticker: tests run ticks themselves
+
+	lock      sync.Mutex // guards what follows
+	queue     *rotationQueues
+	ctx       context.Context // the scheduler's life, cancelled by stop
+	stop      context.CancelFunc
+	done      chan struct{}  // closed when the ticker's goroutine ends
+	running   int            // rotations in flight
+	perConfig map[string]int // rotations in flight per connection
+
+	inFlight sync.WaitGroup // the rotations' goroutines
+}
 
 // rotateStaticRole replaces the role's key. Order: WAL, create the new key,
 // record it (inventory, then the role, now listing the old key among its
@@ -211,23 +229,23 @@ func (b *backend) recordRotationFailure(ctx context.Context, s logical.Storage, 
 // scheduleStaticRole (re)places the role in the rotation queue, or takes
 // it out when nothing is ever due.
 func (b *backend) scheduleStaticRole(name string, role *staticRole) {
-	b.schedulerLock.Lock()
-	defer b.schedulerLock.Unlock()
-	if b.rotationQueue == nil {
+	b.scheduler.lock.Lock()
+	defer b.scheduler.lock.Unlock()
+	if b.scheduler.queue == nil {
 		return // not the node that rotates
 	}
 	if due := role.dueAt(); due.IsZero() {
-		b.rotationQueue.remove(name)
+		b.scheduler.queue.remove(name)
 	} else {
-		b.rotationQueue.put(name, role.Config, due)
+		b.scheduler.queue.put(name, role.Config, due)
 	}
 }
 
 func (b *backend) unscheduleStaticRole(name string) {
-	b.schedulerLock.Lock()
-	defer b.schedulerLock.Unlock()
-	if b.rotationQueue != nil {
-		b.rotationQueue.remove(name)
+	b.scheduler.lock.Lock()
+	defer b.scheduler.lock.Unlock()
+	if b.scheduler.queue != nil {
+		b.scheduler.queue.remove(name)
 	}
 }
 
@@ -253,15 +271,15 @@ func (b *backend) startRotationScheduler(ctx context.Context, s logical.Storage)
 		}
 	}
 	schedCtx, cancel := context.WithCancel(context.Background())
-	b.schedulerLock.Lock()
-	b.rotationQueue = q
-	b.schedulerCtx, b.stopScheduler = schedCtx, cancel
-	b.rotationsRunning, b.rotationsPerConfig = 0, map[string]int{}
-	if b.schedulerTick > 0 {
-		b.schedulerDone = make(chan struct{})
-		go b.runScheduler(schedCtx, s, b.schedulerDone)
+	b.scheduler.lock.Lock()
+	b.scheduler.queue = q
+	b.scheduler.ctx, b.scheduler.stop = schedCtx, cancel
+	b.scheduler.running, b.scheduler.perConfig = 0, map[string]int{}
+	if b.scheduler.tick > 0 {
+		b.scheduler.done = make(chan struct{})
+		go b.runScheduler(schedCtx, s, b.scheduler.done)
 	}
-	b.schedulerLock.Unlock()
+	b.scheduler.lock.Unlock()
 	b.Logger().Info("rotation scheduler started", "static_roles", len(names), "scheduled", q.len(),
 		"took", time.Since(began).Round(time.Millisecond).String())
 	return nil
@@ -291,7 +309,7 @@ func loadStaticRoles(ctx context.Context, s logical.Storage, names []string) ([]
 // work it started, so a slow upstream delays only its own roles.
 func (b *backend) runScheduler(ctx context.Context, s logical.Storage, done chan struct{}) {
 	defer close(done)
-	ticker := time.NewTicker(b.schedulerTick)
+	ticker := time.NewTicker(b.scheduler.tick)
 	defer ticker.Stop()
 	for {
 		select {
@@ -309,27 +327,28 @@ func (b *backend) runScheduler(ctx context.Context, s logical.Storage, done chan
 // left over stay queued until a place frees up or the next tick.
 func (b *backend) startDueRotations(s logical.Storage) {
 	now := b.now()
-	b.schedulerLock.Lock()
-	defer b.schedulerLock.Unlock()
-	if b.rotationQueue == nil || b.schedulerCtx.Err() != nil {
+	b.scheduler.lock.Lock()
+	defer b.scheduler.lock.Unlock()
+	if b.scheduler.queue == nil || b.scheduler.ctx.Err() != nil {
 		return
 	}
-	for _, config := range b.rotationQueue.configs() {
-		for b.rotationsRunning < maxRotationsRunning && b.rotationsPerConfig[config] < rotationsPerConnection {
-			name, due := b.rotationQueue.popDue(config, now)
+	ctx := b.scheduler.ctx // read under the lock: a restart of the scheduler replaces it
+	for _, config := range b.scheduler.queue.configs() {
+		for b.scheduler.running < maxRotationsRunning && b.scheduler.perConfig[config] < rotationsPerConnection {
+			name, due := b.scheduler.queue.popDue(config, now)
 			if !due {
 				break
 			}
-			b.rotationsPerConfig[config]++
-			b.rotationsRunning++
-			b.rotations.Add(1)
+			b.scheduler.perConfig[config]++
+			b.scheduler.running++
+			b.scheduler.inFlight.Add(1)
 			go func() {
-				defer b.rotations.Done()
-				b.processStaticRole(b.schedulerCtx, s, name, config)
-				b.schedulerLock.Lock()
-				b.rotationsPerConfig[config]--
-				b.rotationsRunning--
-				b.schedulerLock.Unlock()
+				defer b.scheduler.inFlight.Done()
+				b.processStaticRole(ctx, s, name, config)
+				b.scheduler.lock.Lock()
+				b.scheduler.perConfig[config]--
+				b.scheduler.running--
+				b.scheduler.lock.Unlock()
 				// A freed place goes to the next due role at once rather
 				// than at the next tick: a burst of due roles on one
 				// connection runs back to back, rotationsPerConnection at
@@ -344,7 +363,7 @@ func (b *backend) startDueRotations(s logical.Storage) {
 // tick, run synchronously by tests that drive the clock themselves.
 func (b *backend) runDueRotations(s logical.Storage) {
 	b.startDueRotations(s)
-	b.rotations.Wait()
+	b.scheduler.inFlight.Wait()
 }
 
 // processStaticRole does whatever is due for one role: end an overlap,
@@ -431,20 +450,20 @@ var errMissedWindowNotStored = errors.New("storing the next rotation time after 
 // requeueLater puts a role back after a storage error, a little later,
 // still counted against its connection's limit.
 func (b *backend) requeueLater(name, config string) {
-	b.schedulerLock.Lock()
-	defer b.schedulerLock.Unlock()
-	if b.rotationQueue != nil {
-		b.rotationQueue.put(name, config, b.now().Add(rotationBackoffMin))
+	b.scheduler.lock.Lock()
+	defer b.scheduler.lock.Unlock()
+	if b.scheduler.queue != nil {
+		b.scheduler.queue.put(name, config, b.now().Add(rotationBackoffMin))
 	}
 }
 
 // stopRotationScheduler stops the ticker, waits for work in flight, and
 // only then drops the queue that the work puts roles back into.
 func (b *backend) stopRotationScheduler() {
-	b.schedulerLock.Lock()
-	stop, done := b.stopScheduler, b.schedulerDone
-	b.stopScheduler, b.schedulerDone = nil, nil
-	b.schedulerLock.Unlock()
+	b.scheduler.lock.Lock()
+	stop, done := b.scheduler.stop, b.scheduler.done
+	b.scheduler.stop, b.scheduler.done = nil, nil
+	b.scheduler.lock.Unlock()
 	if stop == nil {
 		return
 	}
@@ -452,8 +471,8 @@ func (b *backend) stopRotationScheduler() {
 	if done != nil {
 		<-done
 	}
-	b.rotations.Wait()
-	b.schedulerLock.Lock()
-	b.rotationQueue = nil
-	b.schedulerLock.Unlock()
+	b.scheduler.inFlight.Wait()
+	b.scheduler.lock.Lock()
+	b.scheduler.queue = nil
+	b.scheduler.lock.Unlock()
 }

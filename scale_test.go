@@ -69,7 +69,7 @@ func TestOperationCostsDoNotGrowWithKeys(t *testing.T) {
 	measure := func(filled int) map[string]int {
 		s := &countingStorage{Storage: &logical.InmemStorage{}}
 		e := newTestEnvWithStorage(t, s)
-		e.b.schedulerTick = 0
+		e.b.scheduler.tick = 0
 		if err := e.b.initializeOnce(context.Background(), &logical.InitializationRequest{Storage: s}); err != nil {
 			t.Fatal(err)
 		}
@@ -255,7 +255,7 @@ func TestLegacyInventoryMovedInPlace(t *testing.T) {
 		leases = append(leases, resp)
 	}
 	restarted := newBackend()
-	restarted.schedulerTick = 0
+	restarted.scheduler.tick = 0
 	if err := restarted.Setup(context.Background(), &logical.BackendConfig{StorageView: e.storage, System: logical.TestSystemView(), Logger: testLogger()}); err != nil {
 		t.Fatal(err)
 	}

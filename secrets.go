@@ -112,7 +112,7 @@ func (b *backend) extendRecordedExpiry(ctx context.Context, s logical.Storage, l
 // keyLock serialises the inventory writes of one lease's renew and revoke,
 // so a renewal never writes back the entry a revocation just removed.
 func (b *backend) keyLock(keyName string) *locksutil.LockEntry {
-	return locksutil.LockForKey(b.roleLocks, "key/"+keyName)
+	return locksutil.LockForKey(b.keyLocks, keyName)
 }
 
 // revokeClimatiqKey deletes the key upstream (with its project for

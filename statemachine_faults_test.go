@@ -522,13 +522,13 @@ func (m *model) TickInFlight(t *rapid.T) {
 		rotate := m.rotateRequest(name)
 		b.startDueRotations(v)
 		o := rotate.run(m.ctx, b, v)
-		b.rotations.Wait()
+		b.scheduler.inFlight.Wait()
 		rotate.judge(o, false)
 	default:
 		v.armStop(at, ops, hang)
 		b.startDueRotations(v)
 		done := make(chan struct{})
-		go func() { b.rotations.Wait(); close(done) }()
+		go func() { b.scheduler.inFlight.Wait(); close(done) }()
 		select {
 		case <-done:
 		case <-v.stopped:

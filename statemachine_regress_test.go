@@ -23,7 +23,7 @@ func regressEnv(t *testing.T) (*testEnv, *fakeClock) {
 	e := newTestEnvWithStorage(t, vaultStorage{&logical.InmemStorage{}})
 	clock := &fakeClock{now: time.Now().UTC().Truncate(time.Second)}
 	e.b.clock = clock.Now
-	e.b.schedulerTick = 0
+	e.b.scheduler.tick = 0
 	if err := e.b.initializeOnce(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
 		t.Fatal(err)
 	}

@@ -556,7 +556,7 @@ func (m *model) startBackend() *backend {
 	}
 	b := raw.(*backend)
 	b.clock = m.clock.Now
-	b.schedulerTick = 0
+	b.scheduler.tick = 0
 	// Vault's own entry point: a failed attempt is retried in the
 	// background until it succeeds (here within milliseconds of the fault
 	// ending; Heal waits for it).

@@ -36,9 +36,9 @@ func TestStorageFormatVersion(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			e.b.schedulerLock.Lock()
-			schedulerStarted := e.b.rotationQueue != nil
-			e.b.schedulerLock.Unlock()
+			e.b.scheduler.lock.Lock()
+			schedulerStarted := e.b.scheduler.queue != nil
+			e.b.scheduler.lock.Unlock()
 
 			if !tt.refused {
 				if after == nil || *after != (storageFormat{Version: storageFormatVersion, WrittenBy: Version}) {
