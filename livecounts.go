@@ -15,7 +15,6 @@ import (
 // anything upstream; the count it checks is its recorded keys plus the
 // slots in flight, so max_keys is exact without holding a lock across the
 // upstream call, and a capped role issues as concurrently as any other.
-//
 type liveCounts struct {
 	// building is held for writing while the counts are built from
 	// storage, and for reading by every write that records or forgets a
