@@ -2,182 +2,15 @@ package carbon
 
 import (
 	"context"
-	"errors"
 	"math"
-	"os"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	hclog "github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/framework"
-	"github.com/hashicorp/vault/sdk/helper/logging"
 	"github.com/hashicorp/vault/sdk/logical"
-
-	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/altruistiqtest"
-	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiqtest"
 )
-
-const (
-	testManagementKey = "mgmt-key-s3cr3t-value"
-	testClientID      = "atq-client-id"
-	testClientSecret  = "atq-client-s3cr3t-value"
-)
-
-// testEnv is a backend on in-memory storage with both fake upstreams.
-type testEnv struct {
-	t          testing.TB
-	b          *backend
-	storage    logical.Storage
-	climatiq   *climatiqtest.Server
-	altruistiq *altruistiqtest.Server
-	projectID  string
-}
-
-func newTestEnv(t testing.TB) *testEnv {
-	t.Helper()
-	return newTestEnvWithStorage(t, &logical.InmemStorage{})
-}
-
-func newTestEnvWithStorage(t testing.TB, s logical.Storage) *testEnv {
-	t.Helper()
-	conf := logical.TestBackendConfig()
-	conf.StorageView = s
-	// Trace logs of every upstream call drown test failures; set
-	// CARBON_TEST_LOG=trace to see them.
-	conf.Logger = logging.NewVaultLogger(hclog.LevelFromString(envOr("CARBON_TEST_LOG", "warn")))
-	raw, err := Factory(context.Background(), conf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := raw.(*backend)
-	t.Cleanup(func() { b.clean(context.Background()) })
-
-	cq := climatiqtest.NewServer(testManagementKey)
-	t.Cleanup(cq.Close)
-	aq := altruistiqtest.NewServer(testClientID, testClientSecret)
-	t.Cleanup(aq.Close)
-
-	return &testEnv{
-		t: t, b: b, storage: s, climatiq: cq, altruistiq: aq,
-		projectID: cq.AddProject("vault-tests").ID,
-	}
-}
-
-// do runs one request against the backend and fails the test on a Go error
-// (which Vault would report as a 500).
-func (e *testEnv) do(op logical.Operation, path string, data map[string]any) *logical.Response {
-	e.t.Helper()
-	resp, err := e.doErr(op, path, data)
-	if err != nil {
-		e.t.Fatalf("%s %s: unexpected error: %v", op, path, err)
-	}
-	return resp
-}
-
-func (e *testEnv) doErr(op logical.Operation, path string, data map[string]any) (*logical.Response, error) {
-	req := &logical.Request{
-		Operation:   op,
-		Path:        path,
-		Data:        data,
-		Storage:     e.storage,
-		DisplayName: "token-tester",
-	}
-	if op == logical.CreateOperation || op == logical.UpdateOperation {
-		// Let the existence check pick create or update, as Vault does.
-		if ok, exists, err := e.b.HandleExistenceCheck(context.Background(), req); err == nil && ok {
-			req.Operation = logical.UpdateOperation
-			if !exists {
-				req.Operation = logical.CreateOperation
-			}
-		}
-	}
-	resp, err := e.b.HandleRequest(context.Background(), req)
-	if path == "tidy" {
-		// A run that outlives its answer (a 202) goes on in the
-		// background; tests look at the mount once it has ended.
-		e.b.waitTidy()
-	}
-	return resp, err
-}
-
-// mustOK fails unless the response is a success.
-func (e *testEnv) mustOK(op logical.Operation, path string, data map[string]any) *logical.Response {
-	e.t.Helper()
-	resp := e.do(op, path, data)
-	if resp != nil && resp.IsError() {
-		e.t.Fatalf("%s %s: unexpected error response: %v", op, path, resp.Error())
-	}
-	return resp
-}
-
-// mustFail fails unless the response is a 4xx-style error naming field.
-func (e *testEnv) mustFail(op logical.Operation, path string, data map[string]any, field string) {
-	e.t.Helper()
-	resp := e.do(op, path, data)
-	if resp == nil || !resp.IsError() {
-		e.t.Fatalf("%s %s: expected an error naming %q, got %#v", op, path, field, resp)
-	}
-	if msg := resp.Error().Error(); !strings.Contains(msg, field) {
-		e.t.Fatalf("%s %s: error %q does not name field %q", op, path, msg, field)
-	}
-}
-
-func (e *testEnv) writeClimatiqConfig(name string, extra map[string]any) {
-	e.t.Helper()
-	data := map[string]any{
-		"provider":       "climatiq",
-		"management_key": testManagementKey,
-		"management_url": e.climatiq.ManagementURL(),
-		"api_url":        e.climatiq.APIURL(),
-		"max_retries":    1,
-	}
-	for k, v := range extra {
-		data[k] = v
-	}
-	e.mustOK(logical.CreateOperation, "config/"+name, data)
-}
-
-func (e *testEnv) writeAltruistiqConfig(name string, extra map[string]any) {
-	e.t.Helper()
-	data := map[string]any{
-		"provider":      "altruistiq",
-		"client_id":     testClientID,
-		"client_secret": testClientSecret,
-		"token_url":     e.altruistiq.TokenURL(),
-		"api_url":       e.altruistiq.APIURL(),
-	}
-	for k, v := range extra {
-		data[k] = v
-	}
-	e.mustOK(logical.CreateOperation, "config/"+name, data)
-}
-
-func (e *testEnv) writeRole(name string, data map[string]any) {
-	e.t.Helper()
-	e.mustOK(logical.CreateOperation, "roles/"+name, data)
-}
-
-// revoke and renew drive a lease the way Vault's expiration manager does.
-func (e *testEnv) revoke(secret *logical.Secret) (*logical.Response, error) {
-	return e.b.HandleRequest(context.Background(), &logical.Request{
-		Operation: logical.RevokeOperation,
-		Storage:   e.storage,
-		Secret:    secret,
-	})
-}
-
-func (e *testEnv) renew(secret *logical.Secret, increment time.Duration) (*logical.Response, error) {
-	s := *secret
-	s.Increment = increment
-	return e.b.HandleRequest(context.Background(), &logical.Request{
-		Operation: logical.RenewOperation,
-		Storage:   e.storage,
-		Secret:    &s,
-	})
-}
 
 // TestHelpTextComplete fails when a path, operation or field lacks the help
 // text that `vault path-help` and the OpenAPI document show operators.
@@ -229,61 +62,6 @@ func TestBackendVersionAndInvalidate(t *testing.T) {
 	if c3 == c1 {
 		t.Fatal("Invalidate did not drop the cached connection")
 	}
-}
-
-func envOr(name, fallback string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return fallback
-}
-
-// unavailableStorage fails Get, List and Put, the calls initialize makes,
-// of keys under prefix while failures are left.
-type unavailableStorage struct {
-	logical.Storage
-	prefix   string
-	mu       sync.Mutex
-	failures int
-	calls    int
-}
-
-func (s *unavailableStorage) fail(key string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.calls++
-	if s.failures > 0 && strings.HasPrefix(key, s.prefix) {
-		s.failures--
-		return errors.New("storage unavailable")
-	}
-	return nil
-}
-
-func (s *unavailableStorage) callCount() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.calls
-}
-
-func (s *unavailableStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
-	if err := s.fail(key); err != nil {
-		return nil, err
-	}
-	return s.Storage.Get(ctx, key)
-}
-
-func (s *unavailableStorage) List(ctx context.Context, prefix string) ([]string, error) {
-	if err := s.fail(prefix); err != nil {
-		return nil, err
-	}
-	return s.Storage.List(ctx, prefix)
-}
-
-func (s *unavailableStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
-	if err := s.fail(e.Key); err != nil {
-		return err
-	}
-	return s.Storage.Put(ctx, e)
 }
 
 // TestInitializeRetriesUntilTheSchedulerStarts: Vault only logs an error from
@@ -351,4 +129,38 @@ func TestInitializeRetriesUntilTheSchedulerStarts(t *testing.T) {
 			t.Fatalf("a retry is left running after Clean:\n%s", stacks)
 		}
 	})
+}
+
+func TestHabitsFromOtherEngines(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", map[string]any{"verify_connection": true})
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID, "ttl": "1h"})
+	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{"config": "cq", "project_id": e.projectID, "rotation_period": "1h"})
+
+	for _, path := range []string{"rotate-root/cq", "rotate-root"} {
+		resp, err := e.doErr(logical.UpdateOperation, path, nil)
+		if err != nil || resp == nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "config/") {
+			t.Fatalf("%s: %v %v, want a 400 saying to write config/", path, resp, err)
+		}
+	}
+	e.mustFail(logical.ReadOperation, "creds/app", nil, "static-creds/app")
+
+	for _, tc := range []struct {
+		path, item, field string
+		want              any
+	}{
+		{"config/", "cq", "provider", "climatiq"},
+		{"roles/", "ci", "ttl", int64(3600)},
+		{"static-roles/", "app", "key_id", e.staticRole("app").KeyID},
+	} {
+		list := e.mustOK(logical.ListOperation, tc.path, nil)
+		info, _ := list.Data["key_info"].(map[string]any)
+		item, _ := info[tc.item].(map[string]any)
+		if item[tc.field] != tc.want {
+			t.Errorf("list -detailed %s: key_info[%s][%s] = %v, want %v", tc.path, tc.item, tc.field, item[tc.field], tc.want)
+		}
+	}
+	if cfg := e.mustOK(logical.ReadOperation, "config/cq", nil); cfg.Data["verify_connection"] != true {
+		t.Fatalf("config read lacks verify_connection: %v", cfg.Data)
+	}
 }

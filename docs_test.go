@@ -444,3 +444,19 @@ func apiDocSortedKeys[V any](m map[string]V) []string {
 	sort.Strings(keys)
 	return keys
 }
+
+func TestReadResponsesHaveSchemas(t *testing.T) {
+	b := newBackend()
+	for _, p := range b.Paths {
+		for op, h := range p.Operations {
+			po, ok := h.(*framework.PathOperation)
+			if !ok || po.Unpublished || (op != logical.ReadOperation && p.Pattern != "tidy$" && !strings.HasPrefix(p.Pattern, "rotate-role/")) {
+				continue
+			}
+			// A raw answer (metrics) has its media type instead of fields.
+			if len(po.Responses[200]) == 0 || (len(po.Responses[200][0].Fields) == 0 && po.Responses[200][0].MediaType == "") {
+				t.Errorf("%s %s has no response schema", op, p.Pattern)
+			}
+		}
+	}
+}

@@ -1,8 +1,6 @@
 package carbon
 
 import (
-	"errors"
-	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -94,25 +92,4 @@ func TestEchoingUpstreams(t *testing.T) {
 
 func altruistiqForms(_ *testEnv, secret string) []leakcheck.Form {
 	return append(leakcheck.Encodings(secret), leakcheck.BasicEncodings(testClientID, secret)...)
-}
-
-// codedStatus is the status Vault answers with: a logical.HTTPCodedError's
-// own, crossing the plugin boundary, or statusOf's.
-func codedStatus(resp *logical.Response, err error) int {
-	var coded logical.HTTPCodedError
-	if errors.As(err, &coded) {
-		return coded.Code()
-	}
-	return statusOf(resp, err)
-}
-
-// errorText is what Vault would show of a failed request.
-func errorText(resp *logical.Response, err error) string {
-	if err != nil {
-		return err.Error()
-	}
-	if resp != nil && resp.IsError() {
-		return resp.Error().Error()
-	}
-	return fmt.Sprintf("%v", resp)
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
 
@@ -37,6 +39,33 @@ func TestUpstreamFailureStatusSaysWhatFailed(t *testing.T) {
 			}
 			if want := "creating key: " + tc.err.Error(); err.Error() != want {
 				t.Fatalf("message %q, want %q", err.Error(), want)
+			}
+		})
+	}
+}
+
+func TestUpstreamFailuresAreNot500(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", map[string]any{"max_retries": 0, "request_timeout": "1s"})
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
+	tests := []struct {
+		name   string
+		inject func()
+		want   int
+	}{
+		{"401", func() { e.climatiq.FailNext(1, http.StatusUnauthorized) }, statusBadGateway},
+		{"403", func() { e.climatiq.FailNext(1, http.StatusForbidden) }, statusBadGateway},
+		{"503", func() { e.climatiq.FailNext(1, http.StatusServiceUnavailable) }, statusBadGateway},
+		{"timeout", func() { e.climatiq.SetLatency(2 * time.Second) }, statusGatewayTimeout},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.inject()
+			defer e.climatiq.SetLatency(0)
+			_, err := e.doErr(logical.ReadOperation, "creds/ci", nil)
+			coded, ok := err.(logical.HTTPCodedError)
+			if !ok || coded.Code() != tc.want {
+				t.Fatalf("error %T %v, want a coded %d", err, err, tc.want)
 			}
 		})
 	}

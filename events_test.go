@@ -123,3 +123,18 @@ func TestPerLeaseStepsAreEventsNotLogLines(t *testing.T) {
 		})
 	}
 }
+
+func TestEventsCarryNoEmptyFields(t *testing.T) {
+	b := newBackend()
+	b.Backend.Setup(context.Background(), &logical.BackendConfig{System: logical.TestSystemView(), Logger: testLogger()})
+	b.logAndEmit(eventStaticRotate, "role", "app", "previous_key_id", "", "trigger", "manual", "lateness_ms", "")
+	ev := <-b.events
+	for i := 1; i < len(ev.metadata); i += 2 {
+		if ev.metadata[i] == "" {
+			t.Fatalf("event carries empty field %q: %v", ev.metadata[i-1], ev.metadata)
+		}
+	}
+	if len(ev.metadata) != 4 {
+		t.Fatalf("metadata %v, want role and trigger only", ev.metadata)
+	}
+}

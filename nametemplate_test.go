@@ -149,3 +149,30 @@ func TestKeyNameTemplateFunctionsMatchSDK(t *testing.T) {
 		})
 	}
 }
+
+func TestKeyNameTemplateIsBounded(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	for _, tmpl := range []string{
+		`{{ random 50000000 }}`,
+		`{{ range 1000000000 }}x{{ end }}`,
+		`{{ .RoleName | replace "" "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx" | replace "" "yyyyyyyyyyyyyyyyyyyyyyyyyyyy" }}`,
+		`{{ define "x" }}{{ template "x" }}{{ end }}{{ template "x" }}`,
+		`{{ .RoleName | base64 | base64 | base64 | base64 | base64 | base64 | base64 | base64 | base64 | base64 | base64 | base64 }}`,
+	} {
+		t.Run(tmpl, func(t *testing.T) {
+			start := time.Now()
+			e.mustFail(logical.CreateOperation, "roles/ci", map[string]any{"config": "cq", "project_id": e.projectID, "key_name_template": tmpl}, "key_name_template")
+			if took := time.Since(start); took > 2*time.Second {
+				t.Fatalf("refusing the template took %s", took)
+			}
+		})
+	}
+	// Bounded uses of the same functions still work.
+	e.writeRole("ok", map[string]any{"config": "cq", "project_id": e.projectID,
+		"key_name_template": `{{ .RoleName | replace "-" "_" }}-{{ random 8 }}-{{ if .DisplayName }}{{ .DisplayName | base64 | truncate 8 }}{{ end }}`})
+	resp := e.mustOK(logical.ReadOperation, "creds/ok", nil)
+	if name := resp.Data["key_name"].(string); !strings.Contains(name, "-ok-") {
+		t.Fatalf("key name %q lacks the rendered role", name)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"reflect"
 	"strings"
 	"testing"
@@ -175,25 +176,6 @@ func TestConfigDeleteRefusedWhileInUse(t *testing.T) {
 	e.mustOK(logical.DeleteOperation, "config/cq", nil)
 }
 
-// assertNoSecrets fails when s carries any of the test credentials.
-func assertNoSecrets(t *testing.T, s string) {
-	t.Helper()
-	for _, secret := range []string{testManagementKey, testClientSecret} {
-		if strings.Contains(s, secret) {
-			t.Fatalf("output carries a secret: %s", s)
-		}
-	}
-}
-
-// statusOf returns the HTTP status Vault would answer an error with.
-func statusOf(resp *logical.Response, err error) int {
-	status, _ := logical.RespondErrorCommon(&logical.Request{}, resp, err)
-	if status == 0 {
-		return http.StatusOK
-	}
-	return status
-}
-
 // TestConfigMistypedSecret: a secret written with the wrong JSON type is
 // refused with a 400 that names the field and the fix, and no answer,
 // existence-check error or log line carries the value. The framework's own
@@ -353,4 +335,135 @@ func TestRepointCheckSeesEveryRoleWhenOneIsDeletedMidway(t *testing.T) {
 	})
 	e.mustFail(logical.UpdateOperation, "config/cq", map[string]any{"management_url": other.ManagementURL(),
 		"api_url": other.APIURL(), "management_key": "other-account-key"}, "cannot see project")
+}
+
+func TestConfigDeleteKeepsAPendingRollbackRecoverable(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	stranded := e.climatiq.AddKey(e.projectID, "vault-abcdefgh-1700000000-nonce1-ci")
+	if _, err := framework.PutWAL(context.Background(), e.storage, walKindClimatiqKey,
+		&ownedKey{Config: "cq", Role: "ci", ProjectID: e.projectID, KeyName: stranded.Name}); err != nil {
+		t.Fatal(err)
+	}
+	e.climatiq.FailNext(100, http.StatusServiceUnavailable) // the rollback the delete tries fails
+	e.mustFail(logical.DeleteOperation, "config/cq", nil, "awaiting rollback that could not be resolved now")
+	e.climatiq.FailNext(0, 0)
+
+	runRollbackManager(t, e)
+	if e.upstreamHas(stranded.ID) {
+		t.Fatal("the stranded key survived its rollback")
+	}
+	e.mustOK(logical.DeleteOperation, "config/cq", nil)
+}
+
+func TestConfigDeleteNamesTheStaticRolesUsingIt(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{"config": "cq", "project_id": e.projectID, "rotation_period": "1h"})
+	resp := e.do(logical.DeleteOperation, "config/cq", nil)
+	if resp == nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "static roles app") || strings.Contains(resp.Error().Error(), "lease") {
+		t.Fatalf("config delete with a static role: %v", resp)
+	}
+}
+
+func TestRepointingAConnectionToAnotherAccountIsRefused(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
+	e.mustOK(logical.ReadOperation, "creds/ci", nil)
+
+	other := climatiqtest.NewServer("other-account-key")
+	t.Cleanup(other.Close)
+	other.AddProject("elsewhere")
+	tests := []struct {
+		name  string
+		data  map[string]any
+		field string
+	}{
+		{"another host without the key", map[string]any{"management_url": other.ManagementURL(), "verify_connection": false}, "management_key"},
+		{"another account", map[string]any{"management_url": other.ManagementURL(), "api_url": other.APIURL(), "management_key": "other-account-key"}, "cannot see project"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e.mustFail(logical.UpdateOperation, "config/cq", tc.data, tc.field)
+			if st := other.Stats(); tc.field == "management_key" && st.Requests != 0 {
+				t.Fatalf("the stored key was sent to the other host (%d requests)", st.Requests)
+			}
+		})
+	}
+	// A new key for the same account (rotated in the dashboard) is fine.
+	e.climatiq.AddManagementKey("rotated-key")
+	e.mustOK(logical.UpdateOperation, "config/cq", map[string]any{"management_key": "rotated-key"})
+}
+
+// Found by the state machine (I2): config/<name> is re-pointed to another
+// account while a lease holds a key in the first; the revoke deletes the id
+// in the new account (404, counted as gone) and the key is stranded where
+// no tidy looks. The write should be refused while the connection holds keys.
+func TestRepointingWithALiveLeaseStrandsNoKey(t *testing.T) {
+	e, _ := regressEnv(t)
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
+	lease := e.mustOK(logical.ReadOperation, "creds/ci", nil)
+	keyID := lease.Data["key_id"].(string)
+
+	other := climatiqtest.NewServer(testManagementKey)
+	t.Cleanup(other.Close)
+	status, _, _ := vaultStatusOf(e, logical.UpdateOperation, "config/cq", map[string]any{
+		"management_url": other.ManagementURL(), "api_url": other.APIURL(),
+	})
+	if status != 0 {
+		return // refused while in use: nothing can be stranded
+	}
+	if _, err := e.revoke(lease.Secret); err != nil {
+		t.Fatalf("revoke: %v", err)
+	}
+	if _, found := e.climatiq.Key(keyID); found {
+		t.Fatalf("re-pointing config/cq with a live lease was accepted, and revoking the lease left key %s upstream in the first account", keyID)
+	}
+}
+
+func TestConnectionChecksSayWhatFailed(t *testing.T) {
+	e := newTestEnv(t)
+	closed := "http://127.0.0.1:1" // nothing listens on port 1
+	// Not the management API: a web page, a redirect, no such route, an
+	// upstream failing.
+	impostor := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case strings.HasPrefix(r.URL.Path, "/html/"):
+			w.Header().Set("Content-Type", "text/html")
+			_, _ = w.Write([]byte("<html><body>Welcome</body></html>"))
+		case strings.HasPrefix(r.URL.Path, "/moved/"):
+			http.Redirect(w, r, "https://elsewhere.example/management/v1/project?token=x", http.StatusTemporaryRedirect)
+		case strings.HasPrefix(r.URL.Path, "/down/"):
+			w.WriteHeader(http.StatusServiceUnavailable)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer impostor.Close()
+	tests := []struct {
+		name string
+		data map[string]any
+		want string
+	}{
+		{"unreachable host", map[string]any{"management_url": closed + "/management/v1-preview1"}, "could not reach climatiq at " + closed},
+		{"refused credentials", map[string]any{"management_key": "not-the-key"}, "climatiq refused the credentials"},
+		{"a web page", map[string]any{"management_url": impostor.URL + "/html"}, "verify_connection: " + impostor.URL + "/html answered, but not as the climatiq API does"},
+		{"a redirect", map[string]any{"management_url": impostor.URL + "/moved"}, "was redirected (climatiq: check management key: 307 Temporary Redirect: redirected to https://elsewhere.example/management/v1/project); set management_url"},
+		{"no such route", map[string]any{"management_url": impostor.URL + "/nowhere"}, "verify_connection: no such route at " + impostor.URL + "/nowhere"},
+		{"upstream down", map[string]any{"management_url": impostor.URL + "/down"}, "verify_connection: climatiq at " + impostor.URL + "/down failed"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			data := map[string]any{"provider": "climatiq", "management_key": testManagementKey,
+				"management_url": e.climatiq.ManagementURL(), "api_url": e.climatiq.APIURL(), "max_retries": 0}
+			for k, v := range tc.data {
+				data[k] = v
+			}
+			resp := e.do(logical.CreateOperation, "config/check", data)
+			if resp == nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), tc.want) {
+				t.Fatalf("got %v, want an error saying %q", resp, tc.want)
+			}
+		})
+	}
 }

@@ -93,3 +93,25 @@ func TestRoleValidation(t *testing.T) {
 		})
 	}
 }
+
+func TestADeletedRoleStopsIssuing(t *testing.T) {
+	s := &pausingStorage{Storage: &logical.InmemStorage{}, reached: make(chan struct{}), release: make(chan struct{})}
+	e := newTestEnvWithStorage(t, s)
+	e.writeClimatiqConfig("cq", nil)
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
+	s.key = roleStoragePrefix + "ci"
+
+	// An issuance reads the role for the cache; the role is deleted
+	// before that read is cached.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = e.doErr(logical.ReadOperation, "creds/ci", nil)
+	}()
+	<-s.reached
+	e.mustOK(logical.DeleteOperation, "roles/ci", nil)
+	close(s.release)
+	<-done
+
+	e.mustFail(logical.ReadOperation, "creds/ci", nil, "role")
+}

@@ -2,6 +2,7 @@ package carbon
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strings"
 	"sync"
@@ -10,20 +11,6 @@ import (
 
 	"github.com/hashicorp/vault/sdk/logical"
 )
-
-func (e *testEnv) staticRole(name string) *staticRole {
-	e.t.Helper()
-	role, err := getStaticRole(context.Background(), e.storage, name)
-	if err != nil || role == nil {
-		e.t.Fatalf("static role %q: %v %v", name, role, err)
-	}
-	return role
-}
-
-func (e *testEnv) upstreamHas(keyID string) bool {
-	_, ok := e.climatiq.Key(keyID)
-	return ok
-}
 
 func TestStaticRoleValidation(t *testing.T) {
 	e := newTestEnv(t)
@@ -600,4 +587,124 @@ func TestAStaticRoleWhoseKeyIsGoneIsRotated(t *testing.T) {
 			}
 		})
 	}
+}
+
+func testAdoptingAnOwnedKeyIsRefused(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
+	leased := e.mustOK(logical.ReadOperation, "creds/ci", nil).Data["key_id"].(string)
+	e.mustOK(logical.CreateOperation, "static-roles/first", map[string]any{"config": "cq", "project_id": e.projectID, "rotation_period": "1h"})
+	static := e.staticRole("first").KeyID
+
+	for name, keyID := range map[string]string{"leased key": leased, "static key": static} {
+		t.Run(name, func(t *testing.T) {
+			e.mustFail(logical.CreateOperation, "static-roles/second", map[string]any{
+				"config": "cq", "project_id": e.projectID, "rotation_period": "1h", "key_id": keyID,
+			}, "key_id")
+		})
+	}
+	// An unknown project is the caller's mistake: a 400, not an upstream 5xx.
+	e.mustFail(logical.CreateOperation, "static-roles/third", map[string]any{"config": "cq", "project_id": "prj_nope", "rotation_period": "1h"}, "project_id")
+}
+
+func TestRotationFieldsAreValidatedAgainstTheStoredRole(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	e.mustOK(logical.CreateOperation, "static-roles/sched", map[string]any{"config": "cq", "project_id": e.projectID, "rotation_schedule": "0 0 * * *"})
+	e.mustOK(logical.CreateOperation, "static-roles/period", map[string]any{"config": "cq", "project_id": e.projectID, "rotation_period": "1h"})
+	tests := []struct {
+		name, path string
+		data       map[string]any
+		field      string // "" for success
+	}{
+		{"period onto a schedule", "static-roles/sched", map[string]any{"rotation_period": "2h"}, "rotation_period"},
+		{"schedule onto a period", "static-roles/period", map[string]any{"rotation_schedule": "0 1 * * *"}, "rotation_schedule"},
+		{"window alone on a schedule", "static-roles/sched", map[string]any{"rotation_window": "2h"}, ""},
+		{"window on a period", "static-roles/period", map[string]any{"rotation_window": "2h"}, "rotation_window"},
+		{"explicit switch to a period", "static-roles/sched", map[string]any{"rotation_period": "2h", "rotation_schedule": "", "rotation_window": 0}, ""},
+		{"overlap longer than a short gap of an uneven schedule", "static-roles/period",
+			map[string]any{"rotation_period": 0, "rotation_schedule": "0 0,1 * * *", "overlap_period": "2h"}, "overlap_period"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.field == "" {
+				e.mustOK(logical.UpdateOperation, tc.path, tc.data)
+				return
+			}
+			e.mustFail(logical.UpdateOperation, tc.path, tc.data, tc.field)
+		})
+	}
+	if role := e.staticRole("sched"); role.RotationSchedule != "" || role.RotationPeriod != 2*time.Hour {
+		t.Fatalf("explicit switch stored schedule %q period %s", role.RotationSchedule, role.RotationPeriod)
+	}
+}
+
+func TestStaticCredsTTLCountsDownToTheRetry(t *testing.T) {
+	e := newTestEnv(t)
+	clock := newFakeClock()
+	e.b.clock = clock.Now
+	e.writeClimatiqConfig("cq", nil)
+	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{"config": "cq", "project_id": e.projectID, "rotation_period": "1h"})
+	clock.Advance(time.Hour + time.Second)
+	role := e.staticRole("app")
+	e.b.recordRotationFailure(context.Background(), e.storage, "app", role, errors.New("upstream down"), triggerSchedule)
+
+	creds := e.mustOK(logical.ReadOperation, "static-creds/app", nil)
+	want := int64(rotationBackoffMin.Seconds())
+	if ttl := creds.Data["ttl"].(int64); ttl != want {
+		t.Fatalf("ttl %d while a retry is %s away, want %d", ttl, rotationBackoffMin, want)
+	}
+}
+
+// A static role must not adopt the key of a live lease: deleting the role
+// (or rotating it) would delete the key under the lease.
+func testAdoptingALeasedKeyIsRefused(t *testing.T) {
+	e, _ := regressEnv(t)
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
+	lease := e.mustOK(logical.ReadOperation, "creds/ci", nil)
+	keyID := lease.Data["key_id"].(string)
+
+	status, _, err := vaultStatusOf(e, logical.CreateOperation, "static-roles/app", map[string]any{
+		"config": "cq", "project_id": e.projectID, "key_id": keyID, "rotation_period": 3600,
+	})
+	if status < 400 || status >= 500 {
+		t.Fatalf("adopting the leased key %s: status %d (%v), want a 4xx", keyID, status, err)
+	}
+}
+
+// Two static roles must not hold the same key.
+func testAdoptingAnotherStaticRolesKeyIsRefused(t *testing.T) {
+	e, _ := regressEnv(t)
+	e.mustOK(logical.CreateOperation, "static-roles/first", map[string]any{
+		"config": "cq", "project_id": e.projectID, "rotation_period": 3600,
+	})
+	keyID := e.mustOK(logical.ReadOperation, "static-roles/first", nil).Data["key_id"].(string)
+	status, _, err := vaultStatusOf(e, logical.CreateOperation, "static-roles/second", map[string]any{
+		"config": "cq", "project_id": e.projectID, "key_id": keyID, "rotation_period": 3600,
+	})
+	if status < 400 || status >= 500 {
+		t.Fatalf("adopting static role first's key: status %d (%v), want a 4xx", status, err)
+	}
+}
+
+// A static role on a project the connection cannot see is a 4xx naming
+// project_id, not a 500 carrying the upstream's 404.
+func TestStaticRoleOnAnUnknownProjectIs4xx(t *testing.T) {
+	e, _ := regressEnv(t)
+	status, _, err := vaultStatusOf(e, logical.CreateOperation, "static-roles/app", map[string]any{
+		"config": "cq", "project_id": "prj_does_not_exist", "rotation_period": 3600,
+	})
+	if status < 400 || status >= 500 {
+		t.Fatalf("static role on an unknown project: status %d (%v), want a 4xx", status, err)
+	}
+}
+
+// TestAdoptingAKeyTheMountHoldsIsRefused: key_id adopts only a key nothing
+// of the mount holds: not the role's own, not a lease's, not another static
+// role's.
+func TestAdoptingAKeyTheMountHoldsIsRefused(t *testing.T) {
+	t.Run("a leased or static key", testAdoptingAnOwnedKeyIsRefused)
+	t.Run("a live lease's, as Vault answers", testAdoptingALeasedKeyIsRefused)
+	t.Run("another static role's, as Vault answers", testAdoptingAnotherStaticRolesKeyIsRefused)
 }

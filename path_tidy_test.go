@@ -2,7 +2,6 @@ package carbon
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"reflect"
 	"sort"
@@ -12,8 +11,6 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
-
-	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiqtest"
 )
 
 // tidyFixture builds a mount whose upstream holds every kind of key tidy
@@ -211,53 +208,6 @@ func TestTidyMinAgeZeroSparesKeysOfTheCurrentSecond(t *testing.T) {
 	if e.upstreamHas(young) {
 		t.Fatal("tidy kept an untracked key two seconds old with min_age=0")
 	}
-}
-
-// startTidy sends a tidy that must outlast the answer wait, without waiting
-// for its run as the other tests' requests do: its 202 carries the
-// response (data and warnings) in its body, as Vault sends it.
-func startTidy(t *testing.T, e *testEnv, data map[string]any) *logical.Response {
-	t.Helper()
-	resp, err := e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.UpdateOperation, Path: "tidy",
-		Storage: e.storage, Data: data, MountPoint: "carbon/"})
-	if err != nil || resp == nil || resp.Data[logical.HTTPStatusCode] != statusAccepted {
-		t.Fatalf("tidy of a slow connection: %v, %v; want a 202", resp, err)
-	}
-	var body struct {
-		Data     map[string]any `json:"data"`
-		Warnings []string       `json:"warnings"`
-	}
-	if err := json.Unmarshal([]byte(resp.Data[logical.HTTPRawBody].(string)), &body); err != nil {
-		t.Fatalf("the 202's body: %v", err)
-	}
-	if len(body.Warnings) != 1 || !strings.Contains(body.Warnings[0], "carbon/tidy-status") {
-		t.Fatalf("the 202 warns %q, want it to point at tidy-status", body.Warnings)
-	}
-	return &logical.Response{Data: body.Data, Warnings: body.Warnings}
-}
-
-// slowConnection is a second Climatiq connection, on its own fake, whose
-// role makes tidy scan one of its projects; every management answer comes
-// latency late once the connection is written.
-func slowConnection(t *testing.T, e *testEnv, name string, latency time.Duration) *climatiqtest.Server {
-	t.Helper()
-	slow := climatiqtest.NewServer(testManagementKey)
-	t.Cleanup(slow.Close)
-	e.mustOK(logical.CreateOperation, "config/"+name, map[string]any{"provider": "climatiq", "management_key": testManagementKey,
-		"management_url": slow.ManagementURL(), "api_url": slow.APIURL(), "max_retries": 0, "request_timeout": "30s"})
-	e.writeRole(name+"-role", map[string]any{"config": name, "project_id": slow.AddProject("slow").ID})
-	slow.SetLatency(latency)
-	return slow
-}
-
-// markedName is a key name of this mount made at created.
-func markedName(t *testing.T, e *testEnv, created time.Time, nonce string) string {
-	t.Helper()
-	marker, err := e.b.mountMarker(context.Background(), e.storage)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fmt.Sprintf("vault-%s-%d-%s-x", marker, created.Unix(), nonce)
 }
 
 // TestTidyGoesOnInTheBackgroundAndIsolatesConnections: a run that outlasts

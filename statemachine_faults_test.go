@@ -599,7 +599,7 @@ func (m *model) clearUpstreamFaults() {
 }
 
 // LastingQuirk: from now on, an account answers ids that do not exist with
-// 403 (or 400) rather than 404, as DESIGN.md says some do. Not a fault:
+// 403 (or 400) rather than 404, as some upstreams do. Not a fault:
 // the engine must confirm absence and carry on, never answer a 5xx.
 func (m *model) LastingQuirk(t *rapid.T) {
 	a := m.accounts[rapid.SampledFrom([]string{"A", "B"}).Draw(t, "quirk_account")]

@@ -11,7 +11,7 @@ package carbon
 // reload comes, and upstream behaviour that lasts (403 for missing ids, an
 // operator deleting keys, creates whose answer is lost, garbage JSON).
 //
-// It checks the safety invariants of DESIGN.md after every step:
+// It checks the engine's safety invariants after every step:
 //
 //	I1  no key that is held (live lease, static current key, previous key
 //	    during its overlap, released or foreign key) disappears upstream;

@@ -15,25 +15,6 @@ import (
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiqtest"
 )
 
-// listedKeys is LIST keys/: each id with the role its entry names.
-func (e *testEnv) listedKeys() map[string]string {
-	e.t.Helper()
-	resp := e.mustOK(logical.ListOperation, "keys/", nil)
-	ids, _ := resp.Data["keys"].([]string)
-	info, _ := resp.Data["key_info"].(map[string]any)
-	out := map[string]string{}
-	for _, id := range ids {
-		entry, _ := info[id].(map[string]any)
-		out[id], _ = entry["role"].(string)
-	}
-	return out
-}
-
-func (e *testEnv) tidyNow() map[string]any {
-	e.t.Helper()
-	return e.mustOK(logical.UpdateOperation, "tidy", map[string]any{"min_age": "0s"}).Data
-}
-
 // A static role's key is recorded in the inventory before the role is
 // written; when the role write fails and so does the rollback's removal of
 // the record, tidy forgets the record (the role is what holds a static
@@ -249,4 +230,128 @@ func TestARoleReleasingItsKeyDuringTidyKeepsTheKey(t *testing.T) {
 	if !e.upstreamHas(keyID) {
 		t.Fatal("a tidy during the role's delete deleted the key the delete released")
 	}
+}
+
+func TestTidyKeepsTheKeyOfARenewedLease(t *testing.T) {
+	e := newTestEnv(t)
+	clock := newFakeClock()
+	e.b.clock = clock.Now
+	e.writeClimatiqConfig("cq", nil)
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID, "ttl": "30m", "max_ttl": "1h"})
+	resp := e.mustOK(logical.ReadOperation, "creds/ci", nil)
+	if resp.Secret.MaxTTL != time.Hour {
+		t.Fatalf("lease max_ttl %s, want the recorded 1h", resp.Secret.MaxTTL)
+	}
+	keyID := resp.Data["key_id"].(string)
+
+	// The operator raises max_ttl; the application renews for 5h.
+	e.mustOK(logical.UpdateOperation, "roles/ci", map[string]any{"max_ttl": "10h"})
+	resp.Secret.IssueTime = time.Now()
+	renewed, err := e.renew(resp.Secret, 5*time.Hour)
+	if err != nil || renewed.IsError() {
+		t.Fatalf("renew: %v %v", renewed, err)
+	}
+	if renewed.Secret.TTL != 5*time.Hour {
+		t.Fatalf("renewed ttl %s, want 5h", renewed.Secret.TTL)
+	}
+
+	// Past the first max_ttl and tidy's grace, the lease is still valid.
+	clock.Advance(time.Hour + expiredGrace + time.Minute)
+	report := e.mustOK(logical.UpdateOperation, "tidy", nil)
+	if expired := report.Data["expired"].([]string); len(expired) != 0 {
+		t.Fatalf("tidy took the renewed lease's key for expired: %v", expired)
+	}
+	if !e.upstreamHas(keyID) {
+		t.Fatal("tidy deleted the key of a live, renewed lease")
+	}
+	// Past the renewed end and the grace, tidy does clean it up.
+	clock.Advance(4*time.Hour + time.Minute)
+	e.mustOK(logical.UpdateOperation, "tidy", nil)
+	if e.upstreamHas(keyID) {
+		t.Fatal("tidy kept a key whose lease must have ended")
+	}
+}
+
+func testTidyKeepsAReleasedStaticKey(t *testing.T) {
+	e := newTestEnv(t)
+	clock := newFakeClock()
+	e.b.clock = clock.Now
+	e.writeClimatiqConfig("cq", nil)
+	// A dynamic role in the same project makes tidy scan it.
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
+	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{
+		"config": "cq", "project_id": e.projectID, "rotation_period": "1h", "overlap_period": "10m", "delete_key_on_remove": false,
+	})
+	e.mustOK(logical.UpdateOperation, "rotate-role/app", nil)
+	role := e.staticRole("app")
+	released := []string{role.KeyID, role.PreviousKeys[0].KeyID}
+	e.mustOK(logical.DeleteOperation, "static-roles/app", nil)
+
+	clock.Advance(2 * time.Hour)
+	report := e.mustOK(logical.UpdateOperation, "tidy", nil)
+	if orphans := report.Data["orphans"].([]string); len(orphans) != 0 {
+		t.Fatalf("tidy took released keys for orphans: %v", orphans)
+	}
+	for _, id := range released {
+		if !e.upstreamHas(id) {
+			t.Fatalf("released key %s was deleted", id)
+		}
+	}
+	// Adopting a released key takes it back; it is then held again.
+	e.mustOK(logical.CreateOperation, "static-roles/again", map[string]any{
+		"config": "cq", "project_id": e.projectID, "rotation_period": "1h", "key_id": released[0],
+	})
+	if ids, _ := releasedKeyIDs(context.Background(), e.storage); len(ids) != 1 || ids[0] != released[1] {
+		t.Fatalf("released keys after adoption: %v, want [%s]", ids, released[1])
+	}
+}
+
+// A static role deleted with delete_key_on_remove=false releases its key
+// to the operator; a later tidy, which finds the marker on it, keeps it.
+func testTidyKeepsAReleasedKeyOnceItsRoleIsGone(t *testing.T) {
+	e, clock := regressEnv(t)
+	e.mustOK(logical.CreateOperation, "static-roles/app", map[string]any{
+		"config": "cq", "project_id": e.projectID, "rotation_period": 3600, "delete_key_on_remove": false,
+	})
+	keyID := e.mustOK(logical.ReadOperation, "static-roles/app", nil).Data["key_id"].(string)
+	e.mustOK(logical.DeleteOperation, "static-roles/app", nil)
+	// Any role on the project makes tidy scan it.
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
+	clock.Advance(time.Hour)
+	e.mustOK(logical.UpdateOperation, "tidy", map[string]any{"config": "cq"})
+	if _, found := e.climatiq.Key(keyID); !found {
+		t.Fatalf("tidy deleted key %s, released by delete_key_on_remove=false", keyID)
+	}
+}
+
+func TestTidyCoversOnlyClimatiqAndReportsRealErrors(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	e.writeAltruistiqConfig("aq", nil)
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
+	e.writeRole("export", map[string]any{"config": "aq"})
+
+	report := e.mustOK(logical.UpdateOperation, "tidy", nil)
+	if errs := report.Data["errors"].([]string); len(errs) != 0 {
+		t.Fatalf("tidy reported errors on a healthy mount with an Altruistiq role: %v", errs)
+	}
+
+	e.climatiq.RevokeManagementKey(testManagementKey)
+	report = e.mustOK(logical.UpdateOperation, "tidy", nil)
+	errs := report.Data["errors"].([]string)
+	if len(errs) != 1 || !strings.Contains(errs[0], `config "cq"`) || !strings.Contains(errs[0], "401") {
+		t.Fatalf("errors %v, want one naming the connection and the upstream's 401", errs)
+	}
+	status := e.mustOK(logical.ReadOperation, "tidy-status", nil)
+	if got := status.Data["errors"].([]string); len(got) != 1 || status.Data["finished"] == "" {
+		t.Fatalf("tidy-status does not show the last run: %v", status.Data)
+	}
+}
+
+// TestTidyKeepsReleasedStaticKeys: a key released with
+// delete_key_on_remove=false carries the mount's marker, and tidy keeps it,
+// while its role exists and after.
+func TestTidyKeepsReleasedStaticKeys(t *testing.T) {
+	t.Run("released by a role delete", testTidyKeepsAReleasedStaticKey)
+	t.Run("once its role is gone", testTidyKeepsAReleasedKeyOnceItsRoleIsGone)
 }

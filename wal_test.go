@@ -313,3 +313,32 @@ func TestRollbackOfARotationKeepsAKeyAdoptedAfterItsRelease(t *testing.T) {
 		t.Fatalf("static role again holds %q, want %s", got, rotated)
 	}
 }
+
+// A plugin that stops between recording a key and deleting the issuance's
+// WAL entry leaves a spent entry without the key's id. The rollback manager
+// finds the key by its unique name, sees it recorded, keeps it and drops the
+// entry, with one listing call upstream.
+func TestSpentWALEntryLeftByAStopKeepsTheKey(t *testing.T) {
+	e := newTestEnv(t)
+	e.writeClimatiqConfig("cq", nil)
+	e.writeRole("ci", map[string]any{"config": "cq", "project_id": e.projectID})
+	resp := e.mustOK(logical.ReadOperation, "creds/ci", nil)
+	keyID, keyName := resp.Data["key_id"].(string), resp.Data["key_name"].(string)
+	waitSpentWALRetired(t, e)
+
+	// The entry exactly as issuance writes it before the create.
+	left := &ownedKey{Kind: keyKindDynamic, Config: "cq", Role: "ci", ProjectID: e.projectID, KeyName: keyName}
+	if _, err := framework.PutWAL(context.Background(), e.storage, walKindClimatiqKey, left); err != nil {
+		t.Fatal(err)
+	}
+	requests := e.climatiq.Stats().Requests
+	runRollbackManager(t, e)
+	assertNoWAL(t, e)
+	if !e.upstreamHas(keyID) {
+		t.Fatal("the rollback manager deleted a key its lease still holds")
+	}
+	assertInventory(t, e, "ci", keyName, true)
+	if got := e.climatiq.Stats().Requests - requests; got != 1 {
+		t.Fatalf("dropping the spent entry took %d upstream requests, want 1 listing", got)
+	}
+}
