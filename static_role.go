@@ -77,28 +77,26 @@ func (role *staticRole) clone() *staticRole {
 // holds reports whether the key id is the role's current or a previous
 // key; a nil role holds nothing.
 func (role *staticRole) holds(keyID string) bool {
-	if role == nil {
-		return false
-	}
-	if role.KeyID == keyID {
-		return true
-	}
-	for _, pk := range role.PreviousKeys {
-		if pk.KeyID == keyID {
-			return true
-		}
-	}
-	return false
+	return role.holdsKeyThat(func(id, _ string) bool { return id == keyID })
 }
 
 // isOwnKey reports whether the key name is the role's current or a
 // previous key's.
 func (role *staticRole) isOwnKey(keyName string) bool {
-	if role.KeyName == keyName {
+	return role.holdsKeyThat(func(_, name string) bool { return name == keyName })
+}
+
+// holdsKeyThat reports whether the role's current key or one of its
+// previous keys matches; a nil role holds nothing.
+func (role *staticRole) holdsKeyThat(match func(id, name string) bool) bool {
+	if role == nil {
+		return false
+	}
+	if match(role.KeyID, role.KeyName) {
 		return true
 	}
 	for _, pk := range role.PreviousKeys {
-		if pk.KeyName == keyName {
+		if match(pk.KeyID, pk.KeyName) {
 			return true
 		}
 	}
