@@ -306,3 +306,5 @@ func contextUntil(done <-chan struct{}) (context.Context, context.CancelFunc) {
 	}()
 	return ctx, cancel
 }
+
+const operationPrefixCarbon = "carbon"

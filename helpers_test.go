@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/vault/sdk/helper/errutil"
 	"github.com/hashicorp/vault/sdk/helper/logging"
 	"github.com/hashicorp/vault/sdk/logical"
+
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/altruistiqtest"
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiqtest"
 )

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiqtest"
 )
 

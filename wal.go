@@ -313,3 +313,30 @@ func (b *backend) dropWALAfterRollback(ctx context.Context, s logical.Storage, w
 		b.Logger().Warn("deleting WAL entry after rollback failed; the rollback manager will", "key_name", key.KeyName, "error", err)
 	}
 }
+
+// pendingWAL is a WAL entry with its id.
+type pendingWAL struct {
+	id    string
+	entry *framework.WALEntry
+}
+
+// forEachPendingWAL calls fn with each WAL entry whose rollback goes
+// through the given connection, and what it covers (a key's creation, or
+// a block of issuances: its config and project scope).
+func forEachPendingWAL(ctx context.Context, s logical.Storage, config string, fn func(pendingWAL, *ownedKey)) error {
+	ids, err := framework.ListWAL(ctx, s)
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		entry, err := framework.GetWAL(ctx, s, id)
+		if err != nil {
+			return err
+		}
+		var key ownedKey
+		if entry != nil && (entry.Kind == walKindClimatiqKey || entry.Kind == walKindIssuanceBlock) && decodeInto(entry.Data, &key) == nil && key.Config == config {
+			fn(pendingWAL{id: id, entry: entry}, &key)
+		}
+	}
+	return nil
+}
