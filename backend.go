@@ -79,10 +79,11 @@ type backend struct {
 	// (static_key_check.go).
 	staticKeyChecks staticKeyChecks
 
-	// lastTidy is when periodic tidy last ran per connection, on this node;
-	// tidyJobs runs tidy in the background (tidy_job.go).
-	tidyLock sync.Mutex
-	lastTidy map[string]time.Time
+	// lastTidy is when periodic tidy last ran per connection, on this node
+	// (guarded by lastTidyLock).
+	lastTidyLock sync.Mutex
+	lastTidy     map[string]time.Time
+	// tidyJobs runs tidy in the background, one run at a time (tidy_job.go).
 	tidyJobs tidyJobs
 
 	// The mount's max lease TTL, read at most once a minute.
@@ -98,8 +99,8 @@ type backend struct {
 	// belong to no issuance in flight here.
 	startedAt time.Time
 
-	// format gates the mount on its storage format (storage_version.go
-	// wraps Initialize and HandleRequest with it).
+	// format gates the mount on its storage format (storage_version.go;
+	// Initialize and HandleRequest consult it).
 	format formatGate
 
 	// clock is the engine's time: key names, expiries, schedules and tidy

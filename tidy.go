@@ -775,11 +775,11 @@ func (b *backend) periodicTidy(ctx context.Context, req *logical.Request) error 
 		if err != nil || cfg == nil || cfg.TidyInterval == 0 {
 			continue
 		}
-		b.tidyLock.Lock()
+		b.lastTidyLock.Lock()
 		if now.Sub(b.lastTidy[name]) >= cfg.TidyInterval {
 			due = append(due, name)
 		}
-		b.tidyLock.Unlock()
+		b.lastTidyLock.Unlock()
 	}
 	if len(due) == 0 {
 		return nil
@@ -787,10 +787,10 @@ func (b *backend) periodicTidy(ctx context.Context, req *logical.Request) error 
 	if _, running := b.startTidy(req.Storage, tidyOptions{configs: due, minAge: defaultTidyMinAge, periodic: true}); running != nil {
 		return nil
 	}
-	b.tidyLock.Lock()
+	b.lastTidyLock.Lock()
 	for _, name := range due {
 		b.lastTidy[name] = now
 	}
-	b.tidyLock.Unlock()
+	b.lastTidyLock.Unlock()
 	return nil
 }
