@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
-	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -52,12 +51,12 @@ type backend struct {
 
 	// staticRoleLocks serialise all changes to one static role and its key;
 	// keyLocks the renewals, revocations and tidy's expiry of one leased
-	// key. Each guards its own names: one is never taken for the other.
-	staticRoleLocks []*locksutil.LockEntry
-	keyLocks        []*locksutil.LockEntry
-	// adoptionLocks serialise adoptions of one upstream key (taken inside
-	// the adopting role's lock, never the other way round).
-	adoptionLocks []*locksutil.LockEntry
+	// key; adoptionLocks the adoptions of one upstream key (taken inside the
+	// adopting role's lock, never the other way round). One lock per name
+	// (locks.go).
+	staticRoleLocks namedLocks
+	keyLocks        namedLocks
+	adoptionLocks   namedLocks
 
 	// scheduler rotates static roles (rotation.go).
 	scheduler rotationScheduler
@@ -149,18 +148,15 @@ func newBackend() *backend {
 		connections: make(map[string]*connection),
 		lastTidy:    make(map[string]time.Time),
 
-		events:          make(chan pendingEvent, eventQueueSize),
-		spentWAL:        make(chan spentWALEntry, spentWALQueueSize),
-		stopBackground:  make(chan struct{}),
-		staticRoleLocks: locksutil.CreateLocks(),
-		keyLocks:        locksutil.CreateLocks(),
-		adoptionLocks:   locksutil.CreateLocks(),
-		clock:           time.Now,
-		metrics:         newMetrics(),
-		startedAt:       time.Now().Truncate(time.Second),
-		scheduler:       rotationScheduler{tick: schedulerTick},
-		initRetryDelay:  initRetryFirstDelay,
-		initRetryMax:    initRetryMaxDelay,
+		events:         make(chan pendingEvent, eventQueueSize),
+		spentWAL:       make(chan spentWALEntry, spentWALQueueSize),
+		stopBackground: make(chan struct{}),
+		clock:          time.Now,
+		metrics:        newMetrics(),
+		startedAt:      time.Now().Truncate(time.Second),
+		scheduler:      rotationScheduler{tick: schedulerTick},
+		initRetryDelay: initRetryFirstDelay,
+		initRetryMax:   initRetryMaxDelay,
 	}
 	b.tidyJobs.init()
 	b.Backend = &framework.Backend{

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
-	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/hashicorp/vault/sdk/rotation"
 
@@ -116,8 +115,8 @@ func pathStaticRoles(b *backend) []*framework.Path {
 
 // staticRoleLock serialises everything that changes one static role's key:
 // scheduled and manual rotation, writes and deletes.
-func (b *backend) staticRoleLock(name string) *locksutil.LockEntry {
-	return locksutil.LockForKey(b.staticRoleLocks, name)
+func (b *backend) staticRoleLock(name string) *nameLock {
+	return b.staticRoleLocks.forName(name)
 }
 
 // lockingStaticRole wraps a handler that changes a static role's key: it
@@ -371,7 +370,7 @@ func (role *staticRole) applyRotationFields(d *framework.FieldData) error {
 // refused: this role's next rotation would delete it under its holder. A
 // released key may be adopted again; it is then no longer released.
 func (b *backend) adoptKey(ctx context.Context, s logical.Storage, name string, role *staticRole, client *climatiq.Client, keyID string) (*logical.Response, error) {
-	lock := locksutil.LockForKey(b.adoptionLocks, keyID)
+	lock := b.adoptionLocks.forName(keyID)
 	lock.Lock()
 	defer lock.Unlock()
 	owner, err := b.findKey(ctx, s, keyID)

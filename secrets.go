@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
-	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/vault-plugin-carbon/vault-plugin-carbon/backend/climatiq"
@@ -111,8 +110,8 @@ func (b *backend) extendRecordedExpiry(ctx context.Context, s logical.Storage, l
 
 // keyLock serialises the inventory writes of one lease's renew and revoke,
 // so a renewal never writes back the entry a revocation just removed.
-func (b *backend) keyLock(keyName string) *locksutil.LockEntry {
-	return locksutil.LockForKey(b.keyLocks, keyName)
+func (b *backend) keyLock(keyName string) *nameLock {
+	return b.keyLocks.forName(keyName)
 }
 
 // revokeClimatiqKey deletes the key upstream (with its project for
