@@ -16,7 +16,7 @@ func TestNamedLocksShareNothingBetweenNames(t *testing.T) {
 	for i := range 1000 { // enough names to fill every stripe of a 256-lock set many times
 		other := set.forName(fmt.Sprintf("role-%d", i))
 		done := make(chan struct{})
-		go func() { other.Lock(); other.Unlock(); close(done) }()
+		go func() { other.Lock(); defer other.Unlock(); close(done) }()
 		select {
 		case <-done:
 		case <-time.After(5 * time.Second):
