@@ -73,11 +73,13 @@ func (b *backend) resolvePendingRollbacks(ctx context.Context, req *logical.Requ
 	abandoned := make([]abandonedRollback, 0, len(left))
 	for _, p := range left {
 		a := abandonedRollback{staleWALEntry: describeWAL(p.id, p.entry), Sweep: sweepCommand(cfg.ManagementURL, marker, p.entry, keep)}
+		// Logged before the entry goes: a stop between the delete and the
+		// answer must not lose what it covered.
+		b.Logger().Warn("abandoning a rollback with its connection; what it covers may be left upstream",
+			"config", name, "wal_id", a.ID, "covers", a.Covers, "sweep", a.Sweep)
 		if err := framework.DeleteWAL(ctx, req.Storage, p.id); err != nil {
 			return nil, nil, err
 		}
-		b.Logger().Warn("abandoned a rollback with its connection; what it covers may be left upstream",
-			"config", name, "wal_id", a.ID, "covers", a.Covers, "sweep", a.Sweep)
 		abandoned = append(abandoned, a)
 	}
 	return abandoned, nil, nil
